@@ -1,0 +1,136 @@
+"""The `allray` command line: a click group whose commands map options onto config dataclasses.
+
+Heavy modules (ray, torch, skimage) are imported inside commands so that `allray --help` answers
+at once. Ordinary mistakes (a wrong path, no images, a cluster too small) end in one line on
+stderr and exit code 1; a traceback is shown only with --verbose.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+
+import click
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        return w, h
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected WIDTHxHEIGHT, e.g. 800x600") from None
+
+
+def friendly_errors(func):
+    """Turn expected failures into one clear line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        verbose = kwargs.get("verbose", False)
+        try:
+            return func(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted: re-run the same command to continue where it stopped", err=True)
+            sys.exit(130)
+        except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
+            if verbose:
+                traceback.print_exc()
+            expected = isinstance(err, (ValueError, FileNotFoundError, PermissionError)) or type(err).__name__ in (
+                "ClusterTooSmallError",
+            )
+            prefix = "error" if expected else f"internal error ({type(err).__name__})"
+            hint = "" if expected or verbose else " (run with --verbose for the traceback)"
+            click.echo(f"{prefix}: {err}{hint}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="allray")
+def cli() -> None:
+    """allray: count lymphoblasts in blood smear images, at scale, on Ray.
+
+    \b
+    allray synth demo/            make a synthetic cohort with ground truth
+    allray ingest demo/slides     find white cells, cut crops, write Parquet
+    """
+
+
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False), default="synthetic")
+@click.option("--patients", default=8, show_default=True, help="Number of patients.")
+@click.option("--images-per-patient", default=6, show_default=True, help="Smear images per patient.")
+@click.option("--samples-per-patient", default=1, show_default=True, help="Samples (folders) per patient.")
+@click.option("--seed", default=0, show_default=True, help="Random seed: same seed, same bytes.")
+@click.option("--size", default="800x600", show_default=True, help="Image size WIDTHxHEIGHT in pixels.")
+@click.option("--verbose", is_flag=True, help="Show tracebacks.")
+@friendly_errors
+def synth(out, patients, images_per_patient, samples_per_patient, seed, size, verbose) -> None:
+    """Write a synthetic cohort of smears with ground truth to OUT (slides/ and truth/)."""
+    from pathlib import Path
+
+    from pipeline.synth import write_cohort
+
+    summary = write_cohort(
+        Path(out), patients=patients, images_per_patient=images_per_patient, seed=seed,
+        size=_parse_size(size), samples_per_patient=samples_per_patient,
+    )
+    click.echo(
+        f"synth: {summary.n_patients} patients, {summary.n_images} images, {summary.n_wbc} white cells "
+        f"({summary.n_blast} blasts) -> {Path(out) / 'slides'}, truth in {Path(out) / 'truth'}"
+    )
+
+
+@cli.command()
+@click.argument("src", type=click.Path(), default="slides")
+@click.option("--out", default="cells", show_default=True, help="Output folder (local path or s3://, gs:// URI).")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "folders", "manifest", "allidb1", "allidb2"]), help="Source layout.")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV image,patient_id,sample_id[,label].")
+@click.option("--labels", type=click.Path(dir_okay=False), help="CSV image,x,y[,r],label of known cells.")
+@click.option("--crop-um", default=24.0, show_default=True, help="Crop window side in micrometres.")
+@click.option("--crop-size", default=128, show_default=True, help="Stored crop side in pixels.")
+@click.option("--um-per-pixel", type=float, help="Force the image scale (default: measured from red cells).")
+@click.option("--images-per-shard", default=16, show_default=True, help="Images per task and Parquet shard.")
+@click.option("--workers", type=int, help="Parallel ingest workers (default: one per cluster CPU).")
+@click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+@click.option("--verbose", is_flag=True, help="Show Ray's logs and progress bars, and tracebacks.")
+@friendly_errors
+def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, images_per_shard, workers,
+           address, verbose) -> None:
+    """Find the white cells of every image under SRC and write crops to OUT as Parquet shards."""
+    from pipeline.config import CropSettings, IngestConfig
+
+    from jobs.ingest import run_ingest
+
+    config = IngestConfig(
+        src=src, out=out, format=fmt, manifest=manifest, labels=labels,
+        crops=CropSettings(crop_um=crop_um, crop_size=crop_size, um_per_pixel=um_per_pixel),
+        images_per_shard=images_per_shard, workers=workers,
+    )
+    s = run_ingest(config, address=address, verbose=verbose)
+    click.echo(
+        f"ingest: {s['images_seen']} images seen: {s['images_ingested']} ingested, {s['images_skipped']} skipped "
+        f"(already in {out}), {s['images_quarantined']} quarantined; {s['cells_written']} cells written "
+        f"({s['cells_labelled']} labelled) in {s['seconds']:.1f} s ({s['images_per_s'] or 0:.1f} images/s; "
+        f"Ray start-up {s['ray_startup_seconds']:.1f} s)"
+    )
+    for q in s["quarantined"][:10]:
+        click.echo(f"  quarantined {q['image']}: {q['reason']}")
+    if len(s["quarantined"]) > 10:
+        click.echo(f"  ... and {len(s['quarantined']) - 10} more (see {out}/quarantine/)")
+    click.echo(f"cells: {out}/cells/   quarantine: {out}/quarantine/   summary: {out}/summary.json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `allray` console script."""
+    cli.main(args=argv, prog_name="allray")
+
+
+if __name__ == "__main__":
+    main()

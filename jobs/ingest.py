@@ -1,0 +1,125 @@
+"""`allray ingest`: Ray Data reads smear images, finds white cells, cuts crops, writes Parquet shards.
+
+The recipe: discover images (driver) -> Dataset of tasks -> map_batches(IngestStage) on an actor
+pool, each batch committed as one shard by the stage itself -> stream the per-image status rows
+back for progress and the summary. Run under a cluster with
+`ray job submit --working-dir . -- python -m jobs.ingest SRC --out DIR`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+
+from pipeline import schema
+from pipeline.config import IngestConfig
+from pipeline.ingest import TASK_COLUMN, IngestStage
+from pipeline.sources import discover_images
+from pipeline.store import open_output, write_json
+
+from jobs.progress import ProgressLine
+from jobs.runtime import start_ray
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus a random suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def run_ingest(config: IngestConfig, address: str | None = None, verbose: bool = False, quiet: bool = False) -> dict:
+    """Ingest config.src into config.out; returns the summary (also written to out/summary.json)."""
+    from pathlib import Path
+
+    import ray
+
+    discovery = discover_images(
+        Path(config.src), config.format, Path(config.manifest) if config.manifest else None,
+        Path(config.labels) if config.labels else None,
+    )
+    tasks = discovery.tasks
+    state = open_output(config.out)
+    run_id = new_run_id()
+    startup_s = start_ray(address, verbose)
+    started = time.perf_counter()
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    workers = max(1, min(config.workers or cpus, cpus, len(tasks)))
+    # Enough shards that every worker gets several (load balance), never more than the configured size.
+    per_shard = max(1, min(config.images_per_shard, math.ceil(len(tasks) / (4 * workers))))
+    n_blocks = math.ceil(len(tasks) / per_shard)
+    items = [{TASK_COLUMN: t.to_json()} for t in tasks]
+    ds = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
+        IngestStage,
+        fn_constructor_kwargs={
+            "settings_json": config.crops.to_json(),
+            "out": config.out,
+            "run_id": run_id,
+            "known": state.known,
+        },
+        batch_size=per_shard,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+        num_cpus=1,
+        batch_format="numpy",
+    )
+
+    counts: Counter = Counter()
+    reasons: list[dict] = []
+    progress = None if quiet else ProgressLine("ingest", len(tasks))
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows = batch.to_pylist()
+        for row in rows:
+            status = row[schema.STATUS]
+            counts[status] += 1
+            counts["cells"] += row[schema.N_CELLS]
+            counts["labelled"] += row["n_labelled"]
+            counts["smudge"] += row["n_smudge"]
+            if status == schema.STATUS_INGESTED and row[schema.N_CELLS] == 0:
+                counts["without_cells"] += 1
+            if status == schema.STATUS_QUARANTINED:
+                reasons.append({schema.IMAGE: row[schema.IMAGE], schema.REASON: row[schema.REASON]})
+        if progress:
+            progress.update(sum(counts[s] for s in schema.STATUSES), f"{counts['cells']} cells")
+    if progress:
+        progress.close()
+    seconds = time.perf_counter() - started
+
+    seen = len(tasks)
+    handled = sum(counts[s] for s in schema.STATUSES)
+    if handled != seen:  # every image must come back exactly once; anything else is a bug
+        raise RuntimeError(f"ingest accounted for {handled} of {seen} images: this is a bug, please report it")
+    summary = {
+        "images_seen": seen,
+        "images_ingested": counts[schema.STATUS_INGESTED],
+        "images_skipped": counts[schema.STATUS_SKIPPED],
+        "images_quarantined": counts[schema.STATUS_QUARANTINED],
+        "images_without_cells": counts["without_cells"],
+        "cells_written": counts["cells"],
+        "seconds": round(seconds, 3),
+        "images_per_s": round((seen - counts[schema.STATUS_SKIPPED]) / seconds, 3) if seconds > 0 else None,
+        "cells_labelled": counts["labelled"],
+        "cells_unlabelled": counts["cells"] - counts["labelled"],
+        "cells_smudge": counts["smudge"],
+        "quarantined": reasons,
+        "files_ignored": len(discovery.ignored),
+        "files_ignored_examples": discovery.ignored[:10],
+        "source_format": discovery.format,
+        "workers": workers,
+        "images_per_shard": per_shard,
+        "ray_startup_seconds": round(startup_s, 3),
+        "orphan_files_removed": state.orphans_removed,
+        "run_id": run_id,
+        "command": " ".join(sys.argv),
+    }
+    write_json(config.out, schema.SUMMARY_FILE, summary)
+    write_json(config.out, f"config-{run_id}.json", config.to_dict())
+    return summary
+
+
+if __name__ == "__main__":  # `python -m jobs.ingest ...` under `ray job submit`
+    from jobs.cli import main
+
+    main(["ingest", *sys.argv[1:]])

@@ -1,0 +1,137 @@
+"""Writing and reading the cell tables of an ingest output directory, exactly once per image.
+
+Layout of an ingest output DIR:
+    DIR/cells/<shard>.parquet        one row per white cell (schema.CELL_SCHEMA)
+    DIR/quarantine/<shard>.parquet   one row per unusable input (schema.QUARANTINE_SCHEMA)
+    DIR/images/<shard>.parquet       the ledger: one row per image handled (schema.IMAGE_SCHEMA)
+    DIR/summary.json
+
+A shard (one batch of images) is written cells first, quarantine second and ledger last, each file
+atomically (written under a temporary name, then renamed). A shard is committed exactly when its
+ledger file exists. A run killed half-way leaves at most cells/quarantine files whose ledger is
+missing; `open_output` deletes those orphans before the next run, and the images they held are not
+in the ledger, so the next run ingests them again. Nothing is lost and nothing is counted twice.
+
+Paths may be local or any URI pyarrow.fs understands (s3://, gs://, a shared mount), so that a
+multi-node run can write to shared storage; `resolve` is the one place a path becomes (fs, path).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline import schema
+
+
+def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path for a local path or a URI (s3://bucket/x, gs://..., file:///...)."""
+    text = str(uri)
+    if "://" in text:
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    """`base/part/...` for a path as returned by `resolve` (always '/'-separated)."""
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def new_shard_id(run_id: str) -> str:
+    """A shard name unique across runs and workers: '<run_id>-<random hex>'."""
+    return f"{run_id}-{uuid.uuid4().hex[:12]}"
+
+
+def _list_parquet(fs: pafs.FileSystem, folder: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+
+
+def _shard_of(path: str) -> str:
+    return path.rsplit("/", 1)[-1][: -len(".parquet")]
+
+
+def write_table_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+    """Write a Parquet file so that readers see either nothing or the whole file."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    pq.write_table(table, tmp, filesystem=fs, compression="zstd")
+    fs.move(tmp, path)
+
+
+@dataclass(frozen=True)
+class OutputState:
+    """What an ingest output already holds: committed images keyed by path, and cleanup done."""
+
+    known: dict[str, str]  # image -> source sha256, for every image in the ledger
+    orphans_removed: int
+
+
+def open_output(out: str | Path) -> OutputState:
+    """Create the output folders, remove orphans of interrupted runs, and read the ledger."""
+    fs, base = resolve(out)
+    for sub in (schema.CELLS_DIR, schema.QUARANTINE_DIR, schema.IMAGES_DIR):
+        fs.create_dir(join(base, sub), recursive=True)
+    committed = {_shard_of(p) for p in _list_parquet(fs, join(base, schema.IMAGES_DIR))}
+    removed = 0
+    for sub in (schema.CELLS_DIR, schema.QUARANTINE_DIR, schema.IMAGES_DIR):
+        infos = fs.get_file_info(pafs.FileSelector(join(base, sub)))
+        for info in infos:
+            stale_tmp = ".tmp-" in info.base_name
+            orphan = info.base_name.endswith(".parquet") and _shard_of(info.path) not in committed
+            if info.type == pafs.FileType.File and (stale_tmp or orphan):
+                fs.delete_file(info.path)
+                removed += 1
+    known: dict[str, str] = {}
+    ledger = read_table(out, schema.IMAGES_DIR, columns=[schema.IMAGE, schema.SOURCE_SHA256])
+    for image, sha in zip(ledger.column(0).to_pylist(), ledger.column(1).to_pylist()):
+        known[image] = sha
+    return OutputState(known, removed)
+
+
+def write_shard(out: str | Path, shard: str, cells: pa.Table, quarantine: pa.Table, ledger: pa.Table) -> None:
+    """Commit one shard: cells, then quarantine, then the ledger that marks it done."""
+    fs, base = resolve(out)
+    if cells.num_rows:
+        write_table_atomic(fs, join(base, schema.CELLS_DIR, f"{shard}.parquet"), cells)
+    if quarantine.num_rows:
+        write_table_atomic(fs, join(base, schema.QUARANTINE_DIR, f"{shard}.parquet"), quarantine)
+    write_table_atomic(fs, join(base, schema.IMAGES_DIR, f"{shard}.parquet"), ledger)
+
+
+_SCHEMAS = {
+    schema.CELLS_DIR: schema.CELL_SCHEMA,
+    schema.QUARANTINE_DIR: schema.QUARANTINE_SCHEMA,
+    schema.IMAGES_DIR: schema.IMAGE_SCHEMA,
+}
+
+
+def read_table(out: str | Path, sub: str = schema.CELLS_DIR, columns: list[str] | None = None) -> pa.Table:
+    """One table of an ingest output (cells, quarantine or images) as a single Arrow table."""
+    fs, base = resolve(out)
+    files = _list_parquet(fs, join(base, sub))
+    table_schema = _SCHEMAS[sub]
+    if not files:
+        empty = table_schema.empty_table()
+        return empty.select(columns) if columns else empty
+    return pads.dataset(files, schema=table_schema, filesystem=fs, format="parquet").to_table(columns=columns)
+
+
+def shard_files(out: str | Path, sub: str = schema.CELLS_DIR) -> list[str]:
+    """Paths of the committed Parquet files of one table (what Ray Data or DuckDB should read)."""
+    fs, base = resolve(out)
+    return _list_parquet(fs, join(base, sub))
+
+
+def write_json(out: str | Path, name: str, payload: dict) -> None:
+    """Write `payload` as indented JSON to out/name."""
+    fs, base = resolve(out)
+    fs.create_dir(base, recursive=True)
+    with fs.open_output_stream(join(base, name)) as fh:
+        fh.write((json.dumps(payload, indent=2, default=str) + "\n").encode())
