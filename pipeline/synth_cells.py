@@ -1,0 +1,265 @@
+"""Drawing of single blood cells into an optical-density canvas, for the synthetic smears.
+
+A smear is built as optical density (OD) per RGB channel, as in Beer-Lambert transmitted-light
+microscopy: each cell adds `density * stain_vector` to the canvas, and `pipeline.synth` turns the
+sum into light as `illumination * exp(-OD)`. Overlapping cells therefore darken the way real
+overlapping cells do, and a change of stain is a change of the stain vectors, nothing else.
+
+Every cell is drawn only inside its own bounding window (clipped to the canvas), so drawing costs
+scale with the cell's area, not the image's.
+
+Coordinates: pixel (row i, column j) has its centre at (x=j, y=i), as scikit-image reports
+centroids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+LYMPHOBLAST = "lymphoblast"
+LYMPHOCYTE = "lymphocyte"
+NEUTROPHIL = "neutrophil"
+MONOCYTE = "monocyte"
+WBC_KINDS = (LYMPHOBLAST, LYMPHOCYTE, NEUTROPHIL, MONOCYTE)
+
+# Cell radius ranges in micrometres (half the diameters of haematology atlases). Size is
+# diagnostic: blasts overlap neutrophils in size but are clearly larger than mature lymphocytes.
+WBC_RADIUS_UM = {
+    LYMPHOCYTE: (4.0, 5.0),  # 8-10 um small mature lymphocyte
+    NEUTROPHIL: (6.0, 7.0),  # 12-14 um
+    MONOCYTE: (7.5, 9.0),  # 15-18 um
+    LYMPHOBLAST: (6.0, 9.0),  # 12-18 um
+}
+PLATELET_RADIUS_UM = (1.0, 1.5)  # 2-3 um across
+
+
+@dataclass(frozen=True)
+class Stains:
+    """Optical density per unit density, (3,) float32 RGB each, for one patient's staining."""
+
+    plasma: np.ndarray
+    rbc: np.ndarray
+    nucleus: np.ndarray
+    platelet: np.ndarray
+    cyto_lymphocyte: np.ndarray
+    cyto_blast: np.ndarray
+    cyto_neutrophil: np.ndarray
+    cyto_monocyte: np.ndarray
+
+
+@dataclass(frozen=True)
+class DrawnCell:
+    """A white cell as drawn: centre of its visible part (px), radius (px) and kind."""
+
+    x: float
+    y: float
+    r: float
+    kind: str
+
+
+def window(shape: tuple[int, int], cx: float, cy: float, reach: float):
+    """The canvas slice around (cx, cy) within `reach` px, and x/y offsets from the centre.
+
+    Returns (slices, xs (1, w) float32, ys (h, 1) float32), or None when the window lies outside
+    the canvas.
+    """
+    h, w = shape
+    x0, x1 = max(int(np.floor(cx - reach)), 0), min(int(np.ceil(cx + reach)) + 1, w)
+    y0, y1 = max(int(np.floor(cy - reach)), 0), min(int(np.ceil(cy + reach)) + 1, h)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    xs = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx))[None, :]
+    ys = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy))[:, None]
+    return (slice(y0, y1), slice(x0, x1)), xs, ys
+
+
+def soft_blob(xs, ys, radius: float, rng: np.random.Generator, wobble: float = 0.0,
+              aspect: float = 1.0, angle: float = 0.0) -> np.ndarray:
+    """Coverage in [0, 1] of an irregular ellipse centred at offset (0, 0): (h, w) float32.
+
+    The ellipse has semi-axes radius*sqrt(aspect) (along `angle`) and radius/sqrt(aspect), so its
+    area is that of the circle of `radius`, and `radius` stays the cell's equivalent radius.
+    `wobble` is the amplitude of low-order harmonics on the outline (real cells are not circles);
+    the 1-px ramp at the edge anti-aliases the outline the way optics blur it.
+    """
+    c, s = np.cos(angle), np.sin(angle)
+    k = np.float32(np.sqrt(aspect))
+    u = (xs * c + ys * s) / k
+    v = (-xs * s + ys * c) * k
+    dist = np.hypot(u, v)
+    edge = np.float32(radius)
+    if wobble > 0:
+        theta = np.arctan2(v, u)
+        bumps = np.zeros_like(theta)
+        for k in (2, 3, 4):
+            phase = rng.uniform(0, 2 * np.pi)
+            bumps += np.float32(rng.normal(0, wobble / k)) * np.cos(k * theta + phase)
+        edge = edge * (1 + bumps)
+    return np.clip(edge - dist + 0.5, 0, 1).astype(np.float32)
+
+
+def texture(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth random field with zero mean and unit standard deviation, (h, w) float32."""
+    field = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, mode="wrap")
+    return field / (field.std() + 1e-6)
+
+
+def draw_red_cell(od: np.ndarray, rng: np.random.Generator, cx: float, cy: float, r: float,
+                  stains: Stains) -> None:
+    """Add one red cell (a biconcave disc: dense rim, pale centre) to `od` in place."""
+    win = window(od.shape[:2], cx, cy, r * 1.2 + 1)
+    if win is None:
+        return
+    sl, xs, ys = win
+    aspect = rng.uniform(1.0, 1.15)  # crowded cells deform slightly
+    angle = rng.uniform(0, np.pi)
+    cover = soft_blob(xs, ys, r, rng, wobble=0.02, aspect=aspect, angle=angle)
+    rho2 = (xs * xs + ys * ys) / np.float32(r * r)
+    pallor = rng.uniform(0.45, 0.75)
+    depth = 1 - pallor * np.exp(-rho2 / 0.25) + 0.12 * np.exp(-((np.sqrt(rho2) - 0.85) ** 2) / 0.01)
+    density = cover * depth * np.float32(rng.uniform(0.85, 1.1))
+    od[sl] += density[..., None] * stains.rbc
+
+
+def draw_platelet(od: np.ndarray, rng: np.random.Generator, cx: float, cy: float, r: float,
+                  stains: Stains) -> None:
+    """Add one platelet (small, irregular, granular purple body) to `od` in place."""
+    win = window(od.shape[:2], cx, cy, r * 1.4 + 2)
+    if win is None:
+        return
+    sl, xs, ys = win
+    cover = soft_blob(xs, ys, r, rng, wobble=0.15, aspect=rng.uniform(1.0, 1.5),
+                      angle=rng.uniform(0, np.pi))
+    grain = 1 + 0.35 * texture(cover.shape, 0.8, rng)
+    density = cover * np.clip(grain, 0.2, None) * np.float32(rng.uniform(0.4, 0.6))
+    od[sl] += density[..., None] * stains.platelet
+
+
+def draw_white_cell(od: np.ndarray, rng: np.random.Generator, kind: str, cx: float, cy: float,
+                    r: float, stains: Stains) -> DrawnCell | None:
+    """Add one white cell of `kind` to `od` in place; return it with its visible centre.
+
+    Returns None when no part of the cell lands on the canvas.
+    """
+    win = window(od.shape[:2], cx, cy, r * 1.25 + 2)
+    if win is None:
+        return None
+    sl, xs, ys = win
+    body = soft_blob(xs, ys, r, rng, wobble=0.04, aspect=rng.uniform(1.0, 1.08),
+                     angle=rng.uniform(0, np.pi))
+    mass = float(body.sum())
+    if mass < 1:
+        return None
+    cyto_vec, cyto_density, nucleus_density = _DRAWERS[kind](xs, ys, r, rng, stains)
+    od[sl] += (body * cyto_density)[..., None] * cyto_vec
+    od[sl] += nucleus_density[..., None] * stains.nucleus
+    # The visible centre: where a detector that sees only the picture would put the cell.
+    vx = cx + float((body * xs).sum()) / mass
+    vy = cy + float((body * ys).sum()) / mass
+    return DrawnCell(x=vx, y=vy, r=r, kind=kind)
+
+
+def _lymphocyte(xs, ys, r, rng, stains):
+    """Small round dense nucleus filling most of the cell; thin pale-blue rim."""
+    rn = r * rng.uniform(0.78, 0.88)
+    ox, oy = _offset(rng, (r - rn) * 0.6)
+    nuc = soft_blob(xs - ox, ys - oy, rn, rng, wobble=0.05, aspect=rng.uniform(1.0, 1.1),
+                    angle=rng.uniform(0, np.pi))
+    # Coarse chromatin clumps: large, strong blotches.
+    clumps = texture(nuc.shape, max(rn * 0.12, 1.0), rng)
+    density = rng.uniform(1.0, 1.2) * np.clip(1 + 0.2 * clumps, 0.5, None)
+    cyto = 1.0 + 0.1 * texture(nuc.shape, 1.5, rng)
+    return stains.cyto_lymphocyte, cyto, nuc * density
+
+
+def _lymphoblast(xs, ys, r, rng, stains):
+    """Large round-ish nucleus (high N:C), fine pale chromatin, nucleoli, thin basophilic rim."""
+    rn = r * rng.uniform(0.8, 0.9)
+    ox, oy = _offset(rng, (r - rn) * 0.5)
+    nuc = soft_blob(xs - ox, ys - oy, rn, rng, wobble=0.07, aspect=rng.uniform(1.0, 1.12),
+                    angle=rng.uniform(0, np.pi))
+    if rng.random() < 0.25:  # a cleft or notch, seen in some blasts
+        a = rng.uniform(0, 2 * np.pi)
+        notch = soft_blob(xs - ox - rn * np.cos(a), ys - oy - rn * np.sin(a), rn * 0.25, rng)
+        nuc = nuc * (1 - notch)
+    fine = texture(nuc.shape, 0.8, rng)
+    density = rng.uniform(0.65, 0.8) * (1 + 0.1 * fine)
+    for _ in range(rng.choice([0, 1, 1, 2])):
+        d = rng.uniform(0, 0.45) * rn
+        a = rng.uniform(0, 2 * np.pi)
+        spot = soft_blob(xs - ox - d * np.cos(a), ys - oy - d * np.sin(a),
+                         rn * rng.uniform(0.1, 0.16), rng, wobble=0.05)
+        density = density * (1 - 0.4 * spot)  # nucleoli are paler than the chromatin around them
+    cyto = 1.0 + 0.08 * texture(nuc.shape, 2.0, rng)
+    return stains.cyto_blast, cyto, nuc * density
+
+
+def _neutrophil(xs, ys, r, rng, stains):
+    """2-5 dense nucleus lobes on an arc, joined by thin strands, in granular pale cytoplasm."""
+    n_lobes = int(rng.choice([2, 3, 4, 5], p=[0.15, 0.4, 0.35, 0.1]))
+    arc = r * rng.uniform(0.4, 0.5)
+    step = rng.uniform(1.0, 1.3)
+    start = rng.uniform(0, 2 * np.pi) - step * (n_lobes - 1) / 2
+    angles = start + step * np.arange(n_lobes) + rng.normal(0, 0.12, n_lobes)
+    radii = arc * rng.uniform(0.85, 1.15, n_lobes)
+    px, py = radii * np.cos(angles), radii * np.sin(angles)
+    nuc = np.zeros(np.broadcast_shapes(xs.shape, ys.shape), np.float32)
+    for i in range(n_lobes):
+        # Lobes are elongated along the arc, like beads on a bent string.
+        lobe = soft_blob(xs - px[i], ys - py[i], r * rng.uniform(0.32, 0.38), rng, wobble=0.08,
+                         aspect=rng.uniform(1.1, 1.4), angle=angles[i] + np.pi / 2)
+        nuc = np.maximum(nuc, lobe)
+        if i:  # chromatin strand to the previous lobe
+            nuc = np.maximum(nuc, _strand(xs, ys, px[i - 1], py[i - 1], px[i], py[i], r * 0.05))
+    clumps = texture(nuc.shape, max(r * 0.06, 1.0), rng)
+    density = rng.uniform(0.95, 1.1) * np.clip(1 + 0.18 * clumps, 0.5, None)
+    granules = 1.0 + 0.3 * texture(nuc.shape, 0.7, rng)
+    return stains.cyto_neutrophil, granules, nuc * density
+
+
+def _monocyte(xs, ys, r, rng, stains):
+    """Large cell, kidney-shaped lacy nucleus, grey-blue cytoplasm with a few vacuoles."""
+    rn = r * rng.uniform(0.55, 0.65)
+    a = rng.uniform(0, 2 * np.pi)
+    off = r * rng.uniform(0.1, 0.2)
+    ox, oy = off * np.cos(a), off * np.sin(a)
+    aspect = rng.uniform(1.3, 1.6)
+    nuc = soft_blob(xs - ox, ys - oy, rn, rng, wobble=0.05, aspect=aspect, angle=a + np.pi / 2)
+    # The indent faces the cell centre: a disc bitten out of the nucleus on that side.
+    bite, depth = rn * rng.uniform(0.8, 1.0), rn * rng.uniform(0.15, 0.3)
+    d = rn / np.sqrt(aspect) + bite - depth  # the short semi-axis faces the cell centre
+    bx, by = ox - d * np.cos(a), oy - d * np.sin(a)
+    nuc = nuc * (1 - soft_blob(xs - bx, ys - by, bite, rng, wobble=0.05))
+    lace = texture(nuc.shape, 1.5, rng)
+    density = rng.uniform(0.8, 0.95) * np.clip(1 + 0.2 * lace, 0.4, None)
+    cyto = 1.0 + 0.1 * texture(nuc.shape, 3.0, rng)
+    for _ in range(int(rng.integers(0, 4))):
+        d, b = rng.uniform(0.5, 0.85) * r, rng.uniform(0, 2 * np.pi)
+        cyto = cyto * (1 - 0.7 * soft_blob(xs - d * np.cos(b), ys - d * np.sin(b),
+                                           r * rng.uniform(0.05, 0.09), rng))
+    return stains.cyto_monocyte, cyto, nuc * density
+
+
+def _offset(rng: np.random.Generator, max_shift: float) -> tuple[float, float]:
+    """A random (dx, dy) of length up to `max_shift`: nuclei sit a little off-centre."""
+    d, a = rng.uniform(0, max_shift), rng.uniform(0, 2 * np.pi)
+    return d * np.cos(a), d * np.sin(a)
+
+
+def _strand(xs, ys, x0, y0, x1, y1, width) -> np.ndarray:
+    """Coverage (h, w) float32 of a thick segment from (x0, y0) to (x1, y1)."""
+    dx, dy = x1 - x0, y1 - y0
+    t = np.clip(((xs - x0) * dx + (ys - y0) * dy) / (dx * dx + dy * dy + 1e-9), 0, 1)
+    dist = np.hypot(xs - x0 - t * dx, ys - y0 - t * dy)
+    return np.clip(width - dist + 0.5, 0, 1).astype(np.float32)
+
+
+_DRAWERS = {
+    LYMPHOBLAST: _lymphoblast,
+    LYMPHOCYTE: _lymphocyte,
+    NEUTROPHIL: _neutrophil,
+    MONOCYTE: _monocyte,
+}
