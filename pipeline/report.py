@@ -1,0 +1,299 @@
+"""Per-patient blast counts: Wilson intervals, flags, the count accumulator, CSV/JSON writers.
+
+`allray infer` streams predictions through a `CountAccumulator` (which keeps counts, never cell
+rows, so a cohort of any size fits in memory) and writes its rows with `write_count_tables`;
+`pipeline.report_html` draws the human-readable page from the same rows.
+
+Report columns (patients.csv / samples.csv, in this order) are report-only, so they live here
+beside the code that fills them; `schema` supplies the shared ones (patient_id, sample_id, n_cells).
+
+`info` (the run facts shown by `format_terminal_summary` and the HTML header) is a plain dict; the
+keys of `INFO_LABELS` are shown in that order with those labels, any other key after them as is.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import schema
+
+FLAG_OK, FLAG_ALERT, FLAG_FEW = "ok", "blasts_above_alert", "too_few_cells"
+FLAGS = (FLAG_ALERT, FLAG_FEW, FLAG_OK)
+UNKNOWN = "(unknown)"  # how a null patient (or sample) id is reported
+
+N_SAMPLES = "n_samples"
+N_IMAGES = "n_images"
+N_BLASTS = "n_blasts"
+BLAST_PCT = "blast_pct"  # 100 * n_blasts / n_cells, 2 decimals
+CI_LOW = "ci_low"  # 95% Wilson interval of blast_pct, percent, 2 decimals
+CI_HIGH = "ci_high"
+FLAG = "flag"  # one of FLAGS
+N_SMUDGE = "n_smudge"  # smudge cells seen: left out of n_cells and n_blasts
+PATIENT_COLUMNS = (schema.PATIENT_ID, N_SAMPLES, N_IMAGES, schema.N_CELLS, N_BLASTS, BLAST_PCT, CI_LOW, CI_HIGH,
+                   FLAG, N_SMUDGE)
+SAMPLE_COLUMNS = (schema.PATIENT_ID, schema.SAMPLE_ID, N_IMAGES, schema.N_CELLS, N_BLASTS, BLAST_PCT, CI_LOW,
+                  CI_HIGH, FLAG, N_SMUDGE)
+
+INFO_LABELS = {"model": "Model", "threshold": "Blast probability threshold", "blast_alert_pct": "Alert at blast %",
+               "min_cells": "Minimum cells per patient", "started": "Run started", "elapsed_s": "Run time (s)",
+               "cells_per_s": "Cells / s", "n_images": "Images read", "n_quarantined": "Files quarantined",
+               "run_id": "Run id"}
+TOTAL_LABELS = ("Patients", "Images counted", "White cells counted", "Blasts called", "Smudge cells (not counted)")
+_TERMINAL_FACTS = {"model": "model {}", "threshold": "threshold {}", "elapsed_s": "{} s", "cells_per_s": "{} cells/s",
+                   "n_quarantined": "{} files quarantined"}
+SUMMARY_ROWS = 20  # a terminal screen; the rest are in patients.csv
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n, as fractions in [0, 1]; (0.0, 1.0) when n == 0.
+
+    Wilson rather than the normal approximation: it stays inside [0, 1] and is honest at k = 0 or
+    k = n, which is exactly where small blast counts sit.
+    """
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f"wilson_interval needs 0 <= k <= n, got k={k!r}, n={n!r}")
+    if n == 0:
+        return 0.0, 1.0
+    p, z2 = k / n, z * z
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    # Pin the ends exactly: float error must not turn "no blasts" into a lower bound of 1e-17.
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
+
+
+def count_row(n_images: int, n_cells: int, n_blasts: int, n_smudge: int, blast_alert_pct: float,
+              min_cells: int) -> dict:
+    """The count columns shared by patient and sample rows (all but the id columns)."""
+    blast_pct = round(100 * n_blasts / n_cells, 2) if n_cells else 0.0
+    low, high = wilson_interval(n_blasts, n_cells)
+    # The flag reads the rounded value a person sees, so "20.00 %" is never shown as ok at a 20 % alert;
+    # the alert wins over too_few_cells because a high count on few cells still needs eyes on it.
+    if n_cells and blast_pct >= blast_alert_pct:
+        flag = FLAG_ALERT
+    elif n_cells < max(min_cells, 1):  # no cells is never "ok", whatever min_cells says
+        flag = FLAG_FEW
+    else:
+        flag = FLAG_OK
+    return {N_IMAGES: n_images, schema.N_CELLS: n_cells, N_BLASTS: n_blasts, BLAST_PCT: blast_pct,
+            CI_LOW: round(100 * low, 2), CI_HIGH: round(100 * high, 2), FLAG: flag, N_SMUDGE: n_smudge}
+
+
+@dataclass
+class _Tally:
+    """What one (patient, sample) adds up to: the image ids seen and three counts."""
+
+    images: set[str] = field(default_factory=set)
+    n_cells: int = 0
+    n_blasts: int = 0
+    n_smudge: int = 0
+
+
+class CountAccumulator:
+    """Streams per-cell and per-image facts in; per-patient and per-sample count rows out.
+    Holds only small aggregates (counts and sets of image/sample ids), never cell rows."""
+
+    def __init__(self, blast_alert_pct: float = 20.0, min_cells: int = 50):
+        if not 0 < blast_alert_pct <= 100:
+            raise ValueError(f"blast_alert_pct must be in (0, 100], got {blast_alert_pct!r}")
+        if int(min_cells) != min_cells or min_cells < 0:
+            raise ValueError(f"min_cells must be a whole number >= 0, got {min_cells!r}")
+        self.blast_alert_pct, self.min_cells = float(blast_alert_pct), int(min_cells)
+        self._tallies: dict[tuple[str, str], _Tally] = {}
+
+    def add_image(self, patient_id: str | None, sample_id: str | None, image: str) -> None:
+        """Count `image` as read (call for every readable image, even one with no cells)."""
+        self._tally(_name(patient_id), _name(sample_id)).images.add(str(image))
+
+    def add_cells(self, patient_id, sample_id, image, predicted: Sequence[int], kinds: Sequence[str]) -> None:
+        """Add the cells of one image (scalar ids) or of several (ids as sequences as long as predicted)."""
+        n = len(predicted)
+        columns = [[v] * n if v is None or isinstance(v, str) else v for v in (patient_id, sample_id, image)]
+        self.add_cell_batch(*columns, predicted, kinds)
+
+    def add_cell_batch(self, patient_ids, sample_ids, images, predicted, kinds) -> None:
+        """Add cells of many images: five columns of equal length (lists, numpy or Arrow arrays).
+
+        predicted holds 0/1 calls; a cell of kind schema.KIND_SMUDGE counts as n_smudge only.
+        """
+        cols = [_to_arrow(c) for c in (patient_ids, sample_ids, images, predicted, kinds)]
+        lengths = {len(c) for c in cols}
+        if len(lengths) != 1:
+            raise ValueError(f"add_cell_batch needs columns of equal length, got lengths {[len(c) for c in cols]} "
+                             "(patient_ids, sample_ids, images, predicted, kinds)")
+        pid, sid, image, pred, kind = cols
+        if not len(pred):
+            return
+        if pred.null_count or image.null_count:
+            raise ValueError(f"add_cell_batch got {pred.null_count} null predictions and {image.null_count} null "
+                             "images: every counted cell needs a 0/1 call and an image")
+        calls = np.asarray(pred.to_numpy(zero_copy_only=False))
+        bad = calls[(calls != 0) & (calls != 1)]
+        if bad.size:
+            raise ValueError(f"predicted must be 0 or 1, got {sorted(set(bad.tolist()))[:5]!r}")
+        smudge = pc.fill_null(pc.equal(kind.cast(pa.string()), schema.KIND_SMUDGE), False).to_numpy(
+            zero_copy_only=False)
+        counted = ~smudge
+        table = pa.table({
+            "_p": pc.fill_null(pid.cast(pa.string()), UNKNOWN),
+            "_s": pc.fill_null(sid.cast(pa.string()), UNKNOWN),
+            "_i": image.cast(pa.string()),
+            "_cell": counted.astype(np.int64),
+            "_blast": (counted & (calls == 1)).astype(np.int64),
+            "_smudge": smudge.astype(np.int64),
+        })
+        # One Python step per image, not per cell: a batch of 10^5 cells costs a few group sums.
+        groups = table.group_by(["_p", "_s", "_i"]).aggregate(
+            [("_cell", "sum"), ("_blast", "sum"), ("_smudge", "sum")]).to_pydict()
+        for p, s, i, cells, blasts, smudges in zip(groups["_p"], groups["_s"], groups["_i"], groups["_cell_sum"],
+                                                   groups["_blast_sum"], groups["_smudge_sum"]):
+            tally = self._tally(p, s)
+            tally.images.add(i)
+            tally.n_cells += cells
+            tally.n_blasts += blasts
+            tally.n_smudge += smudges
+
+    def patients(self) -> list[dict]:
+        """One row per patient (PATIENT_COLUMNS), highest blast_pct first."""
+        merged: dict[str, tuple[_Tally, set[str]]] = {}
+        for (p, s), t in self._tallies.items():
+            total, sample_ids = merged.setdefault(p, (_Tally(), set()))
+            sample_ids.add(s)
+            total.images |= t.images
+            total.n_cells += t.n_cells
+            total.n_blasts += t.n_blasts
+            total.n_smudge += t.n_smudge
+        rows = [{schema.PATIENT_ID: p, N_SAMPLES: len(sample_ids), **self._counts(t)}
+                for p, (t, sample_ids) in merged.items()]
+        return sort_rows(rows)
+
+    def samples(self) -> list[dict]:
+        """One row per (patient, sample) (SAMPLE_COLUMNS), highest blast_pct first."""
+        rows = [{schema.PATIENT_ID: p, schema.SAMPLE_ID: s, **self._counts(t)} for (p, s), t in self._tallies.items()]
+        return sort_rows(rows)
+
+    def _tally(self, patient: str, sample: str) -> _Tally:
+        return self._tallies.setdefault((patient, sample), _Tally())
+
+    def _counts(self, t: _Tally) -> dict:
+        return count_row(len(t.images), t.n_cells, t.n_blasts, t.n_smudge, self.blast_alert_pct, self.min_cells)
+
+
+def sort_rows(rows: list[dict]) -> list[dict]:
+    """`rows` highest blast_pct first; ties by more cells, then by id, so the order is reproducible."""
+    return sorted(rows, key=lambda r: (-r[BLAST_PCT], -r[schema.N_CELLS], str(r[schema.PATIENT_ID]),
+                                       str(r.get(schema.SAMPLE_ID, ""))))
+
+
+def write_count_tables(out: Path, patients: list[dict], samples: list[dict], meta: dict) -> None:
+    """Write out/patients.csv, out/patients.json ({"patients": [...], "meta": meta}) and out/samples.csv.
+
+    CSV headers are PATIENT_COLUMNS / SAMPLE_COLUMNS in that order. Each file is written beside its
+    final name and renamed, so a program watching `out` never parses half a file.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_columns("patients", patients, PATIENT_COLUMNS)
+    _check_columns("samples", samples, SAMPLE_COLUMNS)
+    _write_csv(out / "patients.csv", PATIENT_COLUMNS, patients)
+    _write_csv(out / "samples.csv", SAMPLE_COLUMNS, samples)
+    # default=str: meta holds resolved settings, which may include Paths or datetimes.
+    text = json.dumps({"patients": patients, "meta": meta}, indent=2, allow_nan=False, default=str)
+    _write_text(out / "patients.json", text + "\n")
+
+
+def describe_info(patients: list[dict], info: dict) -> list[tuple[str, str]]:
+    """(label, value) pairs of a run's facts: totals over `patients`, then `info` (INFO_LABELS first)."""
+    totals = [(label, f"{value:,}") for label, value in zip(TOTAL_LABELS, _totals(patients))]
+    facts = _run_facts(patients, info)
+    return totals + [(INFO_LABELS.get(k, k), v) for k, v in facts.items()]
+
+
+def format_terminal_summary(patients: list[dict], info: dict, max_rows: int = SUMMARY_ROWS) -> str:
+    """A one-screen plain-text summary: run facts, up to `max_rows` patients, flag totals."""
+    n_patients, n_images, n_cells, n_blasts, n_smudge = _totals(patients)
+    facts = _run_facts(patients, info)
+    run = [form.format(facts[k]) for k, form in _TERMINAL_FACTS.items() if k in facts]
+    lines = [f"{n_patients:,} patients, {n_images:,} images, {n_cells:,} cells, {n_blasts:,} blasts called "
+             f"({n_smudge:,} smudge cells not counted)"] + ([", ".join(run)] if run else [])
+    width = min(max([len(str(r[schema.PATIENT_ID])) for r in patients] + [7]), 24)
+    lines += ["", f"{'patient':<{width}}  {'images':>6}  {'cells':>7}  {'blasts':>6}  {'blast %':>7}  "
+                  f"{'95% CI':>11}  flag"]
+    for r in patients[:max_rows]:
+        pid = str(r[schema.PATIENT_ID])
+        pid = pid if len(pid) <= width else pid[:width - 1] + "~"
+        ci = f"{r[CI_LOW]:.1f}-{r[CI_HIGH]:.1f}"
+        mark = "  <-- ALERT" if r[FLAG] == FLAG_ALERT else ""
+        lines.append(f"{pid:<{width}}  {r[N_IMAGES]:>6,}  {r[schema.N_CELLS]:>7,}  {r[N_BLASTS]:>6,}  "
+                     f"{r[BLAST_PCT]:>7.2f}  {ci:>11}  {r[FLAG]}{mark}")
+    if len(patients) > max_rows:
+        lines.append(f"... {len(patients) - max_rows} more (all in patients.csv)")
+    tally = {f: sum(r[FLAG] == f for r in patients) for f in FLAGS}
+    lines += ["", "flags: " + ", ".join(f"{n} {f}" for f, n in tally.items())]
+    return "\n".join(lines)
+
+
+def _totals(patients: list[dict]) -> tuple[int, int, int, int, int]:
+    """Patients, images, cells, blasts and smudge cells over all `patients` rows (TOTAL_LABELS order)."""
+    return (len(patients), *(sum(r[k] for r in patients) for k in (N_IMAGES, schema.N_CELLS, N_BLASTS, N_SMUDGE)))
+
+
+def _run_facts(patients: list[dict], info: dict) -> dict[str, str]:
+    """`info` as display strings, INFO_LABELS keys first, cells/s worked out when only the time is given."""
+    facts = {k: v for k, v in info.items() if v is not None}
+    if "cells_per_s" not in facts and facts.get("elapsed_s"):
+        facts["cells_per_s"] = _totals(patients)[2] / float(facts["elapsed_s"])
+    keys = [k for k in INFO_LABELS if k in facts] + [k for k in facts if k not in INFO_LABELS]
+    return {str(k): _show(facts[k]) for k in keys}
+
+
+def _name(value) -> str:
+    """An id as reported: str, with None / NaN (pandas' null) as UNKNOWN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return UNKNOWN
+    return str(value)
+
+
+def _to_arrow(column) -> pa.Array:
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return pa.array(column, from_pandas=True)  # from_pandas: NaN in an id column means null
+
+
+def _show(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 10 else f"{value:,.1f}"
+    return str(value)
+
+
+def _check_columns(name: str, rows: list[dict], columns: tuple[str, ...]) -> None:
+    for row in rows:
+        if tuple(row) != columns and set(row) != set(columns):
+            raise ValueError(f"{name} row has columns {sorted(row)}, expected {list(columns)}")
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(path, buf.getvalue())
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
