@@ -8,7 +8,6 @@ stderr and exit code 1; a traceback is shown only with --verbose.
 from __future__ import annotations
 
 import functools
-import json
 import sys
 import traceback
 
@@ -125,6 +124,76 @@ def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, im
     if len(s["quarantined"]) > 10:
         click.echo(f"  ... and {len(s['quarantined']) - 10} more (see {out}/quarantine/)")
     click.echo(f"cells: {out}/cells/   quarantine: {out}/quarantine/   summary: {out}/summary.json")
+
+
+@cli.command()
+@click.argument("cells", nargs=-1, type=click.Path())
+@click.option("--arch", default="all", show_default=True,
+              help="lenet | vgg | resnet | all (the study's three in turn), or a name such as vgg11_bn, resnet50.")
+@click.option("--out", default="", help="Run folder (default: a new runs/<date-time>).")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--workers", default=1, show_default=True, help="Ray Train workers (DDP).")
+@click.option("--gpu", is_flag=True, help="One GPU per worker, mixed precision.")
+@click.option("--cpus-per-worker", type=float, help="CPUs per worker (default: fit the cluster, at most 1).")
+@click.option("--split", default="patient", show_default=True, type=click.Choice(["patient", "image", "random"]))
+@click.option("--val-fraction", default=0.25, show_default=True)
+@click.option("--folds", default=1, show_default=True, help="K-fold cross-validation when > 1.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--weights", default="none", show_default=True, help="none | imagenet | PATH to a state dict.")
+@click.option("--image-size", type=int, help="Model input side (default: the architecture's).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+@click.option("--verbose", is_flag=True, help="Show Ray's logs and tracebacks.")
+@friendly_errors
+def train(cells, arch, out, epochs, batch_size, lr, workers, gpu, cpus_per_worker, split, val_fraction, folds, seed,
+          weights, image_size, resume, address, verbose) -> None:
+    """Train lymphoblast classifiers on the crops in CELLS (ingest outputs; default ./cells)."""
+    from pipeline.config import ARCH_ALL, TrainConfig
+    from pipeline.models import resolve_name
+
+    from jobs.train import comparison_table, run_train
+
+    if arch != ARCH_ALL:
+        resolve_name(arch)  # unknown names fail here, before Ray starts
+    config = TrainConfig(
+        cells=tuple(cells) or ("cells",), out=out, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
+        workers=workers, gpu=gpu, cpus_per_worker=cpus_per_worker, split=split, val_fraction=val_fraction,
+        folds=folds, seed=seed, weights=weights, image_size=image_size, resume=resume,
+    )
+    summary = run_train(config, address=address, verbose=verbose)
+    click.echo(comparison_table(summary))
+    run = summary["run_dir"]
+    click.echo(f"run: {run}  (metrics.jsonl, summary.json, curves.png, <arch>/best/)")
+
+
+@cli.command()
+@click.argument("slides", type=click.Path(), default="slides")
+@click.option("--model", help="A run folder (its best architecture) or a checkpoint folder (default: newest run in ./runs).")
+@click.option("--out", help="Report folder (default: a new reports/<date-time>).")
+@click.option("--gpu", is_flag=True, help="One GPU per classifier worker.")
+@click.option("--workers", type=int, help="Classifier workers (default: 1, or one per GPU with --gpu).")
+@click.option("--batch-size", default=64, show_default=True, help="Cells per classifier batch.")
+@click.option("--threshold", default=0.5, show_default=True, help="Blast probability at which a cell is called a blast.")
+@click.option("--blast-alert", default=20.0, show_default=True, help="Flag patients at or above this blast percentage.")
+@click.option("--min-cells", default=50, show_default=True, help="Fewer cells than this: flag too_few_cells.")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV image,patient_id,sample_id.")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "folders", "manifest", "allidb1", "allidb2"]), help="Slides layout.")
+@click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+@click.option("--verbose", is_flag=True, help="Show Ray's logs and tracebacks.")
+@friendly_errors
+def infer(slides, model, out, gpu, workers, batch_size, threshold, blast_alert, min_cells, manifest, fmt, address,
+          verbose) -> None:
+    """Label the white cells of SLIDES (folders, manifest, or an ingest output) and report blasts per patient."""
+    from jobs.infer import run_infer
+
+    summary = run_infer(slides, model, out, gpu=gpu, workers=workers, batch_size=batch_size, threshold=threshold,
+                        blast_alert=blast_alert, min_cells=min_cells, manifest=manifest, fmt=fmt, address=address,
+                        verbose=verbose)
+    click.echo(summary["terminal"])
+    click.echo(f"report: {summary['report']}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -76,3 +76,57 @@ class IngestConfig:
     def to_dict(self) -> dict:
         """Plain dict of every field (nested settings included), for config.json."""
         return dataclasses.asdict(self)
+
+
+ARCH_ALL = "all"
+STUDY_ARCHS = ("lenet", "vgg", "resnet")  # the originating study's three families
+SPLIT_MODES = ("patient", "image", "random")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of `allray train`."""
+
+    cells: tuple[str, ...] = ("cells",)
+    out: str = ""  # empty = a new runs/<date-time>
+    arch: str = ARCH_ALL  # "all" = the study's three families in turn, or one registry name
+    # The study trained 300 epochs on 130 crops; on thousands of crops 30 suffice.
+    epochs: int = 30
+    batch_size: int = 32  # the study's batch size
+    lr: float = 1e-3  # Adam's default, as in the study
+    workers: int = 1
+    gpu: bool = False
+    # None = fit the workers on the cluster: up to 1 CPU each, leaving some for data loading.
+    cpus_per_worker: float | None = None
+    split: str = "patient"  # patient-grouped: cells of one patient on both sides would leak
+    val_fraction: float = 0.25
+    folds: int = 1  # >1 = K-fold cross-validation, reported as mean +- sd
+    seed: int = 0
+    weights: str = "none"  # "none" trains from scratch (weights cannot be downloaded everywhere)
+    image_size: int | None = None  # None = the architecture's default input size
+    resume: bool = False
+    # Restarts of a run from its last checkpoint after a worker or node is lost.
+    max_failures: int = 2
+
+    def __post_init__(self) -> None:
+        _check(len(self.cells) >= 1, "give at least one ingest output folder (CELLS)")
+        _check(1 <= self.epochs <= 100_000, f"epochs={self.epochs!r} must be at least 1")
+        _check(1 <= self.batch_size <= 65_536, f"batch_size={self.batch_size!r} must be at least 1")
+        _check(0 < self.lr < 10, f"lr={self.lr!r} must be in (0, 10)")
+        _check(self.workers >= 1, f"workers={self.workers!r} must be at least 1")
+        _check(
+            self.cpus_per_worker is None or 0 < self.cpus_per_worker <= 256,
+            f"cpus_per_worker={self.cpus_per_worker!r} must be positive",
+        )
+        _check(self.split in SPLIT_MODES, f"split={self.split!r}: choose one of {', '.join(SPLIT_MODES)}")
+        _check(0 < self.val_fraction < 1, f"val_fraction={self.val_fraction!r} must be in (0, 1)")
+        _check(1 <= self.folds <= 20, f"folds={self.folds!r} must be between 1 and 20")
+        _check(self.max_failures >= 0, f"max_failures={self.max_failures!r} must be >= 0")
+
+    def archs(self) -> tuple[str, ...]:
+        """The architectures this run trains, in order."""
+        return STUDY_ARCHS if self.arch == ARCH_ALL else (self.arch,)
+
+    def to_dict(self) -> dict:
+        """Plain dict of every field, for config.json."""
+        return dataclasses.asdict(self)

@@ -145,7 +145,7 @@ class IngestStage:
         shard = new_shard_id(self.run_id)
         cell_rows, quarantine_rows, ledger_rows, statuses = [], [], [], []
         for task in tasks:
-            outcome, sha = self._ingest_one(task)
+            outcome, sha = process_task(task, self.settings, self.settings_json, self.known)
             if sha is not None and self.known.get(task.image) == sha:
                 statuses.append((task.image, schema.STATUS_SKIPPED, 0, 0, 0, None))
                 continue
@@ -187,19 +187,27 @@ class IngestStage:
             )
         return {name: [s[i] for s in statuses] for i, name in enumerate(STATUS_COLUMNS)}
 
-    def _ingest_one(self, task: ImageTask) -> tuple[ImageOutcome, str | None]:
-        try:
-            data = read_bytes(task.path)
-        except ImageReadError as err:
-            return ImageOutcome([], reason=str(err)), None
-        sha = sha256_hex(data)
-        if self.known.get(task.image) == sha:
-            return ImageOutcome([]), sha
-        try:
-            return ingest_image(task, data, self.settings, sha, self.settings_json), sha
-        except ImageReadError as err:
-            return ImageOutcome([], reason=str(err)), sha
-        except MemoryError:
-            return ImageOutcome([], reason="image too large for this worker's memory"), sha
-        except Exception as err:  # noqa: BLE001 - one image's failure must never fail its shard
-            return ImageOutcome([], reason=f"processing failed: {type(err).__name__}: {err}"), sha
+
+def process_task(
+    task: ImageTask, settings: CropSettings, settings_json: str, known: dict[str, str] | None = None
+) -> tuple[ImageOutcome, str | None]:
+    """Read and ingest one task, never raising: (outcome, sha256 or None if unreadable).
+
+    When `known` maps the task's image to this very content hash, the image is not processed
+    (the caller records it as skipped).
+    """
+    try:
+        data = read_bytes(task.path)
+    except ImageReadError as err:
+        return ImageOutcome([], reason=str(err)), None
+    sha = sha256_hex(data)
+    if known and known.get(task.image) == sha:
+        return ImageOutcome([]), sha
+    try:
+        return ingest_image(task, data, settings, sha, settings_json), sha
+    except ImageReadError as err:
+        return ImageOutcome([], reason=str(err)), sha
+    except MemoryError:
+        return ImageOutcome([], reason="image too large for this worker's memory"), sha
+    except Exception as err:  # noqa: BLE001 - one image's failure must never fail its shard
+        return ImageOutcome([], reason=f"processing failed: {type(err).__name__}: {err}"), sha

@@ -1,0 +1,260 @@
+"""`allray infer`: label the white cells of new slides and report lymphoblast counts per patient.
+
+The recipe, streaming end to end:
+    slides:  tasks -> map_batches(SlideStage)        detect + crop exactly as ingest does
+    or cells: read_parquet(an ingest output)          crops already cut: no detection redone
+          -> map_batches(ImageClassifier | CellClassifier) on an actor pool (one GPU each with --gpu)
+          -> map_batches(PredictionWriter)           predictions shards + one small row per image
+          -> driver: per-patient counts, a few overlays and blast crops; nothing per cell is kept.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from pipeline import schema
+from pipeline.checkpoint import CheckpointError, load_checkpoint, read_meta
+from pipeline.config import CropSettings
+
+from jobs.progress import ProgressLine
+from jobs.runtime import ClusterTooSmallError, check_fits, cluster_cpus_gpus, start_ray
+
+OVERLAYS_PER_PATIENT = 3
+GALLERY_PER_PATIENT = 24
+LIGHT_TASK_CPUS = 0.1  # Parquet reads and shard writes: I/O, never worth holding a whole core
+
+
+def find_model(model: str | None) -> Path:
+    """The checkpoint dir for --model: a checkpoint, a run dir (best arch), or the newest run in ./runs."""
+    if model is None:
+        runs = sorted((p for p in Path("runs").glob("*") if (p / "summary.json").exists()), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise ValueError("no trained model found in ./runs: train one with `allray train`, or pass --model RUN")
+        model = str(runs[-1])
+    path = Path(model)
+    if (path / "meta.json").exists():
+        return path
+    summary_path = path / "summary.json"
+    if not summary_path.exists():
+        raise ValueError(f"--model {model}: neither a checkpoint (meta.json) nor a finished run (summary.json)")
+    archs = json.loads(summary_path.read_text())["archs"]
+
+    def score(item):
+        r = item[1]
+        return r.get("val_acc_mean") if "folds" in r else (r.get("best") or {}).get("val_acc") or 0.0
+
+    arch, result = max(archs.items(), key=lambda item: score(item) or 0.0)
+    ckpt = Path(result["checkpoint"] if "checkpoint" in result else result["folds"][0]["checkpoint"])
+    if not (ckpt / "meta.json").exists():
+        ckpt = path / arch / "best"
+    return ckpt
+
+
+def _is_ingest_output(path: Path) -> bool:
+    return (path / schema.IMAGES_DIR).is_dir() and (path / schema.CELLS_DIR).is_dir()
+
+
+def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool = False, workers: int | None = None,
+              batch_size: int = 64, threshold: float = 0.5, blast_alert: float = 20.0, min_cells: int = 50,
+              manifest: str | None = None, fmt: str = "auto", address: str | None = None, verbose: bool = False,
+              quiet: bool = False) -> dict:  # fmt: skip
+    """Run inference; returns the run summary (also written to OUT/summary.json)."""
+    import ray
+
+    from pipeline.classify import CellClassifier, ImageClassifier
+    from pipeline.ingest import TASK_COLUMN
+    from pipeline.predictions import PredictionWriter, SlideStage
+    from pipeline.report import CountAccumulator
+    from pipeline.sources import discover_images
+    from pipeline.store import read_table, shard_files
+
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"--threshold {threshold!r} must be between 0 and 1")
+    ckpt = find_model(model)
+    _, meta = load_checkpoint(ckpt)  # refuses a damaged or mismatched checkpoint before any work
+    try:
+        settings = CropSettings.from_json(json.dumps(meta["crop_settings"]))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{ckpt}: crop settings in meta.json are not usable: {err}") from None
+    out_dir = Path(out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"report folder {out_dir} is not empty: choose a new --out")
+    src = Path(slides)
+    from_cells = _is_ingest_output(src)
+    tasks, image_paths, ledger = [], {}, None
+    if from_cells:
+        ledger = read_table(src, schema.IMAGES_DIR)
+        cell_settings = set(read_table(src, columns=[schema.INGEST_SETTINGS]).column(0).unique().to_pylist())
+        if cell_settings and cell_settings != {settings.to_json()}:
+            raise CheckpointError(
+                f"the cells in {src} were cut with other settings than model {ckpt} was trained on "
+                f"(model: {settings.to_json()}); run `allray infer` on the slides themselves instead")
+        ingest_src = _ingest_source(src)
+        if ingest_src is not None:
+            image_paths = {im: str(ingest_src / im) for im in ledger.column(schema.IMAGE).to_pylist()}
+    else:
+        discovery = discover_images(src, fmt, Path(manifest) if manifest else None)
+        tasks = discovery.tasks
+        image_paths = {t.image: t.path for t in tasks}
+
+    startup_s = start_ray(address, verbose)
+    cpus, gpus = cluster_cpus_gpus()
+    reserve = LIGHT_TASK_CPUS * 2 + (0.0 if from_cells else 1.0)  # detection needs a whole core
+    n_actors = workers or (max(1, int(gpus)) if gpu else 1)
+    actor_cpus = 1.0 if gpu else min(1.0, (cpus - reserve) / n_actors)
+    if actor_cpus < 0.25:
+        raise ClusterTooSmallError(
+            f"allray infer asks for {n_actors} classifier worker(s) beside {reserve:g} CPU for detection and I/O, "
+            f"but the cluster has {cpus:g} CPUs: use --workers {max(1, int((cpus - reserve) / 0.5))} or a bigger cluster")
+    check_fits(n_actors, actor_cpus, 1.0 if gpu else 0.0, reserve, "allray infer")
+
+    run_id = datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    classifier_kwargs = {"checkpoint_dir": str(ckpt.resolve()), "device": "cuda" if gpu else "cpu",
+                         "threshold": threshold, "threads": max(1, int(actor_cpus))}  # fmt: skip
+    pool = ray.data.ActorPoolStrategy(size=n_actors)
+    if from_cells:
+        ds = ray.data.read_parquet(shard_files(src), num_cpus=LIGHT_TASK_CPUS)
+        ds = ds.map_batches(CellClassifier, fn_constructor_kwargs=classifier_kwargs, compute=pool,
+                            num_cpus=actor_cpus, num_gpus=1 if gpu else 0, batch_size=batch_size, batch_format="numpy")
+        total = ledger.num_rows
+    else:
+        items = [{TASK_COLUMN: t.to_json()} for t in tasks]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * int(cpus))))
+        ds = ds.map_batches(SlideStage, fn_constructor_kwargs={"settings_json": settings.to_json()},
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus - reserve + 1))),
+                            num_cpus=1, batch_size=4, batch_format="numpy")  # fmt: skip
+        ds = ds.map_batches(ImageClassifier, fn_constructor_kwargs=classifier_kwargs, compute=pool,
+                            num_cpus=actor_cpus, num_gpus=1 if gpu else 0, batch_size=8, batch_format="numpy")
+        total = len(tasks)
+    ds = ds.map_batches(PredictionWriter, fn_constructor_kwargs={"out": str(out_dir.resolve()), "run_id": run_id},
+                        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=LIGHT_TASK_CPUS, batch_format="numpy")
+
+    acc = CountAccumulator(blast_alert_pct=blast_alert, min_cells=min_cells)
+    if from_cells:
+        ok = ledger.filter(ledger.column(schema.STATUS).to_numpy(zero_copy_only=False) == schema.STATUS_INGESTED)
+        for p, s, im in zip(*(ok.column(c).to_pylist() for c in (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE))):
+            acc.add_image(p, s, im)
+    quarantine: list[dict] = []
+    if from_cells:
+        q = read_table(src, schema.QUARANTINE_DIR)
+        quarantine = [{schema.IMAGE: i, schema.REASON: r} for i, r in
+                      zip(q.column(schema.IMAGE).to_pylist(), q.column(schema.REASON).to_pylist())]  # fmt: skip
+    gallery: dict[str, list] = {}
+    overlay_pick: dict[str, list] = {}
+    n_cells = n_images = 0
+    progress = None if quiet else ProgressLine("infer", total, unit="images" if not from_cells else "cells")
+    seen_images = set()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            p, s, im = row[schema.PATIENT_ID], row[schema.SAMPLE_ID], row[schema.IMAGE]
+            if row[schema.STATUS] == schema.STATUS_QUARANTINED:
+                quarantine.append({schema.IMAGE: im, schema.REASON: row[schema.REASON]})
+                n_images += 1
+                continue
+            if row[schema.STATUS] == schema.STATUS_INGESTED:
+                acc.add_image(p, s, im)
+                n_images += 1
+            acc.add_cells(p, s, im, row["predicted"], row["kinds"])
+            n_cells += row[schema.N_CELLS]
+            key = p or "(unknown)"
+            for crop, prob in zip(row["blast_crops"], row["blast_probs"]):
+                _push(gallery.setdefault(key, []), (prob, crop, im), GALLERY_PER_PATIENT)
+            if im not in seen_images:
+                seen_images.add(im)
+                _push(overlay_pick.setdefault(key, []), (sum(row["predicted"]), im), OVERLAYS_PER_PATIENT)
+            else:
+                overlay_pick[key] = [(b + sum(row["predicted"]) if i == im else b, i) for b, i in overlay_pick[key]]
+        if progress:
+            progress.update(n_cells if from_cells else n_images, f"{n_cells} cells" if not from_cells else "")
+    if progress:
+        progress.close()
+    seconds = time.perf_counter() - started
+    if not from_cells and n_images != len(tasks):  # every slide image is reported exactly once
+        raise RuntimeError(f"infer accounted for {n_images} of {len(tasks)} images: this is a bug, please report it")
+    return _write_outputs(out_dir, acc, gallery, overlay_pick, image_paths, quarantine, {
+        "model": str(ckpt), "model_id": _model_id(ckpt, meta), "arch": meta.get("arch"), "threshold": threshold,
+        "blast_alert_pct": blast_alert, "min_cells": min_cells, "slides": str(src),
+        "input": "ingest output (no detection)" if from_cells else "slides", "n_images": len(image_paths) or n_images,
+        "n_cells": n_cells, "n_quarantined": len(quarantine), "seconds": round(seconds, 2),
+        "cells_per_s": round(n_cells / seconds, 1) if seconds > 0 else None, "ray_startup_seconds": round(startup_s, 2),
+        "workers": n_actors, "gpu": gpu, "run_id": run_id, "command": " ".join(sys.argv),
+    })  # fmt: skip
+
+
+def _push(heap: list, item: tuple, k: int) -> None:
+    if len(heap) < k:
+        heapq.heappush(heap, item)
+    elif item > heap[0]:
+        heapq.heapreplace(heap, item)
+
+
+def _model_id(ckpt: Path, meta: dict) -> str:
+    from pipeline.classify import model_identity
+
+    return model_identity(ckpt, meta)
+
+
+def _ingest_source(cells_dir: Path) -> Path | None:
+    """The SRC an ingest output was made from (its newest config-*.json), for overlays."""
+    configs = sorted(cells_dir.glob("config-*.json"))
+    if not configs:
+        return None
+    src = Path(json.loads(configs[-1].read_text()).get("src", ""))
+    return src if src.is_dir() else None
+
+
+def _write_outputs(out_dir: Path, acc, gallery: dict, overlay_pick: dict, image_paths: dict, quarantine: list,
+                   info: dict) -> dict:  # fmt: skip
+    import pyarrow.dataset as pads
+
+    from pipeline.io import decode_image
+    from pipeline.report import draw_overlay, format_terminal_summary, write_count_tables
+    from pipeline.report_html import write_html_report
+
+    patients, samples = acc.patients(), acc.samples()
+    write_count_tables(out_dir, patients, samples, info)
+    picks = {im for items in overlay_pick.values() for _, im in items}
+    overlays: dict[str, list] = {}
+    pred_dir = out_dir / schema.PREDICTIONS_DIR
+    if picks and pred_dir.is_dir():
+        cols = [schema.IMAGE, schema.BBOX_X0, schema.BBOX_Y0, schema.BBOX_X1, schema.BBOX_Y1, schema.PREDICTED,
+                schema.BLAST_PROB, schema.KIND]  # fmt: skip
+        table = pads.dataset(str(pred_dir), format="parquet").to_table(
+            columns=cols, filter=pads.field(schema.IMAGE).isin(sorted(picks)))
+        by_image: dict[str, list] = {}
+        for row in table.to_pylist():
+            by_image.setdefault(row[schema.IMAGE], []).append(row)
+        for patient, items in overlay_pick.items():
+            for n_blasts, im in sorted(items, reverse=True):
+                path = image_paths.get(im)
+                if path is None:
+                    continue
+                try:
+                    pixels = decode_image(Path(path).read_bytes()).pixels
+                except (OSError, ValueError):
+                    continue
+                caption = f"{im}: {len(by_image.get(im, []))} cells, {n_blasts} called blasts"
+                overlays.setdefault(patient, []).append((caption, draw_overlay(pixels, by_image.get(im, []))))
+    gallery_items = {p: [(crop, prob, im) for prob, crop, im in sorted(items, reverse=True)]
+                     for p, items in gallery.items()}  # fmt: skip
+    write_html_report(out_dir, patients, overlays, gallery_items, quarantine, info)
+    summary = {**info, "patients": len(patients), "n_blasts": sum(p["n_blasts"] for p in patients),
+               "flags": {f: sum(p["flag"] == f for p in patients) for f in {p["flag"] for p in patients}},
+               "report": str(out_dir / "report.html")}  # fmt: skip
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    summary["terminal"] = format_terminal_summary(patients, info)
+    return summary
+
+
+if __name__ == "__main__":  # `python -m jobs.infer ...` under `ray job submit`
+    from jobs.cli import main
+
+    main(["infer", *sys.argv[1:]])

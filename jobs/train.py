@@ -1,0 +1,280 @@
+"""`allray train`: Ray Train (TorchTrainer, DDP) over the crops of `allray ingest`.
+
+The recipe: the driver reads the small cell index (no crops), splits it by patient, checks that the
+workers fit the cluster, then per architecture (and fold) runs a TorchTrainer whose workers stream
+their shard of the crops from Parquet through Ray Data and call the plain-torch `train_one_epoch`
+and `evaluate` of pipeline/training.py. Rank 0 reports each epoch's metrics with a checkpoint; a
+queue carries the metrics to the driver, which prints progress and appends metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+from pipeline import schema
+from pipeline.cellsets import KEY, read_cell_index, select_cells
+from pipeline.config import TrainConfig
+
+from jobs.runtime import check_fits, start_ray
+from jobs.train_worker import train_worker
+
+# CPU left free beside the training workers for the Ray Data tasks that read and filter their
+# crops: without it the workers starve their own input and hang (Ray Data's file-listing task
+# asks for a whole CPU, so half a CPU is not enough: seen hanging here with 2 x 0.75).
+DATA_CPUS = 1.0
+READ_TASK_CPUS = 0.25
+METRIC_KEYS = ("arch", "fold", "epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_sensitivity",
+               "val_specificity", "val_auc", "seconds", "samples_per_s")  # fmt: skip
+
+
+def default_run_dir() -> str:
+    return str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def resolve_cpus_per_worker(config: TrainConfig, cluster_cpus: float) -> float:
+    """CPUs per worker: as asked, or up to 1 each while leaving DATA_CPUS for data loading."""
+    if config.cpus_per_worker is not None:
+        return config.cpus_per_worker
+    share = (cluster_cpus - DATA_CPUS) / config.workers
+    # Below half a CPU a worker is pointless: report that the ask does not fit.
+    return min(1.0, share) if share >= 0.5 else 1.0
+
+
+def run_train(config: TrainConfig, address: str | None = None, verbose: bool = False, quiet: bool = False) -> dict:
+    """Train every architecture of `config`; returns the run summary (also RUN/summary.json)."""
+    import numpy as np
+    import ray
+    from ray.util.queue import Queue
+
+    from pipeline.splits import kfold_groups, split_cells
+
+    run_dir = Path(config.out or default_run_dir()).resolve()
+    if run_dir.exists() and any(run_dir.iterdir()) and not config.resume:
+        raise ValueError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or a new --out")
+    if config.resume and not (run_dir / "config.json").exists():
+        raise ValueError(f"--resume: {run_dir} holds no run to resume (no config.json)")
+    index = read_cell_index(list(config.cells))
+    table = index.table
+    labels = table.column(schema.LABEL).to_numpy().astype(np.int64)
+    patients = table.column(schema.PATIENT_ID).to_pylist()
+    images = table.column(schema.IMAGE).to_pylist()
+    keys = np.asarray(table.column(KEY).to_pylist(), dtype=object)
+    base_split = split_cells(patients, images, labels, config.split, config.val_fraction, config.seed)
+    folds = [(base_split.train_idx, base_split.val_idx)]
+    if config.folds > 1:
+        groups = images if base_split.mode_used == "image" else (
+            [str(i) for i in range(len(images))] if base_split.mode_used == "random"
+            else [p or f"image:{im}" for p, im in zip(patients, images)])  # fmt: skip
+        folds = kfold_groups(groups, labels, config.folds, config.seed)
+
+    startup_s = start_ray(address, verbose)
+    cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
+    cpus_per_worker = resolve_cpus_per_worker(config, cluster_cpus)
+    check_fits(config.workers, cpus_per_worker, 1.0 if config.gpu else 0.0, DATA_CPUS, "allray train")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(
+        {**config.to_dict(), "resolved_out": str(run_dir), "cpus_per_worker_resolved": cpus_per_worker,
+         "cluster_cpus": cluster_cpus, "command": " ".join(sys.argv)}, indent=2) + "\n")  # fmt: skip
+    split_record = {**base_split.summary(), "train_groups": list(base_split.train_groups),
+                    "val_groups": list(base_split.val_groups), "folds": config.folds}  # fmt: skip
+    (run_dir / "split.json").write_text(json.dumps(split_record, indent=2) + "\n")
+
+    metrics_path = run_dir / "metrics.jsonl"
+    all_metrics = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    results: dict[str, dict] = {}
+    queue = Queue(actor_options={"num_cpus": 0})
+    for arch in config.archs():
+        fold_results = []
+        for fold, (train_idx, val_idx) in enumerate(folds):
+            name = arch if len(folds) == 1 else f"{arch}-fold{fold}"
+            meta = {
+                "arch": arch, "fold": fold, "crop_settings": index.crop_settings, "data_id": index.data_id,
+                "cells": list(config.cells), "split": {**base_split.summary(), "fold": fold,
+                "n_train": int(train_idx.size), "n_val": int(val_idx.size)},
+            }  # fmt: skip
+            loop_config = {
+                "arch": arch, "fold": fold, "epochs": config.epochs, "batch_size": config.batch_size,
+                "lr": config.lr, "seed": config.seed, "weights": config.weights, "image_size": config.image_size,
+                "threads": max(1, int(round(cpus_per_worker))), "meta": meta, "queue": queue,
+            }  # fmt: skip
+            datasets = _datasets(index.files, set(keys[train_idx]), set(keys[val_idx]))
+            printer = _MetricPrinter(queue, metrics_path, all_metrics, quiet)
+            printer.start()
+            try:
+                result = _fit(name, run_dir, loop_config, datasets, config, cpus_per_worker)
+            finally:
+                printer.stop()
+            fold_results.append(_best_of(result, run_dir / name, all_metrics, arch, fold))
+        results[arch] = _combine_folds(fold_results)
+    summary = {
+        "archs": results, "split": base_split.summary(), "folds": config.folds, "data_id": index.data_id,
+        "n_cells_trainable": table.num_rows, "n_cells_unlabelled": index.n_unlabelled,
+        "n_cells_smudge_excluded": index.n_smudge, "workers": config.workers, "gpu": config.gpu,
+        "cpus_per_worker": cpus_per_worker, "ray_startup_seconds": round(startup_s, 2), "run_dir": str(run_dir),
+    }  # fmt: skip
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    from pipeline.plots import plot_curves
+
+    plot_curves(all_metrics, {a: r.get("confusion") for a, r in results.items()}, run_dir / "curves.png")
+    return summary
+
+
+def _datasets(files: list[str], train_keys: set[str], val_keys: set[str]) -> dict:
+    import ray
+
+    columns = [schema.SOURCE_SHA256, schema.CELL_ID, schema.CROP, schema.LABEL]
+
+    def side(keys: set[str]):
+        # Tasks, not actors: a task frees its CPU share when done, an actor would hold it for good
+        # and starve the reads. Same num_cpus as the read, so Ray fuses read and select in one task.
+        ds = ray.data.read_parquet(files, columns=columns, num_cpus=READ_TASK_CPUS)
+        return ds.map_batches(select_cells, fn_kwargs={"keys": frozenset(keys)}, num_cpus=READ_TASK_CPUS,
+                              batch_format="numpy")
+
+    return {"train": side(train_keys), "val": side(val_keys)}
+
+
+def _fit(name: str, run_dir: Path, loop_config: dict, datasets: dict, config: TrainConfig, cpus_per_worker: float):
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=config.workers, use_gpu=config.gpu, resources_per_worker={"CPU": cpus_per_worker,
+            **({"GPU": 1} if config.gpu else {})}),  # fmt: skip
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(run_dir),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_score",
+                                               checkpoint_score_order="max"),
+        ),
+        datasets=datasets,
+        # Validation is not split: rank 0 scores the whole validation side each epoch.
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    return trainer.fit()
+
+
+def _best_of(result, arch_dir: Path, all_metrics: list[dict], arch: str, fold: int) -> dict:
+    """Copy the best checkpoint to arch_dir/best and return its metrics and the final epoch's."""
+    if result.error is not None:
+        raise RuntimeError(f"training {arch} failed: {result.error}")
+    best = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_score", -1.0))
+    checkpoint, best_metrics = best
+    best_dir = arch_dir / "best"
+    shutil.rmtree(best_dir, ignore_errors=True)
+    with checkpoint.as_directory() as d:
+        shutil.copytree(d, best_dir, ignore=shutil.ignore_patterns("optimizer.pt"))
+    meta = json.loads((best_dir / "meta.json").read_text())
+    rows = [m for m in all_metrics if m["arch"] == arch and m.get("fold", 0) == fold]
+    final = max(rows, key=lambda m: m["epoch"]) if rows else {}
+    return {
+        "best_epoch": best_metrics.get("epoch"), "best": {k: best_metrics.get(k) for k in METRIC_KEYS[3:]},
+        "final": {k: final.get(k) for k in METRIC_KEYS[2:]}, "checkpoint": str(best_dir),
+        "params": meta.get("params"), "confusion": meta.get("confusion"),
+        "seconds": round(sum(m.get("seconds") or 0 for m in rows), 1),
+    }  # fmt: skip
+
+
+def _combine_folds(fold_results: list[dict]) -> dict:
+    if len(fold_results) == 1:
+        return fold_results[0]
+    import statistics
+
+    out = {"folds": fold_results, "params": fold_results[0]["params"], "confusion": fold_results[0]["confusion"]}
+    for key in ("val_acc", "val_sensitivity", "val_specificity", "val_auc"):
+        values = [f["best"][key] for f in fold_results if f["best"].get(key) is not None]
+        out[f"{key}_mean"] = statistics.fmean(values) if values else None
+        out[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else None
+    out["seconds"] = sum(f["seconds"] for f in fold_results)
+    return out
+
+
+class _MetricPrinter:
+    """Drains the workers' metric queue on a thread: prints progress, appends metrics.jsonl."""
+
+    def __init__(self, queue, path: Path, sink: list[dict], quiet: bool):
+        self.queue, self.path, self.sink, self.quiet = queue, path, sink, quiet
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._drain(block=False)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._drain(block=True)
+
+    def _drain(self, block: bool) -> None:
+        from ray.util.queue import Empty
+
+        while True:
+            try:
+                m = self.queue.get(block=block, timeout=0.5) if block else self.queue.get_nowait()
+            except Empty:
+                return
+            except Exception:  # noqa: BLE001 - the queue actor is gone at shutdown
+                return
+            row = {k: m.get(k) for k in METRIC_KEYS} | {k: v for k, v in m.items() if k in ("resumed_from",)}
+            self.sink.append(row)
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            if not self.quiet:
+                print(_progress_line(row), file=sys.stderr, flush=True)
+            if not block:
+                continue
+
+
+def _fmt(v, pct=False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "  -  "
+    return f"{100 * v:5.1f}%" if pct else f"{v:.3f}"
+
+
+def _progress_line(m: dict) -> str:
+    fold = f" fold {m['fold']}" if m.get("fold") else ""
+    return (
+        f"train {m['arch']}{fold} epoch {m['epoch'] + 1}: loss {_fmt(m['train_loss'])}/{_fmt(m['val_loss'])} "
+        f"acc {_fmt(m['train_acc'], True)}/{_fmt(m['val_acc'], True)} (train/val) "
+        f"AUC {_fmt(m['val_auc'])}  {m['samples_per_s']:.0f} samples/s  {m['seconds']:.1f} s"
+    )
+
+
+def comparison_table(summary: dict) -> str:
+    """The study's result as a terminal table: arch, params, best val acc, sens, spec, AUC, time."""
+    lines = [f"{'arch':<8} {'params':>10} {'best ep':>7} {'val acc':>8} {'sens':>7} {'spec':>7} {'AUC':>6} {'time':>7}"]
+    for arch, r in summary["archs"].items():
+        if "folds" in r:
+            acc = f"{100 * (r['val_acc_mean'] or 0):.1f}±{100 * (r['val_acc_sd'] or 0):.1f}"
+            lines.append(f"{arch:<8} {r['params'] or 0:>10,} {'-':>7} {acc:>8} {_fmt(r['val_sensitivity_mean'], True):>7} "
+                         f"{_fmt(r['val_specificity_mean'], True):>7} {_fmt(r['val_auc_mean']):>6} {r['seconds']:>6.0f}s")
+            continue
+        b = r["best"]
+        lines.append(
+            f"{arch:<8} {r['params'] or 0:>10,} {(r['best_epoch'] or 0) + 1:>7} {_fmt(b['val_acc'], True):>8} "
+            f"{_fmt(b['val_sensitivity'], True):>7} {_fmt(b['val_specificity'], True):>7} {_fmt(b['val_auc']):>6} "
+            f"{r['seconds']:>6.0f}s"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # `python -m jobs.train ...` under `ray job submit`
+    from jobs.cli import main
+
+    main(["train", *sys.argv[1:]])

@@ -1,0 +1,98 @@
+"""The function every Ray Train worker runs: plain torch from pipeline/, plus a few marked Ray lines."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+
+def _batches(iterator, batch_size: int, image_size: int, shuffle_seed: int | None):
+    """(images, labels) tensors from a Ray Data iterator of {crop, label} rows."""
+    import torch
+
+    from pipeline import schema
+    from pipeline.training import decode_crops
+
+    kwargs = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": shuffle_seed} if shuffle_seed is not None else {}
+    for batch in iterator.iter_batches(batch_size=batch_size, batch_format="numpy", **kwargs):
+        yield decode_crops(list(batch[schema.CROP]), image_size), torch.as_tensor(batch[schema.LABEL])
+
+
+def train_worker(cfg: dict) -> None:
+    """Train cfg["arch"] for cfg["epochs"] epochs, reporting metrics and a checkpoint every epoch."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+
+    from pipeline.checkpoint import load_training_state, save_checkpoint
+    from pipeline.models import build_model, count_parameters, resolve_name
+    from pipeline.models import default_image_size
+    from pipeline.training import MEAN, STD, augment, evaluate, train_one_epoch
+
+    torch.set_num_threads(cfg["threads"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg["seed"] * 1000 + rank)
+    model_name = resolve_name(cfg["arch"])
+    image_size = cfg["image_size"] or default_image_size(model_name)
+    model = build_model(model_name, image_size, cfg["weights"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    start_epoch, resumed_from = 0, None
+    checkpoint = ray.train.get_checkpoint()  # Ray: set when resuming or restarting after a failure
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state, opt_state, meta = load_training_state(d)
+        model.load_state_dict(state)
+        if opt_state is not None:
+            optimizer.load_state_dict(opt_state)
+        start_epoch = resumed_from = meta["epoch"] + 1
+    params = count_parameters(model)
+    model = ray.train.torch.prepare_model(model)  # Ray: device placement + DDP
+    plain = model.module if hasattr(model, "module") else model
+    train_shard = ray.train.get_dataset_shard("train")  # Ray: this worker's share of the crops
+    val_data = ray.train.get_dataset_shard("val")  # not split: rank 0 scores all of it
+    generator = torch.Generator(device=device).manual_seed(cfg["seed"] * 7919 + rank)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+
+    for epoch in range(start_epoch, cfg["epochs"]):
+        started = time.perf_counter()
+        batches = _batches(train_shard, cfg["batch_size"], image_size, shuffle_seed=cfg["seed"] + epoch * 131 + rank)
+        stats = train_one_epoch(model, batches, optimizer, device, scaler=scaler,
+                                transform=lambda x: augment(x, generator))  # fmt: skip
+        totals = torch.tensor([(stats.loss or 0.0) * stats.n, (stats.acc or 0.0) * stats.n, stats.n, stats.seconds],
+                              dtype=torch.float64)  # fmt: skip
+        if world > 1:
+            seconds = totals[3].clone()
+            dist.all_reduce(totals)  # gloo/nccl: sums over workers
+            totals[3] = seconds  # all workers run in parallel: keep this worker's wall time
+        n = int(totals[2])
+        result = None
+        if rank == 0:
+            result = evaluate(plain, _batches(val_data, 256, image_size, None), device)
+        shared = [result.metrics() if result is not None else None,
+                  result.confusion() if result is not None else None]  # fmt: skip
+        if world > 1:
+            dist.broadcast_object_list(shared, src=0)
+        val, confusion = shared
+        seconds = time.perf_counter() - started
+        metrics = {
+            "arch": cfg["arch"], "fold": cfg["fold"], "epoch": epoch,
+            "train_loss": totals[0].item() / n if n else None, "train_acc": totals[1].item() / n if n else None,
+            "val_loss": val["loss"], "val_acc": val["acc"], "val_sensitivity": val["sensitivity"],
+            "val_specificity": val["specificity"], "val_auc": val["auc"],
+            "val_score": val["acc"] if val["acc"] is not None else -1.0,
+            "seconds": seconds, "samples_per_s": n / stats.seconds if stats.seconds > 0 else 0.0,
+            "n_train": n, "n_val": val["n"], "resumed_from": resumed_from,
+        }  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                meta = {**cfg["meta"], "model_name": model_name, "image_size": image_size, "mean": list(MEAN),
+                        "std": list(STD), "epoch": epoch, "metrics": metrics, "params": params,
+                        "confusion": confusion}  # fmt: skip
+                save_checkpoint(tmp, plain.state_dict(), meta, optimizer.state_dict())
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+                cfg["queue"].put(metrics)
+            ray.train.report(metrics, checkpoint=ckpt)  # Ray: every worker reports each epoch

@@ -1,0 +1,84 @@
+"""Which cells a model trains and validates on: the labelled index, cell keys, side selection.
+
+The driver reads only the small index columns of the cell tables (no crops), splits them, and hands
+the key sets to `SelectCells`, a batch callable that keeps one side's rows as they stream past.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import schema
+from pipeline.store import read_table, shard_files
+
+INDEX_COLUMNS = [schema.PATIENT_ID, schema.IMAGE, schema.CELL_ID, schema.LABEL, schema.KIND,
+                 schema.SOURCE_SHA256, schema.INGEST_SETTINGS]  # fmt: skip
+KEY = "key"
+
+
+def cell_key(sha: str, cell_id: int) -> str:
+    """A cell's identity across ingest outputs: its source image's content hash and its index."""
+    return f"{sha}#{int(cell_id)}"
+
+
+@dataclass(frozen=True)
+class CellIndex:
+    """The trainable cells of one or more ingest outputs (labelled, not smudge), without crops."""
+
+    table: pa.Table  # INDEX_COLUMNS + KEY, one row per trainable cell
+    files: list[str]  # every committed cell shard file, for the Dataset to read
+    crop_settings: dict  # the single ingest setting all these crops were cut with
+    data_id: str  # a hash of what was trained on (keys and labels), for the checkpoint
+    n_unlabelled: int
+    n_smudge: int
+
+
+def read_cell_index(cell_dirs: list[str]) -> CellIndex:
+    """Index of the trainable cells of `cell_dirs`; ValueError when there is nothing to train on."""
+    tables, files = [], []
+    for d in cell_dirs:
+        found = shard_files(d)
+        if not found:
+            raise ValueError(f"{d} holds no cells: run `allray ingest SRC --out {d}` first")
+        files += found
+        tables.append(read_table(d, columns=INDEX_COLUMNS))
+    table = pa.concat_tables(tables)
+    settings = set(pc.unique(table.column(schema.INGEST_SETTINGS)).to_pylist())
+    if len(settings) != 1:
+        raise ValueError(
+            f"the cells of {', '.join(cell_dirs)} were cut with {len(settings)} different ingest settings; "
+            "train on cells ingested with one setting (same --crop-um, --crop-size, detector)"
+        )
+    labelled = pc.is_valid(table.column(schema.LABEL))
+    smudge = pc.equal(table.column(schema.KIND), schema.KIND_SMUDGE)
+    keep = pc.and_(labelled, pc.invert(smudge))
+    n_unlabelled = int(table.num_rows - pc.sum(labelled).as_py()) if table.num_rows else 0
+    n_smudge = int(pc.sum(pc.and_(labelled, smudge)).as_py() or 0)
+    table = table.filter(keep)
+    keys = [cell_key(s, c) for s, c in zip(table.column(schema.SOURCE_SHA256).to_pylist(),
+                                           table.column(schema.CELL_ID).to_pylist())]  # fmt: skip
+    table = table.append_column(KEY, pa.array(keys, pa.string()))
+    labels = table.column(schema.LABEL).to_numpy()
+    if table.num_rows == 0 or len(np.unique(labels)) < 2:
+        raise ValueError(
+            f"need labelled cells of both classes to train; found {table.num_rows} labelled cells "
+            f"({int((labels == 1).sum())} blasts) in {', '.join(cell_dirs)}: ingest with --labels, or an "
+            "ALL-IDB layout"
+        )
+    digest = hashlib.sha256()
+    for key, label in sorted(zip(keys, labels.tolist())):
+        digest.update(f"{key}:{label}\n".encode())
+    return CellIndex(table, files, json.loads(settings.pop()), digest.hexdigest()[:16], n_unlabelled, n_smudge)
+
+
+def select_cells(batch: dict[str, np.ndarray], keys: frozenset[str]) -> dict[str, np.ndarray]:
+    """Batch function: the rows whose cell key is in `keys`, as {crop, label} columns."""
+    keyed = [cell_key(s, c) for s, c in zip(batch[schema.SOURCE_SHA256], batch[schema.CELL_ID])]
+    mask = np.fromiter((k in keys for k in keyed), dtype=bool, count=len(keyed))
+    return {schema.CROP: batch[schema.CROP][mask], schema.LABEL: batch[schema.LABEL][mask].astype(np.int64)}

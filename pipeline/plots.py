@@ -1,0 +1,51 @@
+"""Learning curves and confusion matrices of a training run, as one PNG (the study's figures 2-3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_curves(metrics: list[dict], confusions: dict[str, list[list[int]]], path: Path) -> None:
+    """Write `path` (PNG): per arch, loss and accuracy (train and validation) per epoch, and the
+    best epoch's confusion matrix. `metrics` are metrics.jsonl rows (arch, epoch, train_loss, ...)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    archs = list(dict.fromkeys(m["arch"] for m in metrics))
+    fig, axes = plt.subplots(3, len(archs), figsize=(4.2 * len(archs), 10.5), squeeze=False)
+    for col, arch in enumerate(archs):
+        rows = sorted((m for m in metrics if m["arch"] == arch and m.get("fold", 0) == 0), key=lambda m: m["epoch"])
+        epochs = [m["epoch"] + 1 for m in rows]
+        for row, (key, title) in enumerate((("loss", "loss (BCE)"), ("acc", "accuracy"))):
+            ax = axes[row][col]
+            for side, style in (("train", "-o"), ("val", "-s")):
+                values = [m.get(f"{side}_{key}") for m in rows]
+                pts = [(e, v) for e, v in zip(epochs, values) if v is not None]
+                if pts:
+                    ax.plot(*zip(*pts), style, markersize=3, label=side)
+            ax.set_title(f"{arch}: {title}")
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.legend()
+            if key == "acc":
+                ax.set_ylim(0, 1.02)
+        ax = axes[2][col]
+        cm = confusions.get(arch)
+        if cm:
+            ax.imshow(cm, cmap="Blues")
+            for i in range(2):
+                for j in range(2):
+                    ax.text(j, i, str(cm[i][j]), ha="center", va="center", fontsize=14,
+                            color="white" if cm[i][j] > max(map(max, cm)) / 2 else "black")
+            ax.set_xticks([0, 1], ["other", "blast"])
+            ax.set_yticks([0, 1], ["other", "blast"])
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true")
+            ax.set_title(f"{arch}: validation, best epoch")
+        else:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

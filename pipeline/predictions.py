@@ -1,0 +1,124 @@
+"""Inference stages around the classifier: slides to packed cells, predictions to shards.
+
+Batches stay one row per image from detection to the written shard: an image's cells travel packed
+as Arrow IPC bytes (CELLS_IPC), so an image's status, its cells and its counts never part ways, and
+every image ends in exactly one summary row (ingested, possibly with zero cells, or quarantined).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import schema
+from pipeline.config import CropSettings
+from pipeline.ingest import process_task
+from pipeline.sources import ImageTask
+from pipeline.store import join, new_shard_id, resolve, write_table_atomic
+
+CELLS_IPC = "cells_ipc"
+TOP_BLASTS = 12  # crops called blasts kept per image for the report's gallery
+SUMMARY_COLUMNS = (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE, schema.STATUS, schema.REASON,
+                   schema.N_CELLS, "predicted", "kinds", "blast_crops", "blast_probs")  # fmt: skip
+_CELL_COLUMNS = [f.name for f in schema.PREDICTION_SCHEMA if f.name not in
+                 (schema.BLAST_PROB, schema.PREDICTED, schema.MODEL_ID)]  # fmt: skip
+
+
+def pack_cells(table: pa.Table) -> bytes:
+    """Arrow IPC stream bytes of a table (one image's cells)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def unpack_cells(data: bytes) -> pa.Table:
+    """The table packed by `pack_cells`."""
+    return pa.ipc.open_stream(pa.BufferReader(data)).read_all()
+
+
+class SlideStage:
+    """Callable: batch of ImageTask JSON -> one row per image with its cells packed (detect + crop)."""
+
+    def __init__(self, settings_json: str):
+        self.settings = CropSettings.from_json(settings_json)
+        self.settings_json = settings_json
+        self.cell_schema = pa.schema([schema.PREDICTION_SCHEMA.field(n) for n in _CELL_COLUMNS])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        from pipeline.ingest import TASK_COLUMN
+
+        rows = {k: [] for k in (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE, schema.STATUS,
+                                schema.REASON, schema.NOTE, CELLS_IPC)}  # fmt: skip
+        for text in batch[TASK_COLUMN]:
+            task = ImageTask.from_json(str(text))
+            outcome, _sha = process_task(task, self.settings, self.settings_json)
+            cells = [{k: r.get(k) for k in _CELL_COLUMNS} for r in outcome.cells]
+            rows[schema.PATIENT_ID].append(task.patient_id)
+            rows[schema.SAMPLE_ID].append(task.sample_id)
+            rows[schema.IMAGE].append(task.image)
+            rows[schema.STATUS].append(schema.STATUS_QUARANTINED if outcome.reason else schema.STATUS_INGESTED)
+            rows[schema.REASON].append(outcome.reason)
+            rows[schema.NOTE].append(outcome.note)
+            rows[CELLS_IPC].append(pack_cells(pa.Table.from_pylist(cells, schema=self.cell_schema)))
+        return rows
+
+
+class PredictionWriter:
+    """Callable: classified rows -> a predictions shard on disk, and one small summary row per image.
+
+    Accepts one-row-per-image batches (CELLS_IPC) from SlideStage, or one-row-per-cell batches from
+    an existing ingest output. Summary rows carry only counts and a few top blast crops, so the
+    driver aggregates millions of cells without holding them.
+    """
+
+    def __init__(self, out: str, run_id: str):
+        self.out = out
+        self.run_id = run_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        if CELLS_IPC in batch:
+            tables = [unpack_cells(b) for b in batch[CELLS_IPC]]
+            heads = [{k: batch[k][i] for k in (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE, schema.STATUS,
+                                               schema.REASON)} for i in range(len(tables))]  # fmt: skip
+        else:
+            cells = pa.Table.from_pydict({f.name: list(batch[f.name]) for f in schema.PREDICTION_SCHEMA},
+                                         schema=schema.PREDICTION_SCHEMA)  # fmt: skip
+            tables, heads = _group_by_image(cells)
+        tables = [t.select([f.name for f in schema.PREDICTION_SCHEMA]).cast(schema.PREDICTION_SCHEMA) for t in tables]
+        all_cells = pa.concat_tables(tables) if tables else schema.PREDICTION_SCHEMA.empty_table()
+        if all_cells.num_rows:
+            fs, base = resolve(self.out)
+            path = join(base, schema.PREDICTIONS_DIR, f"{new_shard_id(self.run_id)}.parquet")
+            write_table_atomic(fs, path, all_cells)
+        summary = {k: [] for k in SUMMARY_COLUMNS}
+        for head, t in zip(heads, tables):
+            for k in (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE, schema.STATUS, schema.REASON):
+                summary[k].append(None if head[k] is None else str(head[k]))
+            probs = t.column(schema.BLAST_PROB).to_numpy()
+            predicted = t.column(schema.PREDICTED).to_numpy()
+            kinds = t.column(schema.KIND).to_pylist()
+            blasts = [i for i in np.argsort(-probs) if predicted[i] == 1 and kinds[i] != schema.KIND_SMUDGE]
+            top = blasts[:TOP_BLASTS]
+            crops = t.column(schema.CROP).to_pylist()
+            summary[schema.N_CELLS].append(t.num_rows)
+            summary["predicted"].append(predicted.astype(int).tolist())
+            summary["kinds"].append(kinds)
+            summary["blast_crops"].append([crops[i] for i in top])
+            summary["blast_probs"].append([float(probs[i]) for i in top])
+        return summary
+
+
+def _group_by_image(cells: pa.Table) -> tuple[list[pa.Table], list[dict]]:
+    images = cells.column(schema.IMAGE).to_pylist()
+    order: dict[str, list[int]] = {}
+    for i, name in enumerate(images):
+        order.setdefault(name, []).append(i)
+    tables, heads = [], []
+    for name, idx in order.items():
+        t = cells.take(pa.array(idx))
+        tables.append(t)
+        heads.append({schema.PATIENT_ID: t.column(schema.PATIENT_ID)[0].as_py(),
+                      schema.SAMPLE_ID: t.column(schema.SAMPLE_ID)[0].as_py(), schema.IMAGE: name,
+                      schema.STATUS: "cells", schema.REASON: None})  # fmt: skip
+    return tables, heads
