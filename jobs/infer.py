@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pipeline import schema
-from pipeline.checkpoint import CheckpointError, load_checkpoint, read_meta
+from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.config import CropSettings
 
 from jobs.progress import ProgressLine
@@ -72,7 +72,7 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
     from pipeline.predictions import PredictionWriter, SlideStage
     from pipeline.report import CountAccumulator
     from pipeline.sources import discover_images
-    from pipeline.store import read_table, shard_files
+    from pipeline.store import PATH_COLUMN, read_shards, read_table, shard_files
 
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"--threshold {threshold!r} must be between 0 and 1")
@@ -90,11 +90,12 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
     tasks, image_paths, ledger = [], {}, None
     if from_cells:
         ledger = read_table(src, schema.IMAGES_DIR)
-        cell_settings = set(read_table(src, columns=[schema.INGEST_SETTINGS]).column(0).unique().to_pylist())
-        if cell_settings and cell_settings != {settings.to_json()}:
+        cell_settings = read_table(src, columns=[schema.INGEST_SETTINGS]).column(0).unique().to_pylist()
+        if any(json.loads(text) != meta["crop_settings"] for text in cell_settings):
             raise CheckpointError(
                 f"the cells in {src} were cut with other settings than model {ckpt} was trained on "
-                f"(model: {settings.to_json()}); run `allray infer` on the slides themselves instead")
+                f"(model: {json.dumps(meta['crop_settings'], sort_keys=True)}); run `allray infer` on the slides "
+                "themselves instead")
         ingest_src = _ingest_source(src)
         if ingest_src is not None:
             image_paths = {im: str(ingest_src / im) for im in ledger.column(schema.IMAGE).to_pylist()}
@@ -121,10 +122,13 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
                          "threshold": threshold, "threads": max(1, int(actor_cpus))}  # fmt: skip
     pool = ray.data.ActorPoolStrategy(size=n_actors)
     if from_cells:
-        ds = ray.data.read_parquet(shard_files(src), num_cpus=LIGHT_TASK_CPUS)
+        files = shard_files(src)
+        ds = ray.data.from_items([{PATH_COLUMN: f} for f in files], override_num_blocks=len(files))
+        ds = ds.map_batches(read_shards, batch_size=1, num_cpus=LIGHT_TASK_CPUS, batch_format="pyarrow")
         ds = ds.map_batches(CellClassifier, fn_constructor_kwargs=classifier_kwargs, compute=pool,
-                            num_cpus=actor_cpus, num_gpus=1 if gpu else 0, batch_size=batch_size, batch_format="numpy")
-        total = ledger.num_rows
+                            num_cpus=actor_cpus, num_gpus=1 if gpu else 0, batch_size=batch_size,
+                            batch_format="pyarrow")
+        total = sum(n or 0 for n in ledger.column(schema.N_CELLS).to_pylist())
     else:
         items = [{TASK_COLUMN: t.to_json()} for t in tasks]
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * int(cpus))))
@@ -135,7 +139,8 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
                             num_cpus=actor_cpus, num_gpus=1 if gpu else 0, batch_size=8, batch_format="numpy")
         total = len(tasks)
     ds = ds.map_batches(PredictionWriter, fn_constructor_kwargs={"out": str(out_dir.resolve()), "run_id": run_id},
-                        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=LIGHT_TASK_CPUS, batch_format="numpy")
+                        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=LIGHT_TASK_CPUS,
+                        batch_format="pyarrow" if from_cells else "numpy")
 
     acc = CountAccumulator(blast_alert_pct=blast_alert, min_cells=min_cells)
     if from_cells:
@@ -183,7 +188,7 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
         "model": str(ckpt), "model_id": _model_id(ckpt, meta), "arch": meta.get("arch"), "threshold": threshold,
         "blast_alert_pct": blast_alert, "min_cells": min_cells, "slides": str(src),
         "input": "ingest output (no detection)" if from_cells else "slides", "n_images": len(image_paths) or n_images,
-        "n_cells": n_cells, "n_quarantined": len(quarantine), "seconds": round(seconds, 2),
+        "n_cells": n_cells, "n_quarantined": len(quarantine), "elapsed_s": round(seconds, 2),
         "cells_per_s": round(n_cells / seconds, 1) if seconds > 0 else None, "ray_startup_seconds": round(startup_s, 2),
         "workers": n_actors, "gpu": gpu, "run_id": run_id, "command": " ".join(sys.argv),
     })  # fmt: skip
@@ -216,8 +221,8 @@ def _write_outputs(out_dir: Path, acc, gallery: dict, overlay_pick: dict, image_
     import pyarrow.dataset as pads
 
     from pipeline.io import decode_image
-    from pipeline.report import draw_overlay, format_terminal_summary, write_count_tables
-    from pipeline.report_html import write_html_report
+    from pipeline.report import format_terminal_summary, write_count_tables
+    from pipeline.report_html import draw_overlay, write_html_report
 
     patients, samples = acc.patients(), acc.samples()
     write_count_tables(out_dir, patients, samples, info)

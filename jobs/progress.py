@@ -18,6 +18,7 @@ class ProgressLine:
         self.last = 0.0
         self.done = 0
         self.extra = ""
+        self.shown = None  # (done, extra) last printed
 
     def update(self, done: int, extra: str = "") -> None:
         self.done, self.extra = done, extra
@@ -27,7 +28,8 @@ class ProgressLine:
             self._print(end="\r" if self.tty else "\n")
 
     def close(self) -> None:
-        self._print(end="\n")
+        if self.tty or self.shown != (self.done, self.extra):
+            self._print(end="\n")
 
     def _print(self, end: str) -> None:
         elapsed = time.perf_counter() - self.started
@@ -35,5 +37,6 @@ class ProgressLine:
         of = f"/{self.total}" if self.total is not None else ""
         extra = f", {self.extra}" if self.extra else ""
         text = f"{self.label}: {self.done}{of} {self.unit}{extra} ({rate:.1f} {self.unit}/s, {elapsed:.0f} s)"
+        self.shown = (self.done, self.extra)
         self.stream.write(("\x1b[2K" if self.tty else "") + text + end)
         self.stream.flush()

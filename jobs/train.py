@@ -14,7 +14,6 @@ import math
 import shutil
 import sys
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -26,9 +25,8 @@ from jobs.runtime import check_fits, start_ray
 from jobs.train_worker import train_worker
 
 # CPU left free beside the training workers for the Ray Data tasks that read and filter their
-# crops: without it the workers starve their own input and hang (Ray Data's file-listing task
-# asks for a whole CPU, so half a CPU is not enough: seen hanging here with 2 x 0.75).
-DATA_CPUS = 1.0
+# crops: without it two 1-CPU workers on a 2-CPU machine starve their own input and hang.
+DATA_CPUS = 0.5
 READ_TASK_CPUS = 0.25
 METRIC_KEYS = ("arch", "fold", "epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_sensitivity",
                "val_specificity", "val_auc", "seconds", "samples_per_s")  # fmt: skip
@@ -53,7 +51,7 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
     import ray
     from ray.util.queue import Queue
 
-    from pipeline.splits import kfold_groups, split_cells
+    from pipeline.splits import cell_groups, kfold_groups, split_cells
 
     run_dir = Path(config.out or default_run_dir()).resolve()
     if run_dir.exists() and any(run_dir.iterdir()) and not config.resume:
@@ -69,9 +67,7 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
     base_split = split_cells(patients, images, labels, config.split, config.val_fraction, config.seed)
     folds = [(base_split.train_idx, base_split.val_idx)]
     if config.folds > 1:
-        groups = images if base_split.mode_used == "image" else (
-            [str(i) for i in range(len(images))] if base_split.mode_used == "random"
-            else [p or f"image:{im}" for p, im in zip(patients, images)])  # fmt: skip
+        groups, _, _ = cell_groups(patients, images, config.split)
         folds = kfold_groups(groups, labels, config.folds, config.seed)
 
     startup_s = start_ray(address, verbose)
@@ -130,14 +126,14 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
 def _datasets(files: list[str], train_keys: set[str], val_keys: set[str]) -> dict:
     import ray
 
-    columns = [schema.SOURCE_SHA256, schema.CELL_ID, schema.CROP, schema.LABEL]
+    from pipeline.store import PATH_COLUMN
 
     def side(keys: set[str]):
         # Tasks, not actors: a task frees its CPU share when done, an actor would hold it for good
-        # and starve the reads. Same num_cpus as the read, so Ray fuses read and select in one task.
-        ds = ray.data.read_parquet(files, columns=columns, num_cpus=READ_TASK_CPUS)
-        return ds.map_batches(select_cells, fn_kwargs={"keys": frozenset(keys)}, num_cpus=READ_TASK_CPUS,
-                              batch_format="numpy")
+        # and starve the reads (seen hanging on 2 cores).
+        ds = ray.data.from_items([{PATH_COLUMN: f} for f in files], override_num_blocks=len(files))
+        return ds.map_batches(select_cells, fn_kwargs={"keys": frozenset(keys)}, batch_size=1,
+                              num_cpus=READ_TASK_CPUS, batch_format="numpy")
 
     return {"train": side(train_keys), "val": side(val_keys)}
 
@@ -237,8 +233,6 @@ class _MetricPrinter:
                 fh.write(json.dumps(row) + "\n")
             if not self.quiet:
                 print(_progress_line(row), file=sys.stderr, flush=True)
-            if not block:
-                continue
 
 
 def _fmt(v, pct=False) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 
@@ -58,6 +59,10 @@ def train_worker(cfg: dict) -> None:
 
     for epoch in range(start_epoch, cfg["epochs"]):
         started = time.perf_counter()
+        # Cosine decay from the formula, not a scheduler object: a resumed run lands on the same lr,
+        # and the late small steps settle batch-norm models (VGG swings at a constant 1e-3).
+        for group in optimizer.param_groups:
+            group["lr"] = cfg["lr"] * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg["epochs"]))
         batches = _batches(train_shard, cfg["batch_size"], image_size, shuffle_seed=cfg["seed"] + epoch * 131 + rank)
         stats = train_one_epoch(model, batches, optimizer, device, scaler=scaler,
                                 transform=lambda x: augment(x, generator))  # fmt: skip

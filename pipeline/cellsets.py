@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema
-from pipeline.store import read_table, shard_files
+from pipeline.store import read_shards, read_table, shard_files
 
 INDEX_COLUMNS = [schema.PATIENT_ID, schema.IMAGE, schema.CELL_ID, schema.LABEL, schema.KIND,
                  schema.SOURCE_SHA256, schema.INGEST_SETTINGS]  # fmt: skip
@@ -78,7 +78,12 @@ def read_cell_index(cell_dirs: list[str]) -> CellIndex:
 
 
 def select_cells(batch: dict[str, np.ndarray], keys: frozenset[str]) -> dict[str, np.ndarray]:
-    """Batch function: the rows whose cell key is in `keys`, as {crop, label} columns."""
-    keyed = [cell_key(s, c) for s, c in zip(batch[schema.SOURCE_SHA256], batch[schema.CELL_ID])]
+    """Batch function: of the shard files in batch["path"], the rows whose cell key is in `keys`,
+    as {crop, label} columns."""
+    table = read_shards(batch, [schema.SOURCE_SHA256, schema.CELL_ID, schema.CROP, schema.LABEL])
+    keyed = [cell_key(s, c) for s, c in zip(table.column(schema.SOURCE_SHA256).to_pylist(),
+                                            table.column(schema.CELL_ID).to_pylist())]  # fmt: skip
     mask = np.fromiter((k in keys for k in keyed), dtype=bool, count=len(keyed))
-    return {schema.CROP: batch[schema.CROP][mask], schema.LABEL: batch[schema.LABEL][mask].astype(np.int64)}
+    kept = table.filter(pa.array(mask))
+    return {schema.CROP: kept.column(schema.CROP).to_numpy(zero_copy_only=False),
+            schema.LABEL: kept.column(schema.LABEL).to_numpy(zero_copy_only=False).astype(np.int64)}  # fmt: skip

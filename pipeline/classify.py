@@ -53,7 +53,15 @@ class CellClassifier:
             logits = self.model(x).float()
         return torch.sigmoid(logits).cpu().numpy().astype(np.float32)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch):
+        """Label a batch: a dict of columns or a pyarrow Table (which keeps null labels null)."""
+        import pyarrow as pa
+
+        if isinstance(batch, pa.Table):
+            probs = self.predict(batch.column(schema.CROP).to_pylist())
+            batch = batch.append_column(schema.BLAST_PROB, pa.array(probs, pa.float32()))
+            batch = batch.append_column(schema.PREDICTED, pa.array((probs >= self.threshold).astype(np.int8)))
+            return batch.append_column(schema.MODEL_ID, pa.array([self.model_id] * len(probs), pa.string()))
         probs = self.predict(batch[schema.CROP])
         out = dict(batch)
         out[schema.BLAST_PROB] = probs

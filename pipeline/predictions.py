@@ -75,16 +75,16 @@ class PredictionWriter:
     def __init__(self, out: str, run_id: str):
         self.out = out
         self.run_id = run_id
+        fs, base = resolve(out)
+        fs.create_dir(join(base, schema.PREDICTIONS_DIR), recursive=True)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        if CELLS_IPC in batch:
+    def __call__(self, batch) -> dict[str, list]:
+        if isinstance(batch, pa.Table):  # one row per cell, from an ingest output
+            tables, heads = _group_by_image(batch)
+        else:
             tables = [unpack_cells(b) for b in batch[CELLS_IPC]]
             heads = [{k: batch[k][i] for k in (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE, schema.STATUS,
                                                schema.REASON)} for i in range(len(tables))]  # fmt: skip
-        else:
-            cells = pa.Table.from_pydict({f.name: list(batch[f.name]) for f in schema.PREDICTION_SCHEMA},
-                                         schema=schema.PREDICTION_SCHEMA)  # fmt: skip
-            tables, heads = _group_by_image(cells)
         tables = [t.select([f.name for f in schema.PREDICTION_SCHEMA]).cast(schema.PREDICTION_SCHEMA) for t in tables]
         all_cells = pa.concat_tables(tables) if tables else schema.PREDICTION_SCHEMA.empty_table()
         if all_cells.num_rows:

@@ -135,3 +135,23 @@ def write_json(out: str | Path, name: str, payload: dict) -> None:
     fs.create_dir(base, recursive=True)
     with fs.open_output_stream(join(base, name)) as fh:
         fh.write((json.dumps(payload, indent=2, default=str) + "\n").encode())
+
+
+PATH_COLUMN = "path"
+
+
+def read_shards(batch: dict, columns: list[str] | None = None) -> pa.Table:
+    """Batch function: the rows of the Parquet shard files named in batch["path"], nulls kept.
+
+    Jobs build their datasets as `from_items(paths).map_batches(read_shards, ...)` instead of
+    `read_parquet`, whose file-listing task asks for a whole CPU and can starve beside actors or
+    training workers that hold the others (seen hanging on 2 cores).
+    """
+    tables = []
+    for uri in batch[PATH_COLUMN]:
+        fs, path = resolve(str(uri))
+        tables.append(pq.read_table(path, filesystem=fs, columns=columns))
+    if tables:
+        return pa.concat_tables(tables)
+    empty = schema.CELL_SCHEMA.empty_table()
+    return empty.select(columns) if columns else empty

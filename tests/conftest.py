@@ -63,7 +63,8 @@ def write_truth_cells(out: Path, patients: int = 6, images_per_patient: int = 4,
                             schema.INGEST_SETTINGS: settings.to_json(), schema.AT_BORDER: False})
                 cells.append(row)
             ledger.append({f.name: None for f in schema.IMAGE_SCHEMA} | {
-                schema.IMAGE: name, schema.STATUS: schema.STATUS_INGESTED, schema.SOURCE_SHA256: sha,
+                schema.IMAGE: name, schema.PATIENT_ID: f"P{p:03d}", schema.SAMPLE_ID: "S0",
+                schema.STATUS: schema.STATUS_INGESTED, schema.SOURCE_SHA256: sha,
                 schema.N_CELLS: len(truth)})
     write_shard(out, "truth-0", pa.Table.from_pylist(cells, schema=schema.CELL_SCHEMA),
                 schema.QUARANTINE_SCHEMA.empty_table(), pa.Table.from_pylist(ledger, schema=schema.IMAGE_SCHEMA))

@@ -1,0 +1,215 @@
+"""End-to-end runs of ingest, train and infer under one local Ray instance (marked slow + ray)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from pipeline import schema
+from pipeline.config import IngestConfig, TrainConfig
+from pipeline.store import read_table
+
+from conftest import write_truth_cells
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """A small synthetic cohort plus three broken files: a text file named .jpg, an empty PNG,
+    a truncated JPEG; and a valid PNG named .jpg (read by content)."""
+    from PIL import Image
+
+    from pipeline.synth import write_cohort
+
+    out = tmp_path_factory.mktemp("cohort")
+    write_cohort(out, patients=3, images_per_patient=3, seed=11, size=(500, 400))
+    bad = out / "slides" / "P000" / "S0"
+    (bad / "notes.jpg").write_text("this is not an image")
+    (bad / "empty.png").write_bytes(b"")
+    good = Image.open(out / "slides" / "P001" / "S0" / "img000.png")
+    good.save(bad / "truncated.jpg", quality=90)
+    data = (bad / "truncated.jpg").read_bytes()
+    (bad / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    shutil.copy(out / "slides" / "P001" / "S0" / "img001.png", bad / "really_png.jpg")
+    return out
+
+
+def _truth(cohort: Path) -> list[dict]:
+    with (cohort / "truth" / "cells.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_ingest_end_to_end_accounts_for_every_image(ray_session, cohort, tmp_path):
+    from jobs.ingest import run_ingest
+
+    out = tmp_path / "cells"
+    s = run_ingest(IngestConfig(src=str(cohort / "slides"), out=str(out), labels=str(cohort / "truth" / "cells.csv")),
+                   quiet=True)
+    assert s["images_seen"] == 9 + 4
+    assert s["images_seen"] == s["images_ingested"] + s["images_skipped"] + s["images_quarantined"]
+    reasons = {q["image"]: q["reason"] for q in s["quarantined"]}
+    assert set(reasons) == {"P000/S0/notes.jpg", "P000/S0/empty.png", "P000/S0/truncated.jpg"}
+    assert "not an image" in reasons["P000/S0/notes.jpg"] and "empty file" in reasons["P000/S0/empty.png"]
+    assert "truncated" in reasons["P000/S0/truncated.jpg"]
+    quarantine = read_table(out, schema.QUARANTINE_DIR)
+    assert sorted(quarantine.column(schema.IMAGE).to_pylist()) == sorted(reasons)
+
+    cells = read_table(out)
+    assert cells.num_rows == s["cells_written"]
+    truth = _truth(cohort)
+    # the synthetic images hold exactly the truth cells; really_png.jpg repeats img001 of P001
+    n_expected = len(truth) + sum(r["image"] == "P001/S0/img001.png" for r in truth)
+    assert abs(cells.num_rows - n_expected) <= 1
+    # really_png.jpg is not in the labels file: its cells stay unlabelled (null), the others match truth
+    labelled = pc.sum(pc.is_valid(cells.column(schema.LABEL))).as_py()
+    assert len(truth) - 1 <= labelled <= len(truth)
+    blasts_found = pc.sum(pc.equal(cells.column(schema.LABEL), 1)).as_py() or 0
+    assert abs(blasts_found - sum(int(r["label"]) for r in truth)) <= 1
+    repeat = pc.equal(cells.column(schema.IMAGE), "P000/S0/really_png.jpg")
+    assert pc.sum(pc.is_valid(cells.filter(repeat).column(schema.LABEL))).as_py() == 0
+    patients = set(cells.column(schema.PATIENT_ID).to_pylist())
+    assert patients == {"P000", "P001", "P002"}
+    keys = list(zip(cells.column(schema.IMAGE).to_pylist(), cells.column(schema.CELL_ID).to_pylist()))
+    assert len(keys) == len(set(keys))
+    assert json.loads((out / "summary.json").read_text())["images_seen"] == 13
+
+    again = run_ingest(IngestConfig(src=str(cohort / "slides"), out=str(out)), quiet=True)
+    assert again["images_skipped"] == 13 and again["cells_written"] == 0
+    assert read_table(out).num_rows == cells.num_rows
+
+
+def test_interrupted_ingest_completes_on_rerun_without_duplicates(ray_session, cohort, tmp_path):
+    """A run killed after its first shard: the re-run ingests the rest, nothing twice, nothing lost."""
+    import pyarrow as pa
+
+    from jobs.ingest import run_ingest
+    from pipeline.ingest import TASK_COLUMN, IngestStage
+    from pipeline.sources import discover_images
+    from pipeline.store import open_output
+
+    out = tmp_path / "cells"
+    tasks = discover_images(cohort / "slides").tasks
+    open_output(out)
+    config = IngestConfig(src=str(cohort / "slides"), out=str(out))
+    # what a killed run leaves: one committed shard, and the cells of a shard whose ledger never came
+    IngestStage(config.crops.to_json(), str(out), "killed")({TASK_COLUMN: np.array([t.to_json() for t in tasks[:2]])})
+    IngestStage(config.crops.to_json(), str(out), "killed")({TASK_COLUMN: np.array([t.to_json() for t in tasks[2:4]])})
+    ledgers = sorted((out / "images").glob("*.parquet"))
+    ledgers[-1].unlink()  # the second shard's commit never happened
+    s = run_ingest(config, quiet=True)
+    assert s["orphan_files_removed"] >= 1
+    assert s["images_skipped"] == 2 and s["images_seen"] == len(tasks)
+    ledger = read_table(out, schema.IMAGES_DIR)
+    images = ledger.column(schema.IMAGE).to_pylist()
+    assert sorted(images) == sorted(t.image for t in tasks)  # every image exactly once
+    cells = read_table(out)
+    keys = list(zip(cells.column(schema.IMAGE).to_pylist(), cells.column(schema.CELL_ID).to_pylist()))
+    assert len(keys) == len(set(keys))
+    assert sum(ledger.column(schema.N_CELLS).to_pylist()) == cells.num_rows
+    assert pa.compute.sum(pa.compute.equal(ledger.column(schema.STATUS), "quarantined")).as_py() == 3
+
+
+@pytest.fixture(scope="module")
+def truth_cells(tmp_path_factory) -> Path:
+    return write_truth_cells(tmp_path_factory.mktemp("truth") / "cells", patients=6, images_per_patient=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(ray_session, truth_cells, tmp_path_factory) -> tuple[Path, dict]:
+    from jobs.train import run_train
+
+    run = tmp_path_factory.mktemp("runs") / "run"
+    summary = run_train(TrainConfig(cells=(str(truth_cells),), out=str(run), arch="lenet", epochs=2, workers=2,
+                                    batch_size=16), quiet=True)  # fmt: skip
+    return run, summary
+
+
+def test_train_two_workers_writes_every_output(tiny_run):
+    run, summary = tiny_run
+    for name in ("metrics.jsonl", "summary.json", "curves.png", "config.json", "split.json"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for key in ("arch", "epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_sensitivity",
+                "val_specificity", "val_auc", "seconds", "samples_per_s"):
+        assert key in rows[0]
+    best = run / "lenet" / "best"
+    import torch
+
+    state = torch.load(best / "model.pt", weights_only=True)
+    meta = json.loads((best / "meta.json").read_text())
+    assert meta["model_name"] == "lenet" and meta["image_size"] == 126 and meta["crop_settings"]["crop_size"] == 128
+    assert any(k.endswith("weight") for k in state)
+    split = json.loads((run / "split.json").read_text())
+    assert not set(split["train_groups"]) & set(split["val_groups"])  # no patient on both sides
+    assert summary["split"]["split_mode_used"] == "patient"
+
+
+def test_train_resume_continues_from_saved_epoch(tiny_run, truth_cells):
+    from jobs.train import run_train
+
+    run, _ = tiny_run
+    run_train(TrainConfig(cells=(str(truth_cells),), out=str(run), arch="lenet", epochs=3, workers=1, resume=True,
+                          batch_size=16), quiet=True)  # fmt: skip
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["resumed_from"] == 2
+
+
+def test_impossible_workers_fail_fast(ray_session, truth_cells, tmp_path):
+    import time
+
+    from jobs.runtime import ClusterTooSmallError
+    from jobs.train import run_train
+
+    started = time.perf_counter()
+    with pytest.raises(ClusterTooSmallError, match="--workers"):
+        run_train(TrainConfig(cells=(str(truth_cells),), out=str(tmp_path / "r"), arch="lenet", workers=8))
+    with pytest.raises(ClusterTooSmallError, match="GPU"):
+        run_train(TrainConfig(cells=(str(truth_cells),), out=str(tmp_path / "g"), arch="lenet", gpu=True))
+    assert time.perf_counter() - started < 30
+
+
+def test_infer_end_to_end_reports_reconcile(ray_session, tiny_run, cohort, tmp_path):
+    from jobs.infer import run_infer
+
+    run, _ = tiny_run
+    out = tmp_path / "report"
+    s = run_infer(str(cohort / "slides"), str(run), str(out), min_cells=5, quiet=True)
+    for name in ("patients.csv", "patients.json", "samples.csv", "report.html", "summary.json"):
+        assert (out / name).is_file(), name
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(str(out / "predictions"), format="parquet").to_table()
+    with (out / "patients.csv").open() as fh:
+        patients = {r["patient_id"]: r for r in csv.DictReader(fh)}
+    for pid, row in patients.items():
+        mine = table.filter(pc.equal(table.column(schema.PATIENT_ID), pid))
+        not_smudge = mine.filter(pc.not_equal(mine.column(schema.KIND), schema.KIND_SMUDGE))
+        assert int(row["n_cells"]) == not_smudge.num_rows
+        assert int(row["n_blasts"]) == pc.sum(not_smudge.column(schema.PREDICTED)).as_py()
+    assert s["n_quarantined"] == 3
+    html = (out / "report.html").read_text()
+    assert "notes.jpg" in html and "P000" in html
+
+
+def test_infer_refuses_mismatched_checkpoint(ray_session, tiny_run, cohort, tmp_path):
+    from jobs.infer import run_infer
+    from pipeline.checkpoint import CheckpointError
+
+    run, _ = tiny_run
+    bad = tmp_path / "bad"
+    shutil.copytree(run / "lenet" / "best", bad)
+    meta = json.loads((bad / "meta.json").read_text())
+    meta["model_name"] = "resnet18"
+    (bad / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not match"):
+        run_infer(str(cohort / "slides"), str(bad), str(tmp_path / "r"), quiet=True)
+    assert not (tmp_path / "r").exists()
