@@ -135,7 +135,10 @@ def _datasets(files: list[str], train_keys: set[str], val_keys: set[str]) -> dic
         return ds.map_batches(select_cells, fn_kwargs={"keys": frozenset(keys)}, batch_size=1,
                               num_cpus=READ_TASK_CPUS, batch_format="numpy")
 
-    return {"train": side(train_keys), "val": side(val_keys)}
+    # A shard holds the cells of a few images, often of one patient: in file order, batches would
+    # be one patient's stain at a time and batch-norm statistics would follow the last patients
+    # seen. Shuffling the shard order every epoch (plus the workers' local shuffle buffer) mixes them.
+    return {"train": side(train_keys).randomize_block_order(), "val": side(val_keys)}
 
 
 def _fit(name: str, run_dir: Path, loop_config: dict, datasets: dict, config: TrainConfig, cpus_per_worker: float):

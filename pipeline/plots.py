@@ -12,6 +12,7 @@ def plot_curves(metrics: list[dict], confusions: dict[str, list[list[int]]], pat
 
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     archs = list(dict.fromkeys(m["arch"] for m in metrics))
     fig, axes = plt.subplots(3, len(archs), figsize=(4.2 * len(archs), 10.5), squeeze=False)
@@ -27,6 +28,7 @@ def plot_curves(metrics: list[dict], confusions: dict[str, list[list[int]]], pat
                     ax.plot(*zip(*pts), style, markersize=3, label=side)
             ax.set_title(f"{arch}: {title}")
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend()
             if key == "acc":
