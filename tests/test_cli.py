@@ -1,0 +1,59 @@
+"""The command line: fast help, bare invocations with folder defaults, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from click.testing import CliRunner
+
+from jobs.cli import cli
+
+
+def test_help_answers_fast_without_heavy_imports():
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", "import sys; from jobs.cli import main; main(['--help'])"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0 and "ingest" in out.stdout and "train" in out.stdout and "infer" in out.stdout
+    assert time.perf_counter() - started < 3.0  # includes interpreter start; the CLI itself is ~50 ms
+    probe = "import sys; import jobs.cli; print(sorted(m for m in ('ray', 'torch', 'skimage') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def _run(args, cwd, monkeypatch=None):
+    """Invoke the CLI from folder `cwd` (bare invocations resolve ./slides, ./cells, ./runs there)."""
+    import os
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(cli, args)
+    finally:
+        os.chdir(old)
+
+
+def test_bare_ingest_without_slides_folder_is_one_clear_line(tmp_path):
+    result = _run(["ingest"], tmp_path)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == ["error: source folder slides does not exist or is not a folder"]
+
+
+def test_bare_train_without_cells_says_what_to_run(tmp_path):
+    result = _run(["train"], tmp_path)
+    assert result.exit_code == 1 and "allray ingest" in result.output and "Traceback" not in result.output
+
+
+def test_bare_infer_without_model_says_how_to_train_one(tmp_path):
+    result = _run(["infer"], tmp_path)
+    assert result.exit_code == 1 and "allray train" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_unknown_arch_is_refused_before_any_work(tmp_path):
+    result = _run(["train", "--arch", "alexnet"], tmp_path)
+    assert result.exit_code == 1 and "unknown model 'alexnet'" in result.output
+
+
+def test_bad_size_is_a_usage_error(tmp_path):
+    result = _run(["synth", "out", "--size", "big"], tmp_path)
+    assert result.exit_code == 2 and "WIDTHxHEIGHT" in result.output
