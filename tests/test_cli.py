@@ -21,7 +21,7 @@ def test_help_answers_fast_without_heavy_imports():
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
 
 
-def _run(args, cwd, monkeypatch=None):
+def _run(args, cwd):
     """Invoke the CLI from folder `cwd` (bare invocations resolve ./slides, ./cells, ./runs there)."""
     import os
 

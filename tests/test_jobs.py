@@ -213,3 +213,27 @@ def test_infer_refuses_mismatched_checkpoint(ray_session, tiny_run, cohort, tmp_
     with pytest.raises(CheckpointError, match="does not match"):
         run_infer(str(cohort / "slides"), str(bad), str(tmp_path / "r"), quiet=True)
     assert not (tmp_path / "r").exists()
+
+
+def test_infer_refuses_damaged_checkpoint(ray_session, tiny_run, cohort, tmp_path):
+    from jobs.infer import run_infer
+    from pipeline.checkpoint import CheckpointError
+
+    run, _ = tiny_run
+    bad = tmp_path / "damaged"
+    shutil.copytree(run / "lenet" / "best", bad)
+    (bad / "model.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="damaged"):
+        run_infer(str(cohort / "slides"), str(bad), str(tmp_path / "r"), quiet=True)
+
+
+def test_kfold_reports_mean_and_sd(ray_session, truth_cells, tmp_path):
+    from jobs.train import run_train
+
+    summary = run_train(TrainConfig(cells=(str(truth_cells),), out=str(tmp_path / "k"), arch="lenet", epochs=1,
+                                    folds=2, batch_size=16), quiet=True)  # fmt: skip
+    result = summary["archs"]["lenet"]
+    assert len(result["folds"]) == 2
+    assert result["val_acc_mean"] is not None and 0.0 <= result["val_acc_mean"] <= 1.0
+    rows = [json.loads(line) for line in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(r["fold"] for r in rows) == [0, 1]
