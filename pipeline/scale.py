@@ -1,0 +1,236 @@
+"""Image scale from the red cells: micrometres per pixel, and the colour tools detection shares.
+
+Red cells are the ruler of a blood smear: they are 7.5 um across in every healthy adult and are
+everywhere in the picture. Their typical diameter is measured by granulometry (morphological
+openings with discs of growing radius) on a mask of red cells: the radius at which openings
+remove half of the mask's area is the typical red-cell radius. Unlike counting connected
+components this stays right when red cells touch and overlap in clumps, as in most smears.
+
+Colour is handled as optical density (OD, Beer-Lambert) relative to the light of the empty
+background, fitted as a smooth surface, which makes the features independent of lamp brightness,
+vignetting and white balance: a stain is a direction in OD space whatever the camera did.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
+from skimage.morphology import convex_hull_image
+
+RBC_DIAMETER_UM = 7.5  # red cells are the ruler
+
+# Coarse pass: the image is shrunk so its longer side is this long (a red cell then spans at
+# least ~6 px even in a 2592 px ALL-IDB1 picture) and openings try radii over the whole range.
+_COARSE_SIDE_PX = 256
+_COARSE_RADII_PX = np.geomspace(1.5, 48.0, 13)
+# Fine pass: the image is rescaled so the coarse red-cell radius becomes this many pixels, and
+# radii from 0.55x to 1.6x of it are tried (geometric steps of ~9%, interpolated between).
+_FINE_RADIUS_PX = 14.0
+_FINE_RADII_REL = np.geomspace(0.55, 1.6, 13)
+_FINE_WINDOW_PX = 360  # side of the central window measured in the fine pass, fine-pass pixels
+# Red cells must be darker in green than the rest of the picture by at least this much OD: JPEG
+# noise on an empty picture stays well below it.
+_MIN_RBC_CONTRAST_OD = 0.04
+# ... and cover a plausible part of the picture (blank or fully covered images measure nothing).
+_RBC_FRACTION_RANGE = (0.01, 0.95)
+# Pixels whose OD(R) - OD(B) exceeds this are stained nuclei (purple), not red cells (pink, < 0).
+_NUCLEUS_OD = 0.12
+_MIN_RED_OD = 0.05  # floor for the red-cell level of OD(B) - OD(R) (pictures with few red cells)
+_MIN_CELL_PX = 20  # mask components smaller than this are specks, not red cells
+# Background light: fitted on an 8x8 grid of blocks; a block whose bright level is more than 5%
+# below the fitted surface is mostly covered by cells and does not vote in the next fit.
+_BACKGROUND_GRID = 8
+_BACKGROUND_DARK_LOG = 0.05
+
+
+def resize_image(image: np.ndarray, zoom: float) -> np.ndarray:
+    """The (round(H*zoom), round(W*zoom), 3) uint8 image, antialiased; the input if zoom is ~1."""
+    h, w = image.shape[:2]
+    size = (max(1, round(w * zoom)), max(1, round(h * zoom)))
+    if size == (w, h):
+        return image
+    # Pillow's resampling is antialiased when shrinking and runs in C: on a 1712x1368 smear it
+    # costs a few milliseconds, ~20x less than skimage.transform.rescale.
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, reducing_gap=3.0))
+
+
+def measure_optical_density(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float32 OD of an (H, W, 3) uint8 RGB image relative to its background light.
+
+    OD = log(background) - log(pixel) per channel, so empty background reads 0 everywhere even
+    when the lamp lights the field unevenly (vignetting, a gradient across the picture).
+    """
+    log_image = np.log(image.astype(np.float32) + 1.0)
+    return estimate_background_light(image) - log_image
+
+
+def estimate_background_light(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float32 log of the light reaching each pixel with no cell in the way.
+
+    A smooth quadratic surface per channel, fitted to the background level of an 8x8 grid of
+    blocks (the most common value near the top of each block's histogram); blocks much darker
+    than the fit are covered by cells and are left out of the next fit. Vignetting and lamp
+    gradients are smooth, so a quadratic follows them.
+    """
+    h, w = image.shape[:2]
+    grid = _BACKGROUND_GRID
+    ys = np.linspace(0, h, grid + 1).astype(int)
+    xs = np.linspace(0, w, grid + 1).astype(int)
+    levels, centres = [], []
+    for i in range(grid):
+        for j in range(grid):
+            block = image[ys[i] : ys[i + 1], xs[j] : xs[j + 1]].reshape(-1, 3)
+            if block.shape[0] == 0:
+                continue
+            block = block[:: max(1, block.shape[0] // 4000)]
+            levels.append(np.log(_find_bright_mode(block) + 1.0))
+            centres.append(((ys[i] + ys[i + 1]) / 2 / h - 0.5, (xs[j] + xs[j + 1]) / 2 / w - 0.5))
+    levels = np.asarray(levels, np.float64)
+    cy, cx = np.asarray(centres).T
+    design = np.stack([np.ones_like(cx), cx, cy, cx * cx, cy * cy, cx * cy], axis=1)
+    keep = np.ones(len(levels), bool)
+    coef = None
+    for _ in range(3):
+        if keep.sum() < 2 * design.shape[1]:
+            break
+        coef = np.linalg.lstsq(design[keep], levels[keep], rcond=None)[0]
+        residual = (levels - design @ coef).mean(axis=1)
+        keep = residual > -_BACKGROUND_DARK_LOG
+    if coef is None:  # too few blocks (a tiny image): one flat level
+        return np.broadcast_to(levels.max(axis=0).astype(np.float32), (h, w, 3))
+    v = (np.arange(h, dtype=np.float32) + 0.5) / h - 0.5
+    u = (np.arange(w, dtype=np.float32) + 0.5) / w - 0.5
+    v, u = v[:, None, None], u[None, :, None]
+    c = coef.astype(np.float32)
+    return c[0] + c[1] * u + c[2] * v + c[3] * u * u + c[4] * v * v + c[5] * u * v
+
+
+def _find_bright_mode(pixels: np.ndarray) -> np.ndarray:
+    """(3,) float64: per channel, the most common value within 30 grey levels below the 95th
+    percentile of (N, 3) uint8 pixels: the background itself, not the top of its noise."""
+    top = np.percentile(pixels, 95, axis=0)
+    mode = np.empty(3)
+    for c in range(3):
+        counts = ndi.gaussian_filter1d(np.bincount(pixels[:, c], minlength=256).astype(float), 2.0)
+        lo, hi = int(max(top[c] - 30, 0)), int(min(top[c] + 3, 255))
+        mode[c] = lo + np.argmax(counts[lo : hi + 1])
+    return mode
+
+
+def measure_red_level(od: np.ndarray) -> float:
+    """Typical OD(B) - OD(R) of a single layer of red cells, floored at _MIN_RED_OD (few red cells).
+
+    The median over the reddish pixels (above a quarter of the 95th percentile): the percentile
+    itself sits on overlapping red cells, twice as dense, wherever the smear is thick.
+    """
+    flat = od.reshape(-1, 3)[:: max(1, od.shape[0] * od.shape[1] // 100_000)]
+    redness = flat[:, 2] - flat[:, 0]
+    reddish = redness[redness > 0.25 * np.percentile(redness, 95)]
+    return max(float(np.median(reddish)) if reddish.size else 0.0, _MIN_RED_OD)
+
+
+def measure_rbc_diameter_px(image: np.ndarray) -> float | None:
+    """Typical red-cell diameter in pixels of an (H, W, 3) uint8 image; None when none can be measured."""
+    h, w = image.shape[:2]
+    coarse_zoom = min(1.0, _COARSE_SIDE_PX / max(h, w))
+    mask = _segment_red_cells(resize_image(image, coarse_zoom))
+    radius = None if mask is None else _measure_granulometric_radius(mask, _COARSE_RADII_PX)
+    if radius is None:
+        return None
+    radius /= coarse_zoom
+    # Fine pass on a central window only: a few hundred red cells give the typical size as well
+    # as thousands do, at a fraction of the cost on a large picture.
+    zoom = min(1.0, _FINE_RADIUS_PX / radius)
+    half = int(_FINE_WINDOW_PX / zoom / 2)
+    cy, cx = h // 2, w // 2
+    window = image[max(0, cy - half) : cy + half, max(0, cx - half) : cx + half]
+    mask = _segment_red_cells(resize_image(window, zoom))
+    fine = None if mask is None else _measure_granulometric_radius(mask, _FINE_RADII_REL * radius * zoom)
+    if fine is not None:
+        radius = fine / zoom
+    return 2.0 * radius
+
+
+def estimate_um_per_pixel(image: np.ndarray) -> float | None:
+    """Micrometres per pixel from the typical red-cell diameter (7.5 um), None if no red cells can be measured."""
+    diameter = measure_rbc_diameter_px(image)
+    return None if diameter is None else RBC_DIAMETER_UM / diameter
+
+
+def _segment_red_cells(image: np.ndarray) -> np.ndarray | None:
+    """(H, W) bool mask of red cells (holes filled), or None when the picture shows no red cells."""
+    od = measure_optical_density(image)
+    # Haemoglobin absorbs green most; nuclei absorb it too, so stained nuclei (red absorbed more
+    # than blue) are left out, or a large white cell would pass for a clump of red cells.
+    green = ndi.gaussian_filter(od[..., 1], 1.0)
+    nucleus = ndi.gaussian_filter(od[..., 0] - od[..., 2], 1.0) > _NUCLEUS_OD
+    values = green[~nucleus]
+    if values.size < 100 or float(np.ptp(values)) < _MIN_RBC_CONTRAST_OD:
+        return None
+    # Otsu between background and red cells, on values clipped at the 99th percentile so that a
+    # few very dark specks cannot pull the threshold up into the red cells.
+    threshold = threshold_otsu(np.minimum(values, np.percentile(values, 99)))
+    mask = (green > threshold) & ~nucleus
+    fraction = float(mask.mean())
+    if not _RBC_FRACTION_RANGE[0] <= fraction <= _RBC_FRACTION_RANGE[1]:
+        return None
+    if float(green[mask].mean() - green[~mask & ~nucleus].mean()) < _MIN_RBC_CONTRAST_OD:
+        return None
+    # Filling holes closes the pale centres of red cells (central pallor), so a red cell reads as
+    # one disc, not a ring whose thickness would be measured instead of its diameter.
+    return _close_crescents(ndi.binary_fill_holes(ndi.binary_opening(mask)))
+
+
+def _close_crescents(mask: np.ndarray) -> np.ndarray:
+    """The mask with each crescent replaced by its convex hull.
+
+    A red cell whose pale centre opens to one side reads as a crescent, which openings would
+    measure by its thickness; its convex hull is the cell. A crescent is a hollow component
+    (solidity < 0.8) whose hull is no larger than 1.5x the typical solid (single) red cell;
+    clumps are left alone, as their hulls would swallow the background between the cells.
+    """
+    labels, n = ndi.label(mask)
+    if n == 0:
+        return mask
+    areas = np.bincount(labels.ravel())
+    boxes = ndi.find_objects(labels)
+    hulls = {}
+    for index, sl in enumerate(boxes, start=1):
+        if areas[index] >= _MIN_CELL_PX:
+            hulls[index] = convex_hull_image(labels[sl] == index)
+    solid = [areas[i] for i, hull in hulls.items() if areas[i] >= 0.9 * hull.sum()]
+    if not solid:
+        return mask
+    typical = float(np.median(solid))
+    out = mask.copy()
+    for index, hull in hulls.items():
+        if areas[index] < 0.8 * hull.sum() <= 0.8 * 1.5 * typical:
+            out[boxes[index - 1]] |= hull
+    return out
+
+
+def _measure_granulometric_radius(mask: np.ndarray, radii: np.ndarray) -> float | None:
+    """The disc radius (px) at which opening the mask removes half its area; None if outside radii."""
+    total = float(mask.sum())
+    if total == 0:
+        return None
+    # scipy's distance maps treat pixels beyond the image edge as inside (and the padding below
+    # does the same for the dilation), so a red cell cut by the border opens like a whole one.
+    inside = ndi.distance_transform_edt(mask)
+    fraction = []
+    for radius in radii:
+        pad = int(np.ceil(radius)) + 1
+        core = np.pad(inside > radius, pad, mode="edge")
+        opened = ndi.distance_transform_edt(~core)[pad:-pad, pad:-pad] <= radius
+        fraction.append(float((opened & mask).sum()) / total)
+    fraction = np.asarray(fraction)
+    below = np.flatnonzero(fraction < 0.5)
+    if below.size == 0 or below[0] == 0:
+        return None
+    k = below[0]
+    # Interpolate the crossing in log-radius between the last radius above half and the first below.
+    f0, f1 = fraction[k - 1], fraction[k]
+    t = (f0 - 0.5) / max(f0 - f1, 1e-9)
+    return float(np.exp(np.log(radii[k - 1]) + t * (np.log(radii[k]) - np.log(radii[k - 1]))))
