@@ -188,7 +188,7 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
         "model": str(ckpt), "model_id": _model_id(ckpt, meta), "arch": meta.get("arch"), "threshold": threshold,
         "blast_alert_pct": blast_alert, "min_cells": min_cells, "slides": str(src),
         "input": "ingest output (no detection)" if from_cells else "slides", "n_images": len(image_paths) or n_images,
-        "n_cells": n_cells, "n_quarantined": len(quarantine), "elapsed_s": round(seconds, 2),
+        "n_quarantined": len(quarantine), "elapsed_s": round(seconds, 2),
         "cells_per_s": round(n_cells / seconds, 1) if seconds > 0 else None, "ray_startup_seconds": round(startup_s, 2),
         "workers": n_actors, "gpu": gpu, "run_id": run_id, "command": " ".join(sys.argv),
     })  # fmt: skip

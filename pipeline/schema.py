@@ -135,28 +135,16 @@ BLAST_PROB = "blast_prob"  # model probability that the cell is a lymphoblast
 PREDICTED = "predicted"  # 1 = called lymphoblast (blast_prob >= threshold), 0 = other
 MODEL_ID = "model_id"  # identity of the checkpoint that labelled the cell (arch + hash)
 
+_PREDICTION_CELL_COLUMNS = (PATIENT_ID, SAMPLE_ID, IMAGE, CELL_ID, X, Y, BBOX_X0, BBOX_Y0, BBOX_X1, BBOX_Y1, AREA,
+                            DIAMETER_UM, KIND, AT_BORDER, CROP)  # fmt: skip
 PREDICTION_SCHEMA = pa.schema(
-    [
-        pa.field(PATIENT_ID, pa.string()),
-        pa.field(SAMPLE_ID, pa.string()),
-        pa.field(IMAGE, pa.string(), nullable=False),
-        pa.field(CELL_ID, pa.int32(), nullable=False),
-        pa.field(X, pa.float32()),
-        pa.field(Y, pa.float32()),
-        pa.field(BBOX_X0, pa.int32()),
-        pa.field(BBOX_Y0, pa.int32()),
-        pa.field(BBOX_X1, pa.int32()),
-        pa.field(BBOX_Y1, pa.int32()),
-        pa.field(AREA, pa.int32()),
-        pa.field(DIAMETER_UM, pa.float32()),
-        pa.field(KIND, pa.string()),
-        pa.field(AT_BORDER, pa.bool_()),
-        pa.field(CROP, pa.binary()),
+    [CELL_SCHEMA.field(name) for name in _PREDICTION_CELL_COLUMNS]
+    + [
         pa.field(BLAST_PROB, pa.float32()),
         pa.field(PREDICTED, pa.int8()),
         pa.field(LABEL, pa.int8()),  # known label where the input had one (for evaluation), else null
         pa.field(MODEL_ID, pa.string()),
-        pa.field(SOURCE_SHA256, pa.string()),
+        CELL_SCHEMA.field(SOURCE_SHA256),
     ]
 )
 PREDICTIONS_DIR = "predictions"
