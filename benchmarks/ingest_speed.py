@@ -50,14 +50,14 @@ class PeakRSS:
         self._thread.join()
 
     def _run(self):
-        me = os.getpid()
+        me = psutil.Process(os.getpid())
         while not self._stop.is_set():
-            total = 0
-            for p in psutil.process_iter(["pid", "name", "cmdline"]):
+            # The local Ray this driver started runs under it: its worker processes ("ray::...")
+            # are our descendants, and Ray processes of anyone else on the machine are not.
+            total = me.memory_info().rss
+            for p in me.children(recursive=True):
                 try:
-                    name = p.info["name"] or ""
-                    cmd = " ".join(p.info["cmdline"] or [])
-                    if p.info["pid"] == me or name.startswith("ray::") or cmd.startswith("ray::"):
+                    if p.name().startswith("ray::") or " ".join(p.cmdline()[:1]).startswith("ray::"):
                         total += p.memory_info().rss
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue

@@ -26,6 +26,9 @@ def start_ray(address: str | None = None, verbose: bool = False, num_cpus: int |
     started = time.perf_counter()
     if not verbose:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        # Ray's C++ core prints warnings-as-errors to the driver's terminal (e.g. actor constructor
+        # arguments held in the object store); --verbose, or setting this yourself, brings them back.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         warnings.filterwarnings("ignore", module="ray")
         for name in ("ray", "ray.data", "ray.train", "ray.tune"):
             logging.getLogger(name).setLevel(logging.ERROR)
