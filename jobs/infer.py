@@ -153,10 +153,9 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
         quarantine = [{schema.IMAGE: i, schema.REASON: r} for i, r in
                       zip(q.column(schema.IMAGE).to_pylist(), q.column(schema.REASON).to_pylist())]  # fmt: skip
     gallery: dict[str, list] = {}
-    overlay_pick: dict[str, list] = {}
+    overlay_pick: dict[str, dict[str, int]] = {}  # patient -> image -> blasts called (one int per image)
     n_cells = n_images = 0
     progress = None if quiet else ProgressLine("infer", total, unit="images" if not from_cells else "cells")
-    seen_images = set()
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for row in batch.to_pylist():
             p, s, im = row[schema.PATIENT_ID], row[schema.SAMPLE_ID], row[schema.IMAGE]
@@ -172,11 +171,8 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
             key = p or "(unknown)"
             for crop, prob in zip(row["blast_crops"], row["blast_probs"]):
                 _push(gallery.setdefault(key, []), (prob, crop, im), GALLERY_PER_PATIENT)
-            if im not in seen_images:
-                seen_images.add(im)
-                _push(overlay_pick.setdefault(key, []), (sum(row["predicted"]), im), OVERLAYS_PER_PATIENT)
-            else:
-                overlay_pick[key] = [(b + sum(row["predicted"]) if i == im else b, i) for b, i in overlay_pick[key]]
+            blasts_in_image = overlay_pick.setdefault(key, {})
+            blasts_in_image[im] = blasts_in_image.get(im, 0) + sum(row["predicted"])
         if progress:
             progress.update(n_cells if from_cells else n_images, f"{n_cells} cells" if not from_cells else "")
     if progress:
@@ -226,7 +222,10 @@ def _write_outputs(out_dir: Path, acc, gallery: dict, overlay_pick: dict, image_
 
     patients, samples = acc.patients(), acc.samples()
     write_count_tables(out_dir, patients, samples, info)
-    picks = {im for items in overlay_pick.values() for _, im in items}
+    # The images with the most blasts called are the ones a reviewer should see first.
+    chosen = {p: heapq.nlargest(OVERLAYS_PER_PATIENT, ((n, im) for im, n in images.items()))
+              for p, images in overlay_pick.items()}  # fmt: skip
+    picks = {im for items in chosen.values() for _, im in items}
     overlays: dict[str, list] = {}
     pred_dir = out_dir / schema.PREDICTIONS_DIR
     if picks and pred_dir.is_dir():
@@ -237,8 +236,8 @@ def _write_outputs(out_dir: Path, acc, gallery: dict, overlay_pick: dict, image_
         by_image: dict[str, list] = {}
         for row in table.to_pylist():
             by_image.setdefault(row[schema.IMAGE], []).append(row)
-        for patient, items in overlay_pick.items():
-            for n_blasts, im in sorted(items, reverse=True):
+        for patient, items in chosen.items():
+            for n_blasts, im in items:
                 path = image_paths.get(im)
                 if path is None:
                     continue
