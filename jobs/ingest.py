@@ -52,19 +52,13 @@ def run_ingest(config: IngestConfig, address: str | None = None, verbose: bool =
     per_shard = max(1, min(config.images_per_shard, math.ceil(len(tasks) / (4 * workers))))
     n_blocks = math.ceil(len(tasks) / per_shard)
     items = [{TASK_COLUMN: t.to_json()} for t in tasks]
+    stage_args = {"settings_json": config.crops.to_json(), "out": config.out, "run_id": run_id,
+                  "known": state.known}  # fmt: skip
+    # A fixed pool of actors, each importing the detector once: an autoscaling pool starts with one
+    # actor and grows only once a queue has built up, leaving cores idle at the start.
     ds = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
-        IngestStage,
-        fn_constructor_kwargs={
-            "settings_json": config.crops.to_json(),
-            "out": config.out,
-            "run_id": run_id,
-            "known": state.known,
-        },
-        batch_size=per_shard,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-        num_cpus=1,
-        batch_format="numpy",
-    )
+        IngestStage, fn_constructor_kwargs=stage_args, batch_size=per_shard,
+        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, batch_format="numpy")
 
     counts: Counter = Counter()
     reasons: list[dict] = []
