@@ -14,10 +14,12 @@ def _batches(iterator, batch_size: int, image_size: int, shuffle_seed: int | Non
     from pipeline import schema
     from pipeline.training import decode_crops
 
-    # ~1000 crops (~30 MB) mix cells of many images and patients into every batch.
-    kwargs = {"local_shuffle_buffer_size": max(1024, 4 * batch_size), "local_shuffle_seed": shuffle_seed} \
+    # With the shard order shuffled every epoch, a buffer of a few shards mixes cells of several
+    # images and patients into every batch; a bigger one would hold training back until it fills.
+    kwargs = {"local_shuffle_buffer_size": max(256, 8 * batch_size), "local_shuffle_seed": shuffle_seed} \
         if shuffle_seed is not None else {}
-    for batch in iterator.iter_batches(batch_size=batch_size, batch_format="numpy", **kwargs):
+    # Prefetch a few batches so reading and decoding overlap the previous training step.
+    for batch in iterator.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=4, **kwargs):
         yield decode_crops(list(batch[schema.CROP]), image_size), torch.as_tensor(batch[schema.LABEL])
 
 
