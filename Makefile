@@ -6,7 +6,7 @@ ALLRAY := $(VENV)/bin/allray
 STAMP := $(VENV)/.installed
 DEMO := demo-out
 
-.PHONY: install demo test test-fast bench clean browser
+.PHONY: install demo test test-fast test-multinode bench clean browser
 
 install: $(STAMP)
 
@@ -37,8 +37,13 @@ browser:
 	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "note: chromium could not be installed; the browser check of report.html will be skipped"
 
+# The multi-node fault tests (a second Ray node started and killed on this machine) run apart
+# until they are proven stable: `make test-multinode`.
 test: $(STAMP) browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not multinode"
+
+test-multinode: $(STAMP)
+	$(PY) -m pytest -q -s -m multinode
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -138,8 +138,11 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
         ds = ds.map_batches(ImageClassifier, fn_constructor_kwargs=classifier_kwargs, compute=pool,
                             num_cpus=actor_cpus, num_gpus=1 if gpu else 0, batch_size=8, batch_format="numpy")
         total = len(tasks)
+    # The one writer lives on the driver's node and holds no CPU: lost with a worker node, it would be
+    # restarted and rewrite shards; holding a share, the pools it joins no longer fit what is left.
     ds = ds.map_batches(PredictionWriter, fn_constructor_kwargs={"out": str(out_dir.resolve()), "run_id": run_id},
-                        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=LIGHT_TASK_CPUS,
+                        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
+                        label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()},
                         batch_format="pyarrow" if from_cells else "numpy")
 
     acc = CountAccumulator(blast_alert_pct=blast_alert, min_cells=min_cells)

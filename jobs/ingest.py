@@ -19,7 +19,7 @@ from pipeline import schema
 from pipeline.config import IngestConfig
 from pipeline.ingest import TASK_COLUMN, IngestStage
 from pipeline.sources import discover_images
-from pipeline.store import open_output, write_json
+from pipeline.store import drop_duplicate_commits, open_output, write_json
 
 from jobs.progress import ProgressLine
 from jobs.runtime import start_ray
@@ -42,6 +42,7 @@ def run_ingest(config: IngestConfig, address: str | None = None, verbose: bool =
     )
     tasks = discovery.tasks
     state = open_output(config.out)
+    duplicates = drop_duplicate_commits(config.out)
     run_id = new_run_id()
     startup_s = start_ray(address, verbose)
     started = time.perf_counter()
@@ -80,6 +81,10 @@ def run_ingest(config: IngestConfig, address: str | None = None, verbose: bool =
     if progress:
         progress.close()
     seconds = time.perf_counter() - started
+    # A node lost mid-run can leave a batch's uncommitted files (orphans), or, when Ray re-ran a
+    # batch that had committed, its images committed twice: clean both up now, not at the next run.
+    orphans = state.orphans_removed + open_output(config.out).orphans_removed
+    duplicates += drop_duplicate_commits(config.out)
 
     seen = len(tasks)
     handled = sum(counts[s] for s in schema.STATUSES)
@@ -104,7 +109,8 @@ def run_ingest(config: IngestConfig, address: str | None = None, verbose: bool =
         "workers": workers,
         "images_per_shard": per_shard,
         "ray_startup_seconds": round(startup_s, 3),
-        "orphan_files_removed": state.orphans_removed,
+        "orphan_files_removed": orphans,
+        "duplicate_commits_removed": duplicates,
         "run_id": run_id,
         "command": " ".join(sys.argv),
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import threading
@@ -21,13 +22,21 @@ from pipeline import schema
 from pipeline.cellsets import KEY, read_cell_index, select_cells
 from pipeline.config import TrainConfig
 
-from jobs.runtime import check_fits, start_ray
+from jobs.runtime import ClusterTooSmallError, check_fits, start_ray
 from jobs.train_worker import train_worker
 
 # CPU left free beside the training workers for the Ray Data tasks that read and filter their
 # crops: without it two 1-CPU workers on a 2-CPU machine starve their own input and hang.
 DATA_CPUS = 0.5
 READ_TASK_CPUS = 0.25
+# When what is left of the cluster cannot hold the workers (a node was lost), Ray Train waits
+# RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (default 60 s) for them to be placed, then retries, by default
+# forever (FailureConfig.controller_failure_limit=-1): give up after ALLRAY_TRAIN_START_RETRIES retries.
+# Restarts after node preemptions (a drained or SIGTERM'd node) are counted apart from max_failures and
+# are unlimited by default, so a failure that recurs because of a lost node would loop forever:
+# ALLRAY_TRAIN_PREEMPTION_RETRIES bounds them (-1: unlimited).
+START_RETRIES_ENV, START_RETRIES = "ALLRAY_TRAIN_START_RETRIES", 2
+PREEMPTION_RETRIES_ENV, PREEMPTION_RETRIES = "ALLRAY_TRAIN_PREEMPTION_RETRIES", 10
 METRIC_KEYS = ("arch", "fold", "epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_sensitivity",
                "val_specificity", "val_auc", "seconds", "samples_per_s")  # fmt: skip
 
@@ -50,6 +59,7 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
     import numpy as np
     import ray
     from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from pipeline.splits import cell_groups, kfold_groups, split_cells
 
@@ -86,7 +96,10 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
     metrics_path = run_dir / "metrics.jsonl"
     all_metrics = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
     results: dict[str, dict] = {}
-    queue = Queue(actor_options={"num_cpus": 0})
+    # On the driver's node: placed anywhere, it may die with a lost worker node, and every restarted
+    # worker then fails on its first put (seen: an endless restart loop on 2 nodes).
+    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)})
     for arch in config.archs():
         fold_results = []
         for fold, (train_idx, val_idx) in enumerate(folds):
@@ -142,9 +155,10 @@ def _datasets(files: list[str], train_keys: set[str], val_keys: set[str]) -> dic
 
 
 def _fit(name: str, run_dir: Path, loop_config: dict, datasets: dict, config: TrainConfig, cpus_per_worker: float):
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, ControllerError, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    start_retries = int(os.environ.get(START_RETRIES_ENV, START_RETRIES))
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=loop_config,
@@ -154,7 +168,9 @@ def _fit(name: str, run_dir: Path, loop_config: dict, datasets: dict, config: Tr
         run_config=RunConfig(
             name=name,
             storage_path=str(run_dir),
-            failure_config=FailureConfig(max_failures=config.max_failures),
+            failure_config=FailureConfig(
+                max_failures=config.max_failures, controller_failure_limit=start_retries,
+                max_preemption_failures=int(os.environ.get(PREEMPTION_RETRIES_ENV, PREEMPTION_RETRIES))),
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_score",
                                                checkpoint_score_order="max"),
         ),
@@ -162,7 +178,16 @@ def _fit(name: str, run_dir: Path, loop_config: dict, datasets: dict, config: Tr
         # Validation is not split: rank 0 scores the whole validation side each epoch.
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except ControllerError as err:
+        if type(err.controller_failure).__name__ != "WorkerGroupStartupTimeoutError":
+            raise
+        wait_s = float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60"))  # Ray Train v2's default
+        raise ClusterTooSmallError(
+            f"allray train {name}: the cluster cannot place {config.workers} worker(s) x {cpus_per_worker:g} CPU "
+            f"(a node lost, or its CPUs taken): gave up after {start_retries + 1} tries of {wait_s:g} s; add nodes "
+            f"and continue with --resume --out {run_dir} (it starts from the last checkpoint)") from None
 
 
 def _best_of(result, arch_dir: Path, all_metrics: list[dict], arch: str, fold: int) -> dict:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -93,6 +94,44 @@ def open_output(out: str | Path) -> OutputState:
     for image, sha in zip(ledger.column(0).to_pylist(), ledger.column(1).to_pylist()):
         known[image] = sha
     return OutputState(known, removed)
+
+
+def drop_duplicate_commits(out: str | Path) -> int:
+    """Un-commit the second commit of an image; returns how many images were committed twice.
+
+    On a cluster a batch can run twice: its worker's node is lost after the batch committed but
+    before Ray got its result (or the result's block is lost with the node), and Ray runs the batch
+    again under a new shard id. Shards are visited in name order and an (image, content hash) seen
+    in an earlier ledger is dropped from the later shard: the whole shard when all its images
+    were, its ledger first (a crash half-way leaves orphans that `open_output` removes); else
+    the shard's files are rewritten without those images, cells and quarantine before the ledger.
+    Call it when no writer runs (before and after an ingest), like `open_output`.
+    """
+    fs, base = resolve(out)
+    seen: set[tuple[str, str | None]] = set()
+    dropped = 0
+    for ledger_path in _list_parquet(fs, join(base, schema.IMAGES_DIR)):
+        shard = _shard_of(ledger_path)
+        ledger = pq.read_table(ledger_path, filesystem=fs)
+        keys = list(zip(ledger.column(schema.IMAGE).to_pylist(), ledger.column(schema.SOURCE_SHA256).to_pylist()))
+        twice = {image for image, sha in keys if (image, sha) in seen}
+        seen.update(keys)
+        if not twice:
+            continue
+        dropped += len(twice)
+        others = [join(base, sub, f"{shard}.parquet") for sub in (schema.CELLS_DIR, schema.QUARANTINE_DIR)]
+        if len(twice) == len(keys):
+            fs.delete_file(ledger_path)
+            for path in others:
+                if fs.get_file_info(path).type == pafs.FileType.File:
+                    fs.delete_file(path)
+            continue
+        for path in [*others, ledger_path]:
+            if fs.get_file_info(path).type == pafs.FileType.File:
+                table = pq.read_table(path, filesystem=fs)
+                keep = pc.invert(pc.is_in(table.column(schema.IMAGE), pa.array(sorted(twice))))
+                write_table_atomic(fs, path, table.filter(keep))
+    return dropped
 
 
 def write_shard(out: str | Path, shard: str, cells: pa.Table, quarantine: pa.Table, ledger: pa.Table) -> None:
