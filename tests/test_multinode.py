@@ -246,6 +246,9 @@ def cluster(request):
     ray = pytest.importorskip("ray")
     from ray._raylet import Config
 
+    if not Path(RAY_BIN).exists():
+        pytest.skip(f"no `ray` command beside this Python ({RAY_BIN}) to start nodes with")
+
     from jobs.runtime import start_ray
 
     ray.shutdown()
@@ -369,8 +372,17 @@ def cpus_held_on_head(cpus: float):
 
     head = ray.get_runtime_context().get_node_id()  # the driver is connected through the head
     pinned = NodeAffinitySchedulingStrategy(head, soft=False)
-    holder = Holder.options(num_cpus=cpus, scheduling_strategy=pinned).remote()
-    assert ray.get(holder.node.remote(), timeout=60) == head
+    for attempt in range(3):
+        holder = Holder.options(num_cpus=cpus, scheduling_strategy=pinned).remote()
+        try:
+            assert ray.get(holder.node.remote(), timeout=60) == head
+            break
+        except ray.exceptions.RayActorError as err:
+            # Seen once in ~10 runs, right after a node crash: the fresh worker process for this
+            # actor died before it ran. Scaffolding, not what is tested: try again.
+            _log(f"the CPU-holding actor died before it ran ({str(err).splitlines()[0]}); retrying")
+            if attempt == 2:
+                raise
 
     class Handle:
         released = False
