@@ -144,11 +144,13 @@ def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, im
 @click.option("--weights", default="none", show_default=True, help="none | imagenet | PATH to a state dict.")
 @click.option("--image-size", type=int, help="Model input side (default: the architecture's).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "yes", "no"]),
+              help="Keep the crops in Ray's object store across epochs (auto: when they fit in a quarter of it).")
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--verbose", is_flag=True, help="Show Ray's logs and tracebacks.")
 @friendly_errors
 def train(cells, arch, out, epochs, batch_size, lr, workers, gpu, cpus_per_worker, split, val_fraction, folds, seed,
-          weights, image_size, resume, address, verbose) -> None:
+          weights, image_size, resume, cache, address, verbose) -> None:
     """Train lymphoblast classifiers on the crops in CELLS (ingest outputs; default ./cells)."""
     from pipeline.config import ARCH_ALL, TrainConfig
     from pipeline.models import resolve_name
@@ -160,7 +162,7 @@ def train(cells, arch, out, epochs, batch_size, lr, workers, gpu, cpus_per_worke
     config = TrainConfig(
         cells=tuple(cells) or ("cells",), out=out, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
         workers=workers, gpu=gpu, cpus_per_worker=cpus_per_worker, split=split, val_fraction=val_fraction,
-        folds=folds, seed=seed, weights=weights, image_size=image_size, resume=resume,
+        folds=folds, seed=seed, weights=weights, image_size=image_size, resume=resume, cache=cache,
     )
     summary = run_train(config, address=address, verbose=verbose)
     click.echo(comparison_table(summary))

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema
-from pipeline.store import read_shards, read_table, shard_files
+from pipeline.store import column_bytes, read_shards, read_table, shard_files
 
 INDEX_COLUMNS = [schema.PATIENT_ID, schema.IMAGE, schema.CELL_ID, schema.LABEL, schema.KIND,
                  schema.SOURCE_SHA256, schema.INGEST_SETTINGS]  # fmt: skip
@@ -37,6 +37,7 @@ class CellIndex:
     data_id: str  # a hash of what was trained on (keys and labels), for the checkpoint
     n_unlabelled: int
     n_smudge: int
+    crop_bytes_per_cell: float  # mean stored crop size over `files`, to size a cache of the crops
 
 
 def read_cell_index(cell_dirs: list[str]) -> CellIndex:
@@ -74,7 +75,9 @@ def read_cell_index(cell_dirs: list[str]) -> CellIndex:
     digest = hashlib.sha256()
     for key, label in sorted(zip(keys, labels.tolist())):
         digest.update(f"{key}:{label}\n".encode())
-    return CellIndex(table, files, json.loads(settings.pop()), digest.hexdigest()[:16], n_unlabelled, n_smudge)
+    crop_bytes, n_rows = column_bytes(files, schema.CROP)
+    return CellIndex(table, files, json.loads(settings.pop()), digest.hexdigest()[:16], n_unlabelled, n_smudge,
+                     crop_bytes / max(1, n_rows))  # fmt: skip
 
 
 def select_cells(batch: dict[str, np.ndarray], keys: frozenset[str]) -> dict[str, np.ndarray]:

@@ -81,6 +81,7 @@ class IngestConfig:
 ARCH_ALL = "all"
 STUDY_ARCHS = ("lenet", "vgg", "resnet")  # the originating study's three families
 SPLIT_MODES = ("patient", "image", "random")
+CACHE_MODES = ("auto", "yes", "no")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,9 @@ class TrainConfig:
     resume: bool = False
     # Restarts of a run from its last checkpoint after a worker or node is lost.
     max_failures: int = 2
+    # Keep the selected crops in Ray's object store across epochs ("auto": when they take at most
+    # a quarter of its free memory), or stream them from Parquet every epoch.
+    cache: str = "auto"
 
     def __post_init__(self) -> None:
         _check(len(self.cells) >= 1, "give at least one ingest output folder (CELLS)")
@@ -122,6 +126,7 @@ class TrainConfig:
         _check(0 < self.val_fraction < 1, f"val_fraction={self.val_fraction!r} must be in (0, 1)")
         _check(1 <= self.folds <= 20, f"folds={self.folds!r} must be between 1 and 20")
         _check(self.max_failures >= 0, f"max_failures={self.max_failures!r} must be >= 0")
+        _check(self.cache in CACHE_MODES, f"cache={self.cache!r}: choose one of {', '.join(CACHE_MODES)}")
 
     def archs(self) -> tuple[str, ...]:
         """The architectures this run trains, in order."""

@@ -168,6 +168,21 @@ def shard_files(out: str | Path, sub: str = schema.CELLS_DIR) -> list[str]:
     return _list_parquet(fs, join(base, sub))
 
 
+def column_bytes(files: list[str], column: str) -> tuple[int, int]:
+    """(uncompressed bytes of `column`, rows) over the Parquet `files`, from their footers only."""
+    total = rows = 0
+    for uri in files:
+        fs, path = resolve(str(uri))
+        with fs.open_input_file(path) as fh:
+            meta = pq.ParquetFile(fh).metadata
+        rows += meta.num_rows
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            total += sum(group.column(c).total_uncompressed_size for c in range(group.num_columns)
+                         if group.column(c).path_in_schema == column)  # fmt: skip
+    return total, rows
+
+
 def write_json(out: str | Path, name: str, payload: dict) -> None:
     """Write `payload` as indented JSON to out/name."""
     fs, base = resolve(out)

@@ -156,11 +156,33 @@ def test_train_resume_continues_from_saved_epoch(tiny_run, truth_cells):
     from jobs.train import run_train
 
     run, _ = tiny_run
-    run_train(TrainConfig(cells=(str(truth_cells),), out=str(run), arch="lenet", epochs=3, workers=1, resume=True,
-                          batch_size=16), quiet=True)  # fmt: skip
+    # streamed this time (the first run cached its crops): both paths train
+    summary = run_train(TrainConfig(cells=(str(truth_cells),), out=str(run), arch="lenet", epochs=3, workers=1,
+                                    resume=True, batch_size=16, cache="no"), quiet=True)  # fmt: skip
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert rows[-1]["resumed_from"] == 2
+    assert summary["crops_cached"] is False and tiny_run[1]["crops_cached"] is True
+
+
+def test_cached_and_streamed_datasets_hold_exactly_the_selected_cells(ray_session, truth_cells):
+    from jobs.train import _datasets, _should_cache
+    from pipeline.cellsets import KEY, read_cell_index
+
+    index = read_cell_index([str(truth_cells)])
+    keys = index.table.column(KEY).to_pylist()
+    train_keys, val_keys = set(keys[::2]), set(keys[1::2])
+    labels = dict(zip(keys, index.table.column(schema.LABEL).to_pylist()))
+    for cache in (True, False):
+        datasets = _datasets(index.files, train_keys, val_keys, cache)
+        for side, chosen in (("train", train_keys), ("val", val_keys)):
+            rows = datasets[side].take_all()
+            assert len(rows) == len(chosen)
+            assert sorted(int(r[schema.LABEL]) for r in rows) == sorted(labels[k] for k in chosen)
+            assert all(isinstance(r[schema.CROP], bytes) for r in rows)
+    assert index.crop_bytes_per_cell > 100  # PNG crops of 128x128 cells
+    assert _should_cache("auto", index.crop_bytes_per_cell * len(keys))  # a few MiB fit
+    assert not _should_cache("auto", 1e15) and _should_cache("yes", 1e15) and not _should_cache("no", 1.0)
 
 
 def test_impossible_workers_fail_fast(ray_session, truth_cells, tmp_path):
