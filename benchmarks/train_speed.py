@@ -6,7 +6,9 @@ CELLS is an `allray ingest` output with labels (e.g. demo-out/cells after `make 
 1. samples/s of a plain loop (one process, torch.set_num_threads(1), same decode + augment +
    train_one_epoch) and of `allray train --workers 1` (Ray gives the worker one CPU, so one torch
    thread), and their ratio (target >= 0.85);
-2. `--workers 2` on the same epochs: wall time and best validation accuracy beside `--workers 1`.
+2. `--workers 2` against `--workers 1` on the same epochs, for each of --seeds seeds (model init,
+   split, shuffling and augmentation; both worker counts share each seed): wall time and final val accuracy,
+   their mean +- sd over seeds, so "same accuracy within noise" can be read off.
 The first epoch of each is a warm-up and is left out of the rates.
 """
 
@@ -60,18 +62,18 @@ def plain_loop(cells: str, arch: str, epochs: int, batch_size: int) -> float:
     return statistics.fmean(rates[1:]) if len(rates) > 1 else rates[0]
 
 
-def ray_run(cells: str, arch: str, epochs: int, batch_size: int, workers: int) -> tuple[float, float, float]:
+def ray_run(cells: str, arch: str, epochs: int, batch_size: int, workers: int, seed: int = 0) -> tuple[float, float, float]:
     from jobs.train import run_train
     from pipeline.config import TrainConfig
 
     out = Path(tempfile.mkdtemp()) / "run"
     started = time.perf_counter()
-    summary = run_train(TrainConfig(cells=(cells,), out=str(out), arch=arch, epochs=epochs, workers=workers,
-                                    batch_size=batch_size), quiet=True)  # fmt: skip
+    run_train(TrainConfig(cells=(cells,), out=str(out), arch=arch, epochs=epochs, workers=workers,
+                          batch_size=batch_size, seed=seed), quiet=True)  # fmt: skip
     wall = time.perf_counter() - started
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rate = statistics.fmean(r["samples_per_s"] for r in rows[1:]) if len(rows) > 1 else rows[0]["samples_per_s"]
-    return rate, wall, summary["archs"][arch]["best"]["val_acc"]
+    return rate, wall, rows[-1]["val_acc"]
 
 
 def main() -> None:
@@ -80,6 +82,7 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seeds", type=int, default=2, help="seeds for the 1- vs 2-worker accuracy comparison")
     args = ap.parse_args()
 
     from jobs.runtime import start_ray
@@ -90,9 +93,18 @@ def main() -> None:
     one, wall1, acc1 = ray_run(args.cells, args.arch, args.epochs, args.batch_size, 1)
     print(f"allray train --workers 1:       {one:7.1f} samples/s -> {one / plain:.2f}x the plain loop "
           f"(target >= 0.85; Ray start-up {startup:.1f} s not counted)")
-    two, wall2, acc2 = ray_run(args.cells, args.arch, args.epochs, args.batch_size, 2)
-    print(f"allray train --workers 2:       {two:7.1f} samples/s per worker; wall {wall2:.0f} s vs {wall1:.0f} s "
-          f"for 1 worker; best val acc {acc2:.3f} vs {acc1:.3f}")
+    runs = {1: [(wall1, acc1)], 2: []}
+    for seed in range(args.seeds):
+        if seed:
+            runs[1].append(ray_run(args.cells, args.arch, args.epochs, args.batch_size, 1, seed)[1:])
+        two, wall2, acc2 = ray_run(args.cells, args.arch, args.epochs, args.batch_size, 2, seed)
+        runs[2].append((wall2, acc2))
+        print(f"allray train --workers 2:       {two:7.1f} samples/s (both workers), seed {seed}")
+    for workers, rs in runs.items():
+        accs = [a for _, a in rs]
+        sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+        print(f"--workers {workers}: wall {statistics.fmean(w for w, _ in rs):4.0f} s, final val acc "
+              f"{statistics.fmean(accs):.3f} +- {sd:.3f} over {len(accs)} seed(s): {', '.join(f'{a:.3f}' for a in accs)}")
 
 
 if __name__ == "__main__":

@@ -222,6 +222,26 @@ def test_infer_end_to_end_reports_reconcile(ray_session, tiny_run, cohort, tmp_p
     assert "notes.jpg" in html and "P000" in html
 
 
+def test_infer_on_an_ingest_output_labels_every_cell_once(ray_session, tiny_run, truth_cells, tmp_path):
+    from jobs.infer import run_infer
+
+    run, _ = tiny_run
+    out = tmp_path / "report"
+    s = run_infer(str(truth_cells), str(run), str(out), min_cells=5, quiet=True)
+    cells = read_table(str(truth_cells), columns=[schema.SOURCE_SHA256, schema.CELL_ID])
+    import pyarrow.dataset as pads
+
+    predicted = pads.dataset(str(out / schema.PREDICTIONS_DIR), format="parquet").to_table(
+        columns=[schema.CELL_ID, schema.IMAGE])
+    assert predicted.num_rows == cells.num_rows  # every cell labelled, none twice
+    keys = set(zip(predicted.column(schema.IMAGE).to_pylist(), predicted.column(schema.CELL_ID).to_pylist()))
+    assert len(keys) == cells.num_rows
+    assert s["input"].startswith("ingest output")
+    assert 0 < s["first_result_s"] <= s["elapsed_s"]
+    after = s["cells_per_s_after_first_result"]  # undefined when every cell came back in the first result
+    assert after is None or after > 0
+
+
 def test_infer_refuses_mismatched_checkpoint(ray_session, tiny_run, cohort, tmp_path):
     from jobs.infer import run_infer
     from pipeline.checkpoint import CheckpointError
