@@ -38,7 +38,8 @@ def friendly_errors(func):
         except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
             if verbose:
                 traceback.print_exc()
-            expected = isinstance(err, (ValueError, FileNotFoundError, PermissionError)) or type(err).__name__ in (
+            # OSError: a missing file, a folder not allowed, storage refusing or out of reach (pyarrow's S3/GCS errors)
+            expected = isinstance(err, (ValueError, OSError)) or type(err).__name__ in (
                 "ClusterTooSmallError",
             )
             prefix = "error" if expected else f"internal error ({type(err).__name__})"

@@ -82,7 +82,8 @@ def list_names(location: str | Path) -> list[str]:
 
 
 def list_tree(location: str | Path) -> tuple[list[str], list[str]]:
-    """(files, folders) under a folder, recursively, as sorted '/'-separated paths relative to it."""
+    """(files, folders) under a folder, recursively, as '/'-separated paths relative to it, sorted
+    folder by folder (the order of sorted(Path.rglob(...)))."""
     fs, path = resolve(location)
     root = path.rstrip("/") + "/"
     files, folders = [], []
@@ -94,7 +95,10 @@ def list_tree(location: str | Path) -> tuple[list[str], list[str]]:
             files.append(rel)
         elif info.type == pafs.FileType.Directory and rel:
             folders.append(rel)
-    return sorted(files), sorted(folders)
+    def by_parts(rel: str) -> list[str]:
+        return rel.split("/")
+
+    return sorted(files, key=by_parts), sorted(folders, key=by_parts)
 
 
 def make_dir(location: str | Path) -> None:
