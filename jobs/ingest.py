@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from pipeline import schema
 from pipeline.config import IngestConfig
 from pipeline.ingest import TASK_COLUMN, IngestStage
-from pipeline.sources import discover_images
 from pipeline.locations import absolute, write_json
+from pipeline.sources import discover_images
 from pipeline.store import drop_duplicate_commits, ledger_identity, open_output
 
 from jobs.progress import ProgressLine
