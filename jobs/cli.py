@@ -38,7 +38,8 @@ def friendly_errors(func):
         except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
             if verbose:
                 traceback.print_exc()
-            expected = isinstance(err, (ValueError, FileNotFoundError, PermissionError)) or type(err).__name__ in (
+            # OSError: a missing file, a folder not allowed, storage refusing or out of reach (pyarrow's S3/GCS errors)
+            expected = isinstance(err, (ValueError, OSError)) or type(err).__name__ in (
                 "ClusterTooSmallError",
             )
             prefix = "error" if expected else f"internal error ({type(err).__name__})"
@@ -102,7 +103,9 @@ def synth(out, patients, images_per_patient, samples_per_patient, seed, size, ve
 @friendly_errors
 def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, images_per_shard, workers,
            address, verbose) -> None:
-    """Find the white cells of every image under SRC and write crops to OUT as Parquet shards."""
+    """Find the white cells of every image under SRC and write crops to OUT as Parquet shards.
+
+    SRC, OUT and the CSVs may be local paths or URIs (s3://, gs://, file://)."""
     from pipeline.config import CropSettings, IngestConfig
 
     from jobs.ingest import run_ingest
@@ -130,7 +133,7 @@ def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, im
 @click.argument("cells", nargs=-1, type=click.Path())
 @click.option("--arch", default="all", show_default=True,
               help="lenet | vgg | resnet | all (the study's three in turn), or a name such as vgg11_bn, resnet50.")
-@click.option("--out", default="", help="Run folder (default: a new runs/<date-time>).")
+@click.option("--out", default="", help="Run folder, a local path or URI (default: a new runs/<date-time>).")
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
@@ -151,7 +154,7 @@ def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, im
 @friendly_errors
 def train(cells, arch, out, epochs, batch_size, lr, workers, gpu, cpus_per_worker, split, val_fraction, folds, seed,
           weights, image_size, resume, cache, address, verbose) -> None:
-    """Train lymphoblast classifiers on the crops in CELLS (ingest outputs; default ./cells)."""
+    """Train lymphoblast classifiers on the crops in CELLS (ingest outputs, local paths or URIs; default ./cells)."""
     from pipeline.config import ARCH_ALL, TrainConfig
     from pipeline.models import resolve_name
 
@@ -173,7 +176,7 @@ def train(cells, arch, out, epochs, batch_size, lr, workers, gpu, cpus_per_worke
 @cli.command()
 @click.argument("slides", type=click.Path(), default="slides")
 @click.option("--model", help="A run folder (its best architecture) or a checkpoint folder (default: newest run in ./runs).")
-@click.option("--out", help="Report folder (default: a new reports/<date-time>).")
+@click.option("--out", help="Report folder, a local path or URI (default: a new reports/<date-time>).")
 @click.option("--gpu", is_flag=True, help="One GPU per classifier worker.")
 @click.option("--workers", type=int, help="Classifier workers (default: 1, or one per GPU with --gpu).")
 @click.option("--batch-size", default=64, show_default=True, help="Cells per classifier batch.")
@@ -188,7 +191,9 @@ def train(cells, arch, out, epochs, batch_size, lr, workers, gpu, cpus_per_worke
 @friendly_errors
 def infer(slides, model, out, gpu, workers, batch_size, threshold, blast_alert, min_cells, manifest, fmt, address,
           verbose) -> None:
-    """Label the white cells of SLIDES (folders, manifest, or an ingest output) and report blasts per patient."""
+    """Label the white cells of SLIDES (folders, manifest, or an ingest output) and report blasts per patient.
+
+    SLIDES, --model and --out may be local paths or URIs (s3://, gs://, file://)."""
     from jobs.infer import run_infer
 
     summary = run_infer(slides, model, out, gpu=gpu, workers=workers, batch_size=batch_size, threshold=threshold,

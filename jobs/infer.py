@@ -6,6 +6,9 @@ The recipe, streaming end to end:
           -> map_batches(ImageClassifier | CellClassifier) on an actor pool (one GPU each with --gpu)
           -> map_batches(PredictionWriter)           predictions shards + one small row per image
           -> driver: per-patient counts, a few overlays and blast crops; nothing per cell is kept.
+
+SLIDES, --model and --out may be local paths or URIs (s3://, gs://, file://); every file is read
+and written through pipeline.locations.
 """
 
 from __future__ import annotations
@@ -19,45 +22,47 @@ from datetime import datetime
 from pathlib import Path
 
 from pipeline import schema
-from pipeline.checkpoint import CheckpointError, load_checkpoint
+from pipeline.checkpoint import META_FILE, CheckpointError, load_checkpoint
 from pipeline.config import CropSettings
+from pipeline.locations import (absolute, is_dir, is_file, join_uri, list_names, make_dir, read_bytes, read_json,
+                                resolve, write_json)  # fmt: skip
 
 from jobs.progress import ProgressLine
-from jobs.runtime import ClusterTooSmallError, check_fits, cluster_cpus_gpus, start_ray
+from jobs.runtime import ClusterTooSmallError, check_fits, cluster_cpus_gpus, run_record, start_ray
 
 OVERLAYS_PER_PATIENT = 3
 GALLERY_PER_PATIENT = 24
 LIGHT_TASK_CPUS = 0.1  # Parquet reads and shard writes: I/O, never worth holding a whole core
 
 
-def find_model(model: str | None) -> Path:
-    """The checkpoint dir for --model: a checkpoint, a run dir (best arch), or the newest run in ./runs."""
+def find_model(model: str | None) -> str:
+    """The checkpoint location for --model: a checkpoint, a run (its best arch), or the newest run in ./runs."""
     if model is None:
         runs = sorted((p for p in Path("runs").glob("*") if (p / "summary.json").exists()), key=lambda p: p.stat().st_mtime)
         if not runs:
             raise ValueError("no trained model found in ./runs: train one with `allray train`, or pass --model RUN")
         model = str(runs[-1])
-    path = Path(model)
-    if (path / "meta.json").exists():
-        return path
-    summary_path = path / "summary.json"
-    if not summary_path.exists():
+    model = absolute(model)
+    if is_file(join_uri(model, META_FILE)):
+        return model
+    summary_path = join_uri(model, "summary.json")
+    if not is_file(summary_path):
         raise ValueError(f"--model {model}: neither a checkpoint (meta.json) nor a finished run (summary.json)")
-    archs = json.loads(summary_path.read_text())["archs"]
+    archs = read_json(summary_path)["archs"]
 
     def score(item):
         r = item[1]
         return r.get("val_acc_mean") if "folds" in r else (r.get("best") or {}).get("val_acc") or 0.0
 
     arch, result = max(archs.items(), key=lambda item: score(item) or 0.0)
-    ckpt = Path(result["checkpoint"] if "checkpoint" in result else result["folds"][0]["checkpoint"])
-    if not (ckpt / "meta.json").exists():
-        ckpt = path / arch / "best"
+    ckpt = result["checkpoint"] if "checkpoint" in result else result["folds"][0]["checkpoint"]
+    if not is_file(join_uri(ckpt, META_FILE)):  # the run was moved since: look inside it
+        ckpt = join_uri(model, arch, "best")
     return ckpt
 
 
-def _is_ingest_output(path: Path) -> bool:
-    return (path / schema.IMAGES_DIR).is_dir() and (path / schema.CELLS_DIR).is_dir()
+def _is_ingest_output(location: str) -> bool:
+    return is_dir(join_uri(location, schema.IMAGES_DIR)) and is_dir(join_uri(location, schema.CELLS_DIR))
 
 
 def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool = False, workers: int | None = None,
@@ -72,7 +77,7 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
     from pipeline.predictions import PredictionWriter, SlideStage
     from pipeline.report import CountAccumulator
     from pipeline.sources import discover_images
-    from pipeline.store import PATH_COLUMN, read_shards, read_table, shard_files
+    from pipeline.store import PATH_COLUMN, images_identity, ledger_identity, read_shards, read_table, shard_files
 
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"--threshold {threshold!r} must be between 0 and 1")
@@ -82,10 +87,10 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
         settings = CropSettings.from_json(json.dumps(meta["crop_settings"]))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{ckpt}: crop settings in meta.json are not usable: {err}") from None
-    out_dir = Path(out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    if out_dir.exists() and any(out_dir.iterdir()):
+    out_dir = absolute(out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if list_names(out_dir):
         raise ValueError(f"report folder {out_dir} is not empty: choose a new --out")
-    src = Path(slides)
+    src = absolute(slides)
     from_cells = _is_ingest_output(src)
     tasks, image_paths, ledger = [], {}, None
     if from_cells:
@@ -98,9 +103,9 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
                 "themselves instead")
         ingest_src = _ingest_source(src)
         if ingest_src is not None:
-            image_paths = {im: str(ingest_src / im) for im in ledger.column(schema.IMAGE).to_pylist()}
+            image_paths = {im: join_uri(ingest_src, im) for im in ledger.column(schema.IMAGE).to_pylist()}
     else:
-        discovery = discover_images(src, fmt, Path(manifest) if manifest else None)
+        discovery = discover_images(src, fmt, manifest)
         tasks = discovery.tasks
         image_paths = {t.image: t.path for t in tasks}
 
@@ -116,9 +121,9 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
     check_fits(n_actors, actor_cpus, 1.0 if gpu else 0.0, reserve, "allray infer")
 
     run_id = datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     started = time.perf_counter()
-    classifier_kwargs = {"checkpoint_dir": str(ckpt.resolve()), "device": "cuda" if gpu else "cpu",
+    classifier_kwargs = {"checkpoint_dir": ckpt, "device": "cuda" if gpu else "cpu",
                          "threshold": threshold, "threads": max(1, int(actor_cpus))}  # fmt: skip
     pool = ray.data.ActorPoolStrategy(size=n_actors)
     if from_cells:
@@ -127,7 +132,7 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
         # A few reads at a time keep the classifiers fed; uncapped, a 0.1-CPU task lets Ray start a
         # worker process per shard at once (seen: 8+ on 2 cores), which takes CPU from the classifiers.
         ds = ds.map_batches(read_shards, batch_size=1, num_cpus=LIGHT_TASK_CPUS, batch_format="pyarrow",
-                            compute=ray.data.TaskPoolStrategy(size=2))
+                            compute=ray.data.TaskPoolStrategy(size=max(1, min(2, len(files)))))
         ds = ds.map_batches(CellClassifier, fn_constructor_kwargs=classifier_kwargs, compute=pool,
                             num_cpus=actor_cpus, num_gpus=1 if gpu else 0, batch_size=batch_size,
                             batch_format="pyarrow")
@@ -143,7 +148,7 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
         total = len(tasks)
     # The one writer lives on the driver's node and holds no CPU: lost with a worker node, it would be
     # restarted and rewrite shards; holding a share, the pools it joins no longer fit what is left.
-    ds = ds.map_batches(PredictionWriter, fn_constructor_kwargs={"out": str(out_dir.resolve()), "run_id": run_id},
+    ds = ds.map_batches(PredictionWriter, fn_constructor_kwargs={"out": out_dir, "run_id": run_id},
                         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
                         label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()},
                         batch_format="pyarrow" if from_cells else "numpy")
@@ -154,6 +159,7 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
         for p, s, im in zip(*(ok.column(c).to_pylist() for c in (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE))):
             acc.add_image(p, s, im)
     quarantine: list[dict] = []
+    inputs: list[tuple[str, str | None]] = []  # (image, content sha256) of every slide image read
     if from_cells:
         q = read_table(src, schema.QUARANTINE_DIR)
         quarantine = [{schema.IMAGE: i, schema.REASON: r} for i, r in
@@ -168,6 +174,8 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
             first_s = time.perf_counter() - started
         for row in batch.to_pylist():
             p, s, im = row[schema.PATIENT_ID], row[schema.SAMPLE_ID], row[schema.IMAGE]
+            if not from_cells:
+                inputs.append((im, row[schema.SOURCE_SHA256]))
             if row[schema.STATUS] == schema.STATUS_QUARANTINED:
                 quarantine.append({schema.IMAGE: im, schema.REASON: row[schema.REASON]})
                 n_images += 1
@@ -191,9 +199,15 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
     seconds = time.perf_counter() - started
     if not from_cells and n_images != len(tasks):  # every slide image is reported exactly once
         raise RuntimeError(f"infer accounted for {n_images} of {len(tasks)} images: this is a bug, please report it")
+    model_id = _model_id(ckpt, meta)
+    resolved = {"slides": src, "model": ckpt, "out": out_dir, "gpu": gpu, "workers": n_actors, "batch_size": batch_size,
+                "threshold": threshold, "blast_alert": blast_alert, "min_cells": min_cells,
+                "manifest": absolute(manifest) if manifest else None, "format": fmt}  # fmt: skip
+    identities = {"model_id": model_id, "model_data_id": meta.get("data_id"), "input": src,
+                  "input_data_id": ledger_identity(src) if from_cells else images_identity(inputs)}  # fmt: skip
     return _write_outputs(out_dir, acc, gallery, overlay_pick, image_paths, quarantine, {
-        "model": str(ckpt), "model_id": _model_id(ckpt, meta), "arch": meta.get("arch"), "threshold": threshold,
-        "blast_alert_pct": blast_alert, "min_cells": min_cells, "slides": str(src),
+        "model": ckpt, "model_id": model_id, "arch": meta.get("arch"), "threshold": threshold,
+        "blast_alert_pct": blast_alert, "min_cells": min_cells, "slides": src,
         "input": "ingest output (no detection)" if from_cells else "slides", "n_images": len(image_paths) or n_images,
         "n_quarantined": len(quarantine), "elapsed_s": round(seconds, 2),
         "cells_per_s": round(n_cells / seconds, 1) if seconds > 0 else None, "ray_startup_seconds": round(startup_s, 2),
@@ -201,7 +215,7 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
         "cells_per_s_after_first_result": round((n_cells - first_cells) / (seconds - first_s), 1)
         if first_s is not None and seconds > first_s and n_cells > first_cells else None,
         "workers": n_actors, "gpu": gpu, "run_id": run_id, "command": " ".join(sys.argv),
-    })  # fmt: skip
+    }, run_record(resolved, identities))  # fmt: skip
 
 
 def _push(heap: list, item: tuple, k: int) -> None:
@@ -211,23 +225,23 @@ def _push(heap: list, item: tuple, k: int) -> None:
         heapq.heapreplace(heap, item)
 
 
-def _model_id(ckpt: Path, meta: dict) -> str:
+def _model_id(ckpt: str, meta: dict) -> str:
     from pipeline.classify import model_identity
 
     return model_identity(ckpt, meta)
 
 
-def _ingest_source(cells_dir: Path) -> Path | None:
+def _ingest_source(cells_dir: str) -> str | None:
     """The SRC an ingest output was made from (its newest config-*.json), for overlays."""
-    configs = sorted(cells_dir.glob("config-*.json"))
+    configs = [n for n in list_names(cells_dir) if n.startswith("config-") and n.endswith(".json")]
     if not configs:
         return None
-    src = Path(json.loads(configs[-1].read_text()).get("src", ""))
-    return src if src.is_dir() else None
+    src = read_json(join_uri(cells_dir, configs[-1])).get("src") or ""
+    return src if src and is_dir(src) else None
 
 
-def _write_outputs(out_dir: Path, acc, gallery: dict, overlay_pick: dict, image_paths: dict, quarantine: list,
-                   info: dict) -> dict:  # fmt: skip
+def _write_outputs(out_dir: str, acc, gallery: dict, overlay_pick: dict, image_paths: dict, quarantine: list,
+                   info: dict, record: dict) -> dict:  # fmt: skip
     import pyarrow.dataset as pads
 
     from pipeline.io import decode_image
@@ -241,11 +255,12 @@ def _write_outputs(out_dir: Path, acc, gallery: dict, overlay_pick: dict, image_
               for p, images in overlay_pick.items()}  # fmt: skip
     picks = {im for items in chosen.values() for _, im in items}
     overlays: dict[str, list] = {}
-    pred_dir = out_dir / schema.PREDICTIONS_DIR
-    if picks and pred_dir.is_dir():
+    pred_dir = join_uri(out_dir, schema.PREDICTIONS_DIR)
+    if picks and is_dir(pred_dir):
         cols = [schema.IMAGE, schema.BBOX_X0, schema.BBOX_Y0, schema.BBOX_X1, schema.BBOX_Y1, schema.PREDICTED,
                 schema.BLAST_PROB, schema.KIND]  # fmt: skip
-        table = pads.dataset(str(pred_dir), format="parquet").to_table(
+        fs, pred_path = resolve(pred_dir)
+        table = pads.dataset(pred_path, filesystem=fs, format="parquet").to_table(
             columns=cols, filter=pads.field(schema.IMAGE).isin(sorted(picks)))
         by_image: dict[str, list] = {}
         for row in table.to_pylist():
@@ -256,7 +271,7 @@ def _write_outputs(out_dir: Path, acc, gallery: dict, overlay_pick: dict, image_
                 if path is None:
                     continue
                 try:
-                    pixels = decode_image(Path(path).read_bytes()).pixels
+                    pixels = decode_image(read_bytes(path)).pixels
                 except (OSError, ValueError):
                     continue
                 caption = f"{im}: {len(by_image.get(im, []))} cells, {n_blasts} called blasts"
@@ -266,8 +281,8 @@ def _write_outputs(out_dir: Path, acc, gallery: dict, overlay_pick: dict, image_
     write_html_report(out_dir, patients, overlays, gallery_items, quarantine, info)
     summary = {**info, "patients": len(patients), "n_blasts": sum(p["n_blasts"] for p in patients),
                "flags": {f: sum(p["flag"] == f for p in patients) for f in {p["flag"] for p in patients}},
-               "report": str(out_dir / "report.html")}  # fmt: skip
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+               "report": join_uri(out_dir, "report.html"), "quarantined": quarantine, "run": record}  # fmt: skip
+    write_json(out_dir, "summary.json", summary)
     summary["terminal"] = format_terminal_summary(patients, info)
     return summary
 

@@ -18,11 +18,12 @@ from datetime import datetime, timezone
 from pipeline import schema
 from pipeline.config import IngestConfig
 from pipeline.ingest import TASK_COLUMN, IngestStage
+from pipeline.locations import absolute, write_json
 from pipeline.sources import discover_images
-from pipeline.store import drop_duplicate_commits, open_output, write_json
+from pipeline.store import drop_duplicate_commits, ledger_identity, open_output
 
 from jobs.progress import ProgressLine
-from jobs.runtime import start_ray
+from jobs.runtime import run_record, start_ray
 
 
 def new_run_id() -> str:
@@ -31,15 +32,12 @@ def new_run_id() -> str:
 
 
 def run_ingest(config: IngestConfig, address: str | None = None, verbose: bool = False, quiet: bool = False) -> dict:
-    """Ingest config.src into config.out; returns the summary (also written to out/summary.json)."""
-    from pathlib import Path
+    """Ingest config.src into config.out; returns the summary (also written to out/summary.json).
 
+    SRC, OUT and the CSVs may be local paths or URIs (s3://, gs://, file://)."""
     import ray
 
-    discovery = discover_images(
-        Path(config.src), config.format, Path(config.manifest) if config.manifest else None,
-        Path(config.labels) if config.labels else None,
-    )
+    discovery = discover_images(config.src, config.format, config.manifest, config.labels)
     tasks = discovery.tasks
     state = open_output(config.out)
     duplicates = drop_duplicate_commits(config.out)
@@ -53,7 +51,7 @@ def run_ingest(config: IngestConfig, address: str | None = None, verbose: bool =
     per_shard = max(1, min(config.images_per_shard, math.ceil(len(tasks) / (4 * workers))))
     n_blocks = math.ceil(len(tasks) / per_shard)
     items = [{TASK_COLUMN: t.to_json()} for t in tasks]
-    stage_args = {"settings_json": config.crops.to_json(), "out": config.out, "run_id": run_id,
+    stage_args = {"settings_json": config.crops.to_json(), "out": absolute(config.out), "run_id": run_id,
                   "known": state.known}  # fmt: skip
     # A fixed pool of actors, each importing the detector once: an autoscaling pool starts with one
     # actor and grows only once a queue has built up, leaving cores idle at the start.
@@ -114,9 +112,20 @@ def run_ingest(config: IngestConfig, address: str | None = None, verbose: bool =
         "run_id": run_id,
         "command": " ".join(sys.argv),
     }
+    resolved = resolved_config(config)
+    summary["run"] = run_record(resolved, {"source": resolved["src"], "images_seen": seen,
+                                           "cells_data_id": ledger_identity(config.out)})  # fmt: skip
     write_json(config.out, schema.SUMMARY_FILE, summary)
-    write_json(config.out, f"config-{run_id}.json", config.to_dict())
+    # One per run, beside the summary of the latest: DIR may be filled by several runs.
+    write_json(config.out, f"config-{run_id}.json", {**resolved, "run": summary["run"]})
     return summary
+
+
+def resolved_config(config: IngestConfig) -> dict:
+    """The config with every location absolute (a URI as given), so it means the same from anywhere."""
+    paths = {key: absolute(value) for key in ("src", "out", "manifest", "labels")
+             if (value := getattr(config, key)) is not None}  # fmt: skip
+    return {**config.to_dict(), **paths}
 
 
 if __name__ == "__main__":  # `python -m jobs.ingest ...` under `ray job submit`

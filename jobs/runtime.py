@@ -1,4 +1,5 @@
-"""Starting or joining Ray quietly, and checking that a job's ask fits the cluster before it starts.
+"""Starting or joining Ray quietly, checking that a job's ask fits the cluster before it starts, and
+recording what ran.
 
 Ray's own logs stay where Ray puts them (its session folder); the terminal gets allray's progress
 and one-line errors, unless --verbose.
@@ -6,10 +7,18 @@ and one-line errors, unless --verbose.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
+import platform
+import shlex
+import sys
 import time
 import warnings
+from datetime import datetime, timezone
+
+# The packages whose versions decide what a run computes (recorded with every output).
+RECORDED_PACKAGES = ("allray", "ray", "torch", "torchvision", "pyarrow", "numpy", "scikit-image")
 
 
 class ClusterTooSmallError(RuntimeError):
@@ -86,3 +95,35 @@ def check_fits(workers: int, cpus_per_worker: float, gpus_per_worker: float, spa
             f"= {need_cpus:g} CPUs, but the cluster has {cpus:g}: {hint}, pass --cpus-per-worker "
             f"{max((cpus - spare_cpus) / workers, 0.1):.2g}, or connect to a bigger cluster with --address"
         )
+
+
+def package_versions() -> dict[str, str | None]:
+    """Python's version and those of RECORDED_PACKAGES as installed (None for one that is not)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def cluster_record() -> dict:
+    """The connected Ray cluster: its total resources and how many nodes are alive."""
+    import ray
+
+    return {"resources": ray.cluster_resources(), "alive_nodes": sum(1 for n in ray.nodes() if n.get("Alive"))}
+
+
+def run_record(config: dict, identities: dict) -> dict:
+    """What made an output, for its summary.json: the command line, the resolved config, package
+    versions, the Ray cluster, and the identities (hashes) of the data and model it used."""
+    return {
+        "command": shlex.join(sys.argv),
+        "cwd": os.getcwd(),
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config,
+        "versions": package_versions(),
+        "ray_cluster": cluster_record(),
+        "identities": identities,
+    }

@@ -5,6 +5,10 @@ workers fit the cluster, then per architecture (and fold) runs a TorchTrainer wh
 their shard of the crops from Parquet through Ray Data and call the plain-torch `train_one_epoch`
 and `evaluate` of pipeline/training.py. Rank 0 reports each epoch's metrics with a checkpoint; a
 queue carries the metrics to the driver, which prints progress and appends metrics.jsonl.
+
+CELLS and RUN may be local paths or URIs (s3://, gs://, file://): Ray Train stores its checkpoints
+through the filesystem `resolve` gives for RUN, and allray's own files there go through
+pipeline.locations.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import threading
 from datetime import datetime
@@ -21,8 +24,10 @@ from pathlib import Path
 from pipeline import schema
 from pipeline.cellsets import KEY, read_cell_index, select_cells
 from pipeline.config import TrainConfig
+from pipeline.locations import (absolute, is_file, join_uri, list_names, read_text, remove_dir, resolve, upload_dir,
+                                write_json, write_text)  # fmt: skip
 
-from jobs.runtime import ClusterTooSmallError, check_fits, start_ray
+from jobs.runtime import ClusterTooSmallError, check_fits, run_record, start_ray
 from jobs.train_worker import train_worker
 
 # CPU left free beside the training workers for the Ray Data tasks that read and filter their
@@ -67,12 +72,13 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
 
     from pipeline.splits import cell_groups, kfold_groups, split_cells
 
-    run_dir = Path(config.out or default_run_dir()).resolve()
-    if run_dir.exists() and any(run_dir.iterdir()) and not config.resume:
+    run_dir = absolute(config.out or default_run_dir())
+    if list_names(run_dir) and not config.resume:
         raise ValueError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or a new --out")
-    if config.resume and not (run_dir / "config.json").exists():
+    if config.resume and not is_file(join_uri(run_dir, "config.json")):
         raise ValueError(f"--resume: {run_dir} holds no run to resume (no config.json)")
-    index = read_cell_index(list(config.cells))
+    cells = [absolute(c) for c in config.cells]
+    index = read_cell_index(cells)
     table = index.table
     labels = table.column(schema.LABEL).to_numpy().astype(np.int64)
     patients = table.column(schema.PATIENT_ID).to_pylist()
@@ -89,16 +95,15 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
     cpus_per_worker = resolve_cpus_per_worker(config, cluster_cpus)
     check_fits(config.workers, cpus_per_worker, 1.0 if config.gpu else 0.0, DATA_CPUS, "allray train")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(
-        {**config.to_dict(), "resolved_out": str(run_dir), "cpus_per_worker_resolved": cpus_per_worker,
-         "cluster_cpus": cluster_cpus, "command": " ".join(sys.argv)}, indent=2) + "\n")  # fmt: skip
+    resolved = {**config.to_dict(), "cells": cells, "out": run_dir, "resolved_out": run_dir,
+                "cpus_per_worker_resolved": cpus_per_worker, "cluster_cpus": cluster_cpus}  # fmt: skip
+    write_json(run_dir, "config.json", {**resolved, "command": " ".join(sys.argv)})
     split_record = {**base_split.summary(), "train_groups": list(base_split.train_groups),
                     "val_groups": list(base_split.val_groups), "folds": config.folds}  # fmt: skip
-    (run_dir / "split.json").write_text(json.dumps(split_record, indent=2) + "\n")
+    write_json(run_dir, "split.json", split_record)
 
-    metrics_path = run_dir / "metrics.jsonl"
-    all_metrics = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    metrics_path = join_uri(run_dir, "metrics.jsonl")
+    all_metrics = [json.loads(line) for line in read_text(metrics_path).splitlines()] if is_file(metrics_path) else []
     results: dict[str, dict] = {}
     # On the driver's node: placed anywhere, it may die with a lost worker node, and every restarted
     # worker then fails on its first put (seen: an endless restart loop on 2 nodes).
@@ -110,7 +115,7 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
             name = arch if len(folds) == 1 else f"{arch}-fold{fold}"
             meta = {
                 "arch": arch, "fold": fold, "crop_settings": index.crop_settings, "data_id": index.data_id,
-                "cells": list(config.cells), "split": {**base_split.summary(), "fold": fold,
+                "cells": cells, "split": {**base_split.summary(), "fold": fold,
                 "n_train": int(train_idx.size), "n_val": int(val_idx.size)},
             }  # fmt: skip
             loop_config = {
@@ -130,19 +135,20 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
                 result = _fit(name, run_dir, loop_config, datasets, config, cpus_per_worker)
             finally:
                 printer.stop()
-            fold_results.append(_best_of(result, run_dir / name, all_metrics, arch, fold))
+            fold_results.append(_best_of(result, join_uri(run_dir, name), all_metrics, arch, fold))
         results[arch] = _combine_folds(fold_results)
     summary = {
         "archs": results, "split": base_split.summary(), "folds": config.folds, "data_id": index.data_id,
         "n_cells_trainable": table.num_rows, "n_cells_unlabelled": index.n_unlabelled,
         "n_cells_smudge_excluded": index.n_smudge, "workers": config.workers, "gpu": config.gpu,
-        "cpus_per_worker": cpus_per_worker, "ray_startup_seconds": round(startup_s, 2), "run_dir": str(run_dir),
+        "cpus_per_worker": cpus_per_worker, "ray_startup_seconds": round(startup_s, 2), "run_dir": run_dir,
         "crops_cached": cache,
     }  # fmt: skip
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    summary["run"] = run_record(resolved, {"data_id": index.data_id, "cells": cells})
+    write_json(run_dir, "summary.json", summary)
     from pipeline.plots import plot_curves
 
-    plot_curves(all_metrics, {a: r.get("confusion") for a, r in results.items()}, run_dir / "curves.png")
+    plot_curves(all_metrics, {a: r.get("confusion") for a, r in results.items()}, join_uri(run_dir, "curves.png"))
     return summary
 
 
@@ -176,11 +182,12 @@ def _datasets(files: list[str], train_keys: set[str], val_keys: set[str], cache:
     return {"train": side(train_keys).randomize_block_order(), "val": side(val_keys)}
 
 
-def _fit(name: str, run_dir: Path, loop_config: dict, datasets: dict, config: TrainConfig, cpus_per_worker: float):
+def _fit(name: str, run_dir: str, loop_config: dict, datasets: dict, config: TrainConfig, cpus_per_worker: float):
     from ray.train import CheckpointConfig, ControllerError, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     start_retries = int(os.environ.get(START_RETRIES_ENV, START_RETRIES))
+    storage_fs, storage_path = resolve(run_dir)  # Ray Train writes checkpoints to RUN/<name>/ through this
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=loop_config,
@@ -189,7 +196,8 @@ def _fit(name: str, run_dir: Path, loop_config: dict, datasets: dict, config: Tr
             **({"GPU": 1} if config.gpu else {})}),  # fmt: skip
         run_config=RunConfig(
             name=name,
-            storage_path=str(run_dir),
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(
                 max_failures=config.max_failures, controller_failure_limit=start_retries,
                 max_preemption_failures=int(os.environ.get(PREEMPTION_RETRIES_ENV, PREEMPTION_RETRIES))),
@@ -212,22 +220,24 @@ def _fit(name: str, run_dir: Path, loop_config: dict, datasets: dict, config: Tr
             f"and continue with --resume --out {run_dir} (it starts from the last checkpoint)") from None
 
 
-def _best_of(result, arch_dir: Path, all_metrics: list[dict], arch: str, fold: int) -> dict:
+def _best_of(result, arch_dir: str, all_metrics: list[dict], arch: str, fold: int) -> dict:
     """Copy the best checkpoint to arch_dir/best and return its metrics and the final epoch's."""
+    from pipeline.checkpoint import META_FILE, OPTIMIZER_FILE
+
     if result.error is not None:
         raise RuntimeError(f"training {arch} failed: {result.error}")
     best = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_score", -1.0))
     checkpoint, best_metrics = best
-    best_dir = arch_dir / "best"
-    shutil.rmtree(best_dir, ignore_errors=True)
-    with checkpoint.as_directory() as d:
-        shutil.copytree(d, best_dir, ignore=shutil.ignore_patterns("optimizer.pt"))
-    meta = json.loads((best_dir / "meta.json").read_text())
+    best_dir = join_uri(arch_dir, "best")
+    remove_dir(best_dir)
+    with checkpoint.as_directory() as d:  # a local copy when the checkpoint lives on remote storage
+        upload_dir(d, best_dir, skip=(OPTIMIZER_FILE,))
+        meta = json.loads(Path(d, META_FILE).read_text())
     rows = [m for m in all_metrics if m["arch"] == arch and m.get("fold", 0) == fold]
     final = max(rows, key=lambda m: m["epoch"]) if rows else {}
     return {
         "best_epoch": best_metrics.get("epoch"), "best": {k: best_metrics.get(k) for k in METRIC_KEYS[3:]},
-        "final": {k: final.get(k) for k in METRIC_KEYS[2:]}, "checkpoint": str(best_dir),
+        "final": {k: final.get(k) for k in METRIC_KEYS[2:]}, "checkpoint": best_dir,
         "params": meta.get("params"), "confusion": meta.get("confusion"),
         "seconds": round(sum(m.get("seconds") or 0 for m in rows), 1),
     }  # fmt: skip
@@ -248,9 +258,13 @@ def _combine_folds(fold_results: list[dict]) -> dict:
 
 
 class _MetricPrinter:
-    """Drains the workers' metric queue on a thread: prints progress, appends metrics.jsonl."""
+    """Drains the workers' metric queue on a thread: prints progress, appends metrics.jsonl.
 
-    def __init__(self, queue, path: Path, sink: list[dict], quiet: bool):
+    The file is rewritten whole with every row (a few hundred lines at most): object stores such as
+    S3 cannot append.
+    """
+
+    def __init__(self, queue, path: str, sink: list[dict], quiet: bool):
         self.queue, self.path, self.sink, self.quiet = queue, path, sink, quiet
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -279,8 +293,7 @@ class _MetricPrinter:
                 return
             row = {k: m.get(k) for k in METRIC_KEYS} | {k: v for k, v in m.items() if k in ("resumed_from",)}
             self.sink.append(row)
-            with self.path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.sink))
             if not self.quiet:
                 print(_progress_line(row), file=sys.stderr, flush=True)
 

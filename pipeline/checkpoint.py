@@ -6,14 +6,19 @@ A checkpoint directory holds
                   training crops were cut with, the training data's identity, the split, the epoch
     optimizer.pt  (training checkpoints only) optimizer state, for resuming
 so that `allray infer` can rebuild the model and cut crops exactly as training saw them.
+Checkpoints are written to a local folder (Ray Train uploads it); they are read from a local folder
+or a URI (s3://.../best), straight into memory.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import torch
+
+from pipeline.locations import is_file, join_uri, read_bytes, read_text
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -38,13 +43,13 @@ def save_checkpoint(directory: Path, model_state: dict, meta: dict, optimizer_st
         torch.save(optimizer_state, directory / OPTIMIZER_FILE)
 
 
-def read_meta(directory: Path) -> dict:
-    """meta.json of a checkpoint, checked for the fields inference needs."""
-    path = Path(directory) / META_FILE
-    if not path.is_file():
+def read_meta(directory: str | Path) -> dict:
+    """meta.json of a checkpoint (local folder or URI), checked for the fields inference needs."""
+    path = join_uri(directory, META_FILE)
+    if not is_file(path):
         raise CheckpointError(f"{directory} is not an allray checkpoint: {META_FILE} is missing")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is damaged: {err}") from None
     missing = [k for k in REQUIRED_META if k not in meta]
@@ -55,19 +60,24 @@ def read_meta(directory: Path) -> dict:
     return meta
 
 
-def load_checkpoint(directory: Path) -> tuple[torch.nn.Module, dict]:
-    """The model of a checkpoint, weights loaded and in eval mode, and its meta.
+def _load_tensors(path: str) -> dict:
+    """torch.load of a local file or URI, tensors only."""
+    return torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(directory: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The model of a checkpoint (local folder or URI), weights loaded and in eval mode, and its meta.
 
     Refuses (CheckpointError) a checkpoint whose weights do not fit its declared architecture.
     """
     from pipeline.models import build_model
 
     meta = read_meta(directory)
-    path = Path(directory) / MODEL_FILE
-    if not path.is_file():
+    path = join_uri(directory, MODEL_FILE)
+    if not is_file(path):
         raise CheckpointError(f"{directory}: {MODEL_FILE} is missing")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_tensors(path)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
         raise CheckpointError(f"{path} is damaged or not a state dict: {err}") from None
     model = build_model(meta["model_name"], image_size=meta["image_size"])
@@ -82,10 +92,10 @@ def load_checkpoint(directory: Path) -> tuple[torch.nn.Module, dict]:
     return model, meta
 
 
-def load_training_state(directory: Path) -> tuple[dict, dict | None, dict]:
+def load_training_state(directory: str | Path) -> tuple[dict, dict | None, dict]:
     """(model state, optimizer state or None, meta) of a training checkpoint, for resuming."""
     meta = read_meta(directory)
-    state = torch.load(Path(directory) / MODEL_FILE, map_location="cpu", weights_only=True)
-    opt_path = Path(directory) / OPTIMIZER_FILE
-    opt = torch.load(opt_path, map_location="cpu", weights_only=True) if opt_path.is_file() else None
+    state = _load_tensors(join_uri(directory, MODEL_FILE))
+    opt_path = join_uri(directory, OPTIMIZER_FILE)
+    opt = _load_tensors(opt_path) if is_file(opt_path) else None
     return state, opt, meta

@@ -15,11 +15,12 @@ import numpy as np
 
 from pipeline import schema
 from pipeline.checkpoint import MODEL_FILE, load_checkpoint
+from pipeline.locations import join_uri, read_bytes
 
 
 def model_identity(checkpoint_dir: str | Path, meta: dict) -> str:
     """'<model name>@<first 12 hex of the weights' sha256>': which model labelled a cell."""
-    digest = hashlib.sha256(Path(checkpoint_dir, MODEL_FILE).read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(read_bytes(join_uri(checkpoint_dir, MODEL_FILE))).hexdigest()[:12]
     return f"{meta['model_name']}@{digest}"
 
 
@@ -32,7 +33,7 @@ class CellClassifier:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
-        self.model, self.meta = load_checkpoint(Path(checkpoint_dir))
+        self.model, self.meta = load_checkpoint(checkpoint_dir)
         self.model.to(self.device)
         self.image_size = int(self.meta["image_size"])
         self.threshold = float(threshold)

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from pipeline import schema
+from pipeline import locations, schema
 from pipeline.config import CropSettings
 from pipeline.crops import assign_labels, background_colour, cut_crop, resize_whole, window_pixels
 from pipeline.detect import detect_cells
 from pipeline.io import ImageReadError, decode_image, encode_png, sha256_hex
 from pipeline.sources import SINGLE_CELL, ImageTask
-from pipeline.store import new_shard_id, resolve, write_shard
+from pipeline.store import new_shard_id, write_shard
 
 # Half a typical white-cell diameter (~12 um): how far a listed centre may be from a detection
 # when the labels file gives no radius (ALL-IDB1 .xyc centroids have none).
@@ -123,9 +123,7 @@ def ingest_image(task: ImageTask, data: bytes, settings: CropSettings, sha: str,
 def read_bytes(path: str) -> bytes:
     """All bytes of a local file or URI; raises ImageReadError naming the OS problem."""
     try:
-        fs, p = resolve(path)
-        with fs.open_input_stream(p) as fh:
-            return fh.readall()
+        return locations.read_bytes(path)
     except (OSError, ValueError) as err:
         raise ImageReadError(f"cannot read file: {err}") from None
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from pipeline.locations import write_bytes
 
-def plot_curves(metrics: list[dict], confusions: dict[str, list[list[int]]], path: Path) -> None:
-    """Write `path` (PNG): per arch, loss and accuracy (train and validation) per epoch, and the
+
+def plot_curves(metrics: list[dict], confusions: dict[str, list[list[int]]], path: str | Path) -> None:
+    """Write `path` (PNG, a local path or URI): per arch, loss and accuracy (train and validation) per epoch, and the
     best epoch's confusion matrix. `metrics` are metrics.jsonl rows (arch, epoch, train_loss, ...)."""
     import matplotlib
 
@@ -49,5 +52,7 @@ def plot_curves(metrics: list[dict], confusions: dict[str, list[list[int]]], pat
         else:
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=90)
     plt.close(fig)
+    write_bytes(path, png.getvalue())

@@ -13,13 +13,15 @@ import pyarrow as pa
 from pipeline import schema
 from pipeline.config import CropSettings
 from pipeline.ingest import process_task
+from pipeline.locations import join, resolve
 from pipeline.sources import ImageTask
-from pipeline.store import join, new_shard_id, resolve, write_table_atomic
+from pipeline.store import new_shard_id, write_table_atomic
 
 CELLS_IPC = "cells_ipc"
 TOP_BLASTS = 12  # crops called blasts kept per image for the report's gallery
-SUMMARY_COLUMNS = (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE, schema.STATUS, schema.REASON,
-                   schema.N_CELLS, "predicted", "kinds", "blast_crops", "blast_probs")  # fmt: skip
+# The per-image head columns, then what the driver aggregates (source_sha256 names the input images).
+_HEAD_COLUMNS = (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE, schema.STATUS, schema.REASON, schema.SOURCE_SHA256)
+SUMMARY_COLUMNS = (*_HEAD_COLUMNS, schema.N_CELLS, "predicted", "kinds", "blast_crops", "blast_probs")
 _CELL_COLUMNS = [f.name for f in schema.PREDICTION_SCHEMA if f.name not in
                  (schema.BLAST_PROB, schema.PREDICTED, schema.MODEL_ID)]  # fmt: skip
 
@@ -48,17 +50,17 @@ class SlideStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from pipeline.ingest import TASK_COLUMN
 
-        rows = {k: [] for k in (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE, schema.STATUS,
-                                schema.REASON, schema.NOTE, CELLS_IPC)}  # fmt: skip
+        rows = {k: [] for k in (*_HEAD_COLUMNS, schema.NOTE, CELLS_IPC)}
         for text in batch[TASK_COLUMN]:
             task = ImageTask.from_json(str(text))
-            outcome, _sha = process_task(task, self.settings, self.settings_json)
+            outcome, sha = process_task(task, self.settings, self.settings_json)
             cells = [{k: r.get(k) for k in _CELL_COLUMNS} for r in outcome.cells]
             rows[schema.PATIENT_ID].append(task.patient_id)
             rows[schema.SAMPLE_ID].append(task.sample_id)
             rows[schema.IMAGE].append(task.image)
             rows[schema.STATUS].append(schema.STATUS_QUARANTINED if outcome.reason else schema.STATUS_INGESTED)
             rows[schema.REASON].append(outcome.reason)
+            rows[schema.SOURCE_SHA256].append(sha)
             rows[schema.NOTE].append(outcome.note)
             rows[CELLS_IPC].append(pack_cells(pa.Table.from_pylist(cells, schema=self.cell_schema)))
         return rows
@@ -83,8 +85,7 @@ class PredictionWriter:
             tables, heads = _group_by_image(batch)
         else:
             tables = [unpack_cells(b) for b in batch[CELLS_IPC]]
-            heads = [{k: batch[k][i] for k in (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE, schema.STATUS,
-                                               schema.REASON)} for i in range(len(tables))]  # fmt: skip
+            heads = [{k: batch[k][i] for k in _HEAD_COLUMNS} for i in range(len(tables))]
         tables = [t.select([f.name for f in schema.PREDICTION_SCHEMA]).cast(schema.PREDICTION_SCHEMA) for t in tables]
         all_cells = pa.concat_tables(tables) if tables else schema.PREDICTION_SCHEMA.empty_table()
         if all_cells.num_rows:
@@ -93,7 +94,7 @@ class PredictionWriter:
             write_table_atomic(fs, path, all_cells)
         summary = {k: [] for k in SUMMARY_COLUMNS}
         for head, t in zip(heads, tables):
-            for k in (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE, schema.STATUS, schema.REASON):
+            for k in _HEAD_COLUMNS:
                 summary[k].append(None if head[k] is None else str(head[k]))
             probs = t.column(schema.BLAST_PROB).to_numpy()
             predicted = t.column(schema.PREDICTED).to_numpy()
@@ -120,5 +121,6 @@ def _group_by_image(cells: pa.Table) -> tuple[list[pa.Table], list[dict]]:
         tables.append(t)
         heads.append({schema.PATIENT_ID: t.column(schema.PATIENT_ID)[0].as_py(),
                       schema.SAMPLE_ID: t.column(schema.SAMPLE_ID)[0].as_py(), schema.IMAGE: name,
-                      schema.STATUS: "cells", schema.REASON: None})  # fmt: skip
+                      schema.STATUS: "cells", schema.REASON: None,
+                      schema.SOURCE_SHA256: t.column(schema.SOURCE_SHA256)[0].as_py()})  # fmt: skip
     return tables, heads

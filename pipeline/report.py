@@ -17,7 +17,6 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema
+from pipeline.locations import join_uri, write_text
 
 FLAG_OK, FLAG_ALERT, FLAG_FEW = "ok", "blasts_above_alert", "too_few_cells"
 FLAGS = (FLAG_ALERT, FLAG_FEW, FLAG_OK)
@@ -198,21 +198,20 @@ def sort_rows(rows: list[dict]) -> list[dict]:
                                        str(r.get(schema.SAMPLE_ID, ""))))
 
 
-def write_count_tables(out: Path, patients: list[dict], samples: list[dict], meta: dict) -> None:
+def write_count_tables(out: str | Path, patients: list[dict], samples: list[dict], meta: dict) -> None:
     """Write out/patients.csv, out/patients.json ({"patients": [...], "meta": meta}) and out/samples.csv.
 
-    CSV headers are PATIENT_COLUMNS / SAMPLE_COLUMNS in that order. Each file is written beside its
-    final name and renamed, so a program watching `out` never parses half a file.
+    `out` is a local folder or a URI. CSV headers are PATIENT_COLUMNS / SAMPLE_COLUMNS in that order.
+    Each file is written beside its final name and renamed, so a program watching `out` never parses
+    half a file.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     _check_columns("patients", patients, PATIENT_COLUMNS)
     _check_columns("samples", samples, SAMPLE_COLUMNS)
-    _write_csv(out / "patients.csv", PATIENT_COLUMNS, patients)
-    _write_csv(out / "samples.csv", SAMPLE_COLUMNS, samples)
+    _write_csv(join_uri(out, "patients.csv"), PATIENT_COLUMNS, patients)
+    _write_csv(join_uri(out, "samples.csv"), SAMPLE_COLUMNS, samples)
     # default=str: meta holds resolved settings, which may include Paths or datetimes.
     text = json.dumps({"patients": patients, "meta": meta}, indent=2, allow_nan=False, default=str)
-    _write_text(out / "patients.json", text + "\n")
+    write_text(join_uri(out, "patients.json"), text + "\n")
 
 
 def describe_info(patients: list[dict], info: dict) -> list[tuple[str, str]]:
@@ -285,15 +284,9 @@ def _check_columns(name: str, rows: list[dict], columns: tuple[str, ...]) -> Non
             raise ValueError(f"{name} row has columns {sorted(row)}, expected {list(columns)}")
 
 
-def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+def _write_csv(path: str, columns: tuple[str, ...], rows: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(path, buf.getvalue())
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, buf.getvalue())

@@ -7,11 +7,15 @@ Layouts (see ../shared/docs/data-formats.md):
             blast centroids (whitespace separated x y).
 - allidb2:  ImNNN_L.* single-cell images, L = 1 lymphoblast / 0 healthy: no detection.
 Cell labels for any smear layout may come from a labels CSV `image,x,y[,r],label`.
+
+The source folder and the CSVs may be local paths or URIs (s3://, gs://, file://): they are listed
+and read through pipeline.locations, and each task's `path` is a location a Ray worker can read.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections import defaultdict
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from pipeline.io import has_image_extension
+from pipeline.locations import absolute, is_dir, is_file, join_uri, list_tree, read_bytes, resolve
 
 FORMATS = ("auto", "folders", "manifest", "allidb1", "allidb2")
 _ALLIDB_NAME = re.compile(r"^Im(\d{3})_([01])\.[A-Za-z]+$")
@@ -40,7 +45,7 @@ class ImageTask:
     patients, else None = unknown).
     """
 
-    path: str  # absolute path or URI of the file
+    path: str  # absolute path or URI of the file (pipeline.locations)
     image: str  # path relative to the source root, POSIX
     patient_id: str | None
     sample_id: str | None
@@ -69,75 +74,90 @@ class Discovery:
 
 
 def discover_images(
-    src: Path,
+    src: str | Path,
     fmt: str = "auto",
-    manifest: Path | None = None,
-    labels: Path | None = None,
+    manifest: str | Path | None = None,
+    labels: str | Path | None = None,
 ) -> Discovery:
-    """Every image file under `src` as an ImageTask, with patients, samples and labels resolved."""
+    """Every image file under `src` (a local folder or a URI) as an ImageTask, with patients,
+    samples and labels resolved."""
     if fmt not in FORMATS:
         raise SourceError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    src = Path(src)
-    if not src.is_dir():
+    root = absolute(src)
+    if not is_dir(root):
         raise SourceError(f"source folder {src} does not exist or is not a folder")
     if fmt == "manifest" and manifest is None:
         raise SourceError("--format manifest needs --manifest CSV (columns image,patient_id,sample_id[,label])")
-    files, ignored = _list_files(src)
+    listing = _list_source(root)
+    files = listing.images
     if not files:
         raise SourceError(
             f"no images found under {src} (looked for {', '.join(('jpg', 'jpeg', 'png', 'tif', 'tiff', 'bmp'))}, any case)"
         )
     if fmt == "auto":
-        fmt = _detect_format(src, files, manifest)
+        fmt = _detect_format(root, listing, manifest)
     if fmt == "allidb2":
-        tasks = [_allidb2_task(src, rel) for rel in files]
+        tasks = [_allidb2_task(root, rel) for rel in files]
     elif fmt == "allidb1":
-        tasks = [_allidb1_task(src, rel) for rel in files]
+        others = set(listing.others)
+        tasks = [_allidb1_task(root, rel, others) for rel in files]
     else:
-        tasks = [_folder_task(src, rel) for rel in files]
+        tasks = [_folder_task(root, rel) for rel in files]
     if manifest is not None:
         tasks = _apply_manifest(tasks, read_manifest(manifest))
     if labels is not None:
         tasks = _apply_labels(tasks, read_labels(labels))
-    return Discovery(tasks, fmt, ignored)
+    return Discovery(tasks, fmt, listing.others)
 
 
-def _list_files(src: Path) -> tuple[list[str], list[str]]:
-    images, ignored = [], []
-    for path in sorted(src.rglob("*")):
-        rel = path.relative_to(src)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue  # hidden files and folders (.DS_Store, .ipynb_checkpoints) are not inputs
-        (images if has_image_extension(path.name) else ignored).append(rel.as_posix())
-    return images, ignored
+@dataclass(frozen=True)
+class _Listing:
+    """What a source folder holds, as paths relative to it: images, other files, folders."""
+
+    images: list[str]
+    others: list[str]  # not images (notes, .xyc files, ...): reported as ignored
+    folders: set[str]
 
 
-def _detect_format(src: Path, files: list[str], manifest: Path | None) -> str:
+def _list_source(root: str) -> _Listing:
+    files, folders = list_tree(root)
+
+    def visible(rel: str) -> bool:  # hidden files and folders (.DS_Store, .ipynb_checkpoints) are not inputs
+        return not any(part.startswith(".") for part in rel.split("/"))
+
+    files = [f for f in files if visible(f)]
+    images = [f for f in files if has_image_extension(f.rsplit("/", 1)[-1])]
+    others = [f for f in files if not has_image_extension(f.rsplit("/", 1)[-1])]
+    return _Listing(images, others, {d for d in folders if visible(d)})
+
+
+def _detect_format(root: str, listing: _Listing, manifest: str | Path | None) -> str:
     if manifest is not None:
         return "manifest"
-    names = [PurePosixPath(f).name for f in files]
+    names = [PurePosixPath(f).name for f in listing.images]
     if all(_ALLIDB_NAME.match(n) for n in names):
-        if (src / "xyc").is_dir():
+        if "xyc" in listing.folders:
             return "allidb1"
         exts = {PurePosixPath(n).suffix.lower() for n in names}
         if exts <= {".tif", ".tiff"}:
             return "allidb2"
         # Re-encoded copies: ALL-IDB2 cells are small single-cell images, ALL-IDB1 full smears.
-        return "allidb2" if _max_side(src / files[0]) <= 400 else "allidb1"
+        return "allidb2" if _max_side(join_uri(root, listing.images[0])) <= 400 else "allidb1"
     return "folders"
 
 
-def _max_side(path: Path) -> int:
+def _max_side(location: str) -> int:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        fs, path = resolve(location)
+        with fs.open_input_file(path) as fh, Image.open(fh) as im:  # reads the header, not the whole file
             return max(im.size)
     except Exception:  # noqa: BLE001 - an unreadable first file says nothing about the layout
         return 10_000
 
 
-def _folder_task(src: Path, rel: str) -> ImageTask:
+def _folder_task(src: str, rel: str) -> ImageTask:
     parts = PurePosixPath(rel).parts
     if len(parts) >= 3:
         patient, sample = parts[0], parts[1]
@@ -145,7 +165,7 @@ def _folder_task(src: Path, rel: str) -> ImageTask:
         patient, sample = parts[0], parts[0]
     else:
         patient, sample = None, PurePosixPath(rel).stem
-    return ImageTask(path=str(src / rel), image=rel, patient_id=patient, sample_id=sample)
+    return ImageTask(path=join_uri(src, rel), image=rel, patient_id=patient, sample_id=sample)
 
 
 def _allidb_label(rel: str) -> int:
@@ -155,22 +175,22 @@ def _allidb_label(rel: str) -> int:
     return int(match.group(2))
 
 
-def _allidb1_task(src: Path, rel: str) -> ImageTask:
+def _allidb1_task(src: str, rel: str, other_files: set[str]) -> ImageTask:
     """ALL-IDB1: each image its own sample, patient unknown; blasts from xyc, others healthy."""
     image_label = _allidb_label(rel)
     stem = PurePosixPath(rel).stem
     points = None
     if image_label == 1:
-        xyc = src / PurePosixPath(rel).parent / "xyc" / f"{stem}.xyc"
-        if not xyc.exists():
-            xyc = src / "xyc" / f"{stem}.xyc"
-        if xyc.exists():
-            points = [[x, y, None, 1] for x, y in read_xyc(xyc)]
+        beside = (PurePosixPath(rel).parent / "xyc" / f"{stem}.xyc").as_posix()
+        for xyc in (beside, f"xyc/{stem}.xyc"):
+            if xyc in other_files:
+                points = [[x, y, None, 1] for x, y in read_xyc(join_uri(src, xyc))]
+                break
     if image_label == 1 and points is None:
         # An ALL image without its centroid file: which cells are blasts is unknown.
-        return ImageTask(str(src / rel), rel, None, stem)
+        return ImageTask(join_uri(src, rel), rel, None, stem)
     return ImageTask(
-        path=str(src / rel),
+        path=join_uri(src, rel),
         image=rel,
         patient_id=None,
         sample_id=stem,
@@ -180,10 +200,10 @@ def _allidb1_task(src: Path, rel: str) -> ImageTask:
     )
 
 
-def _allidb2_task(src: Path, rel: str) -> ImageTask:
+def _allidb2_task(src: str, rel: str) -> ImageTask:
     label = _allidb_label(rel)
     return ImageTask(
-        path=str(src / rel),
+        path=join_uri(src, rel),
         image=rel,
         patient_id=None,
         sample_id=PurePosixPath(rel).stem,
@@ -193,10 +213,10 @@ def _allidb2_task(src: Path, rel: str) -> ImageTask:
     )
 
 
-def read_xyc(path: Path) -> list[tuple[float, float]]:
-    """Blast centroids of an ALL-IDB1 .xyc file: one `x y` pair per line, any whitespace."""
+def read_xyc(path: str | Path) -> list[tuple[float, float]]:
+    """Blast centroids of an ALL-IDB1 .xyc file (local or URI): one `x y` pair per line, any whitespace."""
     points = []
-    for n, line in enumerate(Path(path).read_text(errors="replace").splitlines(), start=1):
+    for n, line in enumerate(read_bytes(path).decode("utf-8", errors="replace").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -207,26 +227,24 @@ def read_xyc(path: Path) -> list[tuple[float, float]]:
     return points
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    path = Path(path)
-    if not path.is_file():
+def _read_csv(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    if not is_file(path):
         raise SourceError(f"CSV file {path} does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise SourceError(f"{path}: missing column(s) {', '.join(missing)}; header is {','.join(header)}")
-        return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    reader = csv.DictReader(io.StringIO(read_bytes(path).decode("utf-8-sig"), newline=""))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise SourceError(f"{path}: missing column(s) {', '.join(missing)}; header is {','.join(header)}")
+    return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
 
 
-def read_manifest(path: Path) -> dict[str, dict[str, str]]:
+def read_manifest(path: str | Path) -> dict[str, dict[str, str]]:
     """Manifest rows keyed by image path (relative to the source, POSIX)."""
     rows = _read_csv(path, ("image", "patient_id", "sample_id"))
     return {PurePosixPath(r["image"]).as_posix(): r for r in rows}
 
 
-def read_labels(path: Path) -> dict[str, list[list]]:
+def read_labels(path: str | Path) -> dict[str, list[list]]:
     """Labelled cell centres per image: {image: [[x, y, r_or_None, label], ...]}."""
     out: dict[str, list[list]] = defaultdict(list)
     for n, row in enumerate(_read_csv(path, ("image", "x", "y", "label")), start=2):

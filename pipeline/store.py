@@ -13,12 +13,13 @@ missing; `open_output` deletes those orphans before the next run, and the images
 in the ledger, so the next run ingests them again. Nothing is lost and nothing is counted twice.
 
 Paths may be local or any URI pyarrow.fs understands (s3://, gs://, a shared mount), so that a
-multi-node run can write to shared storage; `resolve` is the one place a path becomes (fs, path).
+multi-node run can write to shared storage; `pipeline.locations.resolve` is the one place a path
+becomes (fs, path).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,19 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import schema
-
-
-def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and path for a local path or a URI (s3://bucket/x, gs://..., file:///...)."""
-    text = str(uri)
-    if "://" in text:
-        return pafs.FileSystem.from_uri(text)
-    return pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
-
-
-def join(base: str, *parts: str) -> str:
-    """`base/part/...` for a path as returned by `resolve` (always '/'-separated)."""
-    return "/".join([base.rstrip("/"), *parts])
+from pipeline.locations import absolute, join, join_uri, resolve
 
 
 def new_shard_id(run_id: str) -> str:
@@ -163,9 +152,12 @@ def read_table(out: str | Path, sub: str = schema.CELLS_DIR, columns: list[str] 
 
 
 def shard_files(out: str | Path, sub: str = schema.CELLS_DIR) -> list[str]:
-    """Paths of the committed Parquet files of one table (what Ray Data or DuckDB should read)."""
+    """Locations (local paths or URIs, like `out`) of the committed Parquet files of one table.
+
+    Each names its filesystem, so a worker elsewhere can `resolve` it (an S3 key alone could not).
+    """
     fs, base = resolve(out)
-    return _list_parquet(fs, join(base, sub))
+    return [join_uri(absolute(out), sub, p.rsplit("/", 1)[-1]) for p in _list_parquet(fs, join(base, sub))]
 
 
 def column_bytes(files: list[str], column: str) -> tuple[int, int]:
@@ -183,12 +175,18 @@ def column_bytes(files: list[str], column: str) -> tuple[int, int]:
     return total, rows
 
 
-def write_json(out: str | Path, name: str, payload: dict) -> None:
-    """Write `payload` as indented JSON to out/name."""
-    fs, base = resolve(out)
-    fs.create_dir(base, recursive=True)
-    with fs.open_output_stream(join(base, name)) as fh:
-        fh.write((json.dumps(payload, indent=2, default=str) + "\n").encode())
+def images_identity(pairs) -> str:
+    """A short hash of a set of input images, from (image, content sha256) pairs in any order."""
+    digest = hashlib.sha256()
+    for image, sha in sorted((str(i), str(s)) for i, s in pairs):
+        digest.update(f"{image}:{sha}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def ledger_identity(out: str | Path) -> str:
+    """`images_identity` of every image an ingest output holds (its ledger)."""
+    ledger = read_table(out, schema.IMAGES_DIR, columns=[schema.IMAGE, schema.SOURCE_SHA256])
+    return images_identity(zip(ledger.column(0).to_pylist(), ledger.column(1).to_pylist()))
 
 
 PATH_COLUMN = "path"

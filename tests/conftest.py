@@ -1,13 +1,25 @@
-"""Shared fixtures: paths to the real BCCD images, one Ray instance per test session."""
+"""Shared fixtures: paths to the real BCCD images, one Ray instance per test session, a local S3."""
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BCCD = REPO.parent / "shared" / "data" / "bccd"
+S3_BUCKET = "allray-test"
+
+# Tests never reach a real cloud: dummy AWS credentials, no instance-metadata lookups, no profile.
+# Set at import, before any Ray instance starts, so that Ray's workers (which inherit this
+# environment) read the local S3 server with the same credentials as the test process.
+os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})  # fmt: skip
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +38,26 @@ def ray_session():
     start_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_bucket() -> str:
+    """An empty bucket on a local S3 server (moto, listening on 127.0.0.1 only), as a URI whose
+    options name the server: s3://allray-test?endpoint_override=127.0.0.1:PORT&scheme=http."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is needed for the S3 tests")
+    import pyarrow.fs as pafs
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    options = f"endpoint_override=127.0.0.1:{port}&scheme=http"
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{S3_BUCKET}?{options}&allow_bucket_creation=true")
+    fs.create_dir(S3_BUCKET)
+    yield f"s3://{S3_BUCKET}?{options}"
+    server.stop()
 
 
 def write_truth_cells(out: Path, patients: int = 6, images_per_patient: int = 4, seed: int = 5,

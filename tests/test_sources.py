@@ -114,3 +114,62 @@ def test_missing_or_empty_source_is_one_clear_error(tmp_path):
         discover_images(tmp_path)
     with pytest.raises(SourceError, match="unknown --format"):
         discover_images(tmp_path, fmt="zip")
+
+
+def test_discovery_through_file_uris_matches_local_paths(tmp_path):
+    """SRC, manifest and labels given as file:// URIs: the same tasks, each path a URI that reads the file."""
+    from pipeline.locations import read_bytes
+
+    src = tmp_path / "slides dir"
+    for rel in ["P1/S1/a.png", "P1/S2/b b.JPG", "P2/S1/c.tif", "P2/.hidden/d.png"]:
+        _png(src / rel)
+    (src / "P1" / "notes.txt").write_text("not an image")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,patient_id,sample_id,label\nP2/S1/c.tif,PX,SX,0\n")
+    labels = tmp_path / "cells.csv"
+    labels.write_text("image,x,y,r,label\nP1/S1/a.png,10,12,5,1\n")
+    local = discover_images(src, manifest=manifest, labels=labels)
+    remote = discover_images(src.as_uri(), manifest=manifest.as_uri(), labels=labels.as_uri())
+    strip = [{**t.__dict__, "path": None} for t in remote.tasks]
+    assert strip == [{**t.__dict__, "path": None} for t in local.tasks]
+    assert (remote.format, remote.ignored) == ("manifest", ["P1/notes.txt"])
+    assert [t.image for t in remote.tasks] == ["P1/S1/a.png", "P1/S2/b b.JPG", "P2/S1/c.tif"]
+    for task in remote.tasks:
+        assert task.path.startswith("file:///")
+        assert read_bytes(task.path) == (src / task.image).read_bytes()
+    with pytest.raises(SourceError, match="does not exist"):
+        discover_images((tmp_path / "nope").as_uri())
+    with pytest.raises(SourceError, match="CSV file .* does not exist"):
+        discover_images(src.as_uri(), labels=(tmp_path / "none.csv").as_uri())
+
+
+def test_allidb1_xyc_read_through_a_uri(tmp_path):
+    _png(tmp_path / "Im001_1.jpg", size=(500, 400))
+    (tmp_path / "xyc").mkdir()
+    (tmp_path / "xyc" / "Im001_1.xyc").write_text("100\t200\n")
+    d = discover_images(tmp_path.as_uri())
+    assert d.format == "allidb1"
+    assert json.loads(d.tasks[0].points_json) == [[100.0, 200.0, None, 1]]
+
+
+def test_discovery_on_s3(s3_bucket, tmp_path):
+    """A folder layout, a labels CSV and re-encoded ALL-IDB2 cells, all on a local S3 server."""
+    from pipeline.locations import join_uri, read_bytes, upload_dir
+
+    for rel in ["P1/S1/a.png", "P1/S1/odd name?.png", "P2/S1/c.tif"]:
+        _png(tmp_path / "slides" / rel)
+    (tmp_path / "slides" / "P2" / "readme.txt").write_text("x")
+    (tmp_path / "labels.csv").write_text("image,x,y,label\nP1/S1/a.png,5,6,1\n")
+    _png(tmp_path / "allidb2" / "Im001_1.jpg", size=(103, 103))
+    upload_dir(tmp_path, join_uri(s3_bucket, "discovery"))
+    src = join_uri(s3_bucket, "discovery", "slides")
+    d = discover_images(src, labels=join_uri(s3_bucket, "discovery", "labels.csv"))
+    assert d.format == "folders" and d.ignored == ["P2/readme.txt"]
+    by = {t.image: t for t in d.tasks}
+    assert sorted(by) == ["P1/S1/a.png", "P1/S1/odd name?.png", "P2/S1/c.tif"]
+    assert (by["P2/S1/c.tif"].patient_id, by["P2/S1/c.tif"].sample_id) == ("P2", "S1")
+    assert json.loads(by["P1/S1/a.png"].points_json) == [[5.0, 6.0, None, 1]]
+    for task in d.tasks:
+        assert task.path.startswith("s3://allray-test/discovery/slides/") and "endpoint_override=" in task.path
+        assert read_bytes(task.path) == (tmp_path / "slides" / task.image).read_bytes()
+    assert discover_images(join_uri(s3_bucket, "discovery", "allidb2")).format == "allidb2"  # size read on S3

@@ -1,0 +1,167 @@
+"""Where files live: local paths and URIs, resolved in one place, read and written through pyarrow.fs.
+
+Every location allray reads or writes (slides, CSVs, ingest outputs, run and report folders,
+checkpoints) may be a local path or any URI pyarrow.fs understands: s3://bucket/x, gs://bucket/x,
+file:///mnt/shared/x, with options such as `?endpoint_override=host:port&scheme=http`. `resolve`
+is the one place a location becomes (filesystem, path); the helpers below take locations, so the
+code that uses them never builds a `Path` from a URI (which would mangle `s3://` into `s3:/`).
+Credentials come from the filesystem's usual sources (environment, config files), never from us.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pyarrow.fs as pafs
+
+
+def is_uri(location: str | Path) -> bool:
+    """True for a URI (s3://bucket/x, gs://..., file:///...), False for a local path."""
+    return "://" in str(location)
+
+
+def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path for a local path or a URI (s3://bucket/x, gs://..., file:///...)."""
+    text = str(uri)
+    if is_uri(text):
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    """`base/part/...` for a path as returned by `resolve` (always '/'-separated)."""
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def absolute(location: str | Path) -> str:
+    """A location as recorded and handed to Ray workers: a URI as given, a local path made absolute.
+
+    Workers may run in another folder or on another node, where a relative path means something else.
+    """
+    return str(location) if is_uri(location) else str(Path(location).expanduser().resolve())
+
+
+def join_uri(location: str | Path, *parts: str) -> str:
+    """`location/part/...` for a local path or a URI.
+
+    A URI keeps its options (`?endpoint_override=...`) after the joined path, and the parts are
+    %-escaped, since pyarrow decodes the path of a URI (an image may be named `a b?.png`).
+    """
+    text = str(location)
+    if not is_uri(text):
+        return str(Path(text, *parts))
+    base, mark, options = text.partition("?")
+    escaped = [quote(part, safe="/") for part in parts]
+    return "/".join([base.rstrip("/"), *escaped]) + mark + options
+
+
+def file_type(location: str | Path) -> pafs.FileType:
+    """What is at `location`: FileType.File, Directory or NotFound."""
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type
+
+
+def is_dir(location: str | Path) -> bool:
+    """True when `location` is a folder (on object stores: a prefix that holds something)."""
+    return file_type(location) == pafs.FileType.Directory
+
+
+def is_file(location: str | Path) -> bool:
+    """True when `location` is a file."""
+    return file_type(location) == pafs.FileType.File
+
+
+def list_names(location: str | Path) -> list[str]:
+    """Sorted names of what a folder holds (files and folders, not recursive); [] when it is missing."""
+    fs, path = resolve(location)
+    return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
+
+
+def list_tree(location: str | Path) -> tuple[list[str], list[str]]:
+    """(files, folders) under a folder, recursively, as '/'-separated paths relative to it, sorted
+    folder by folder (the order of sorted(Path.rglob(...)))."""
+    fs, path = resolve(location)
+    root = path.rstrip("/") + "/"
+    files, folders = [], []
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        if not info.path.startswith(root):
+            continue
+        rel = info.path[len(root) :].strip("/")
+        if info.type == pafs.FileType.File:
+            files.append(rel)
+        elif info.type == pafs.FileType.Directory and rel:
+            folders.append(rel)
+    def by_parts(rel: str) -> list[str]:
+        return rel.split("/")
+
+    return sorted(files, key=by_parts), sorted(folders, key=by_parts)
+
+
+def make_dir(location: str | Path) -> None:
+    """Create a folder and its parents (nothing happens when it exists)."""
+    fs, path = resolve(location)
+    fs.create_dir(path, recursive=True)
+
+
+def remove_dir(location: str | Path) -> None:
+    """Delete a folder and everything in it; nothing happens when it is missing."""
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
+def read_bytes(location: str | Path) -> bytes:
+    """All bytes of a file (local or URI); FileNotFoundError / OSError as pyarrow raises them."""
+    fs, path = resolve(location)
+    with fs.open_input_stream(path) as fh:
+        return fh.readall()
+
+
+def read_text(location: str | Path) -> str:
+    """A UTF-8 text file (local or URI)."""
+    return read_bytes(location).decode("utf-8")
+
+
+def write_bytes(location: str | Path, data: bytes) -> None:
+    """Write a file so that readers see either nothing or all of it (temporary name, then rename)."""
+    fs, path = resolve(location)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as fh:
+        fh.write(data)
+    fs.move(tmp, path)
+
+
+def write_text(location: str | Path, text: str) -> None:
+    """Write a UTF-8 text file atomically (see `write_bytes`)."""
+    write_bytes(location, text.encode("utf-8"))
+
+
+def upload_dir(local_dir: str | Path, location: str | Path, skip: tuple[str, ...] = ()) -> None:
+    """Copy the files of a local folder (recursively) to `location`, leaving out the names in `skip`."""
+    fs, path = resolve(location)
+    local = pafs.LocalFileSystem()
+    for folder, _dirs, names in os.walk(local_dir):
+        rel = Path(folder).relative_to(local_dir).as_posix()
+        target = path if rel == "." else join(path, rel)
+        fs.create_dir(target, recursive=True)
+        for name in names:
+            if name not in skip:
+                pafs.copy_files(str(Path(folder, name)), join(target, name), source_filesystem=local,
+                                destination_filesystem=fs)  # fmt: skip
+
+
+def write_json(out: str | Path, name: str, payload: dict) -> None:
+    """Write `payload` as indented JSON to out/name, atomically."""
+    write_text(join_uri(out, name), json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def read_json(location: str | Path) -> dict:
+    """A JSON file (local or URI)."""
+    return json.loads(read_text(location))
