@@ -37,10 +37,12 @@ browser:
 	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "note: chromium could not be installed; the browser check of report.html will be skipped"
 
-# The multi-node fault tests (a second Ray node started and killed on this machine) run apart
-# until they are proven stable: `make test-multinode`.
+# Two pytest sessions: the multi-node fault tests start Ray clusters of their own (a head and a
+# second node on this machine, killed part-way), which cannot share a process with the local Ray
+# the other tests use.
 test: $(STAMP) browser
 	$(PY) -m pytest -q -m "not multinode"
+	$(PY) -m pytest -q -m multinode
 
 test-multinode: $(STAMP)
 	$(PY) -m pytest -q -s -m multinode
