@@ -50,15 +50,17 @@ def train_worker(cfg: dict) -> None:
         with checkpoint.as_directory() as d:
             state, opt_state, meta = load_training_state(d)
         model.load_state_dict(state)
-        if opt_state is not None:
-            optimizer.load_state_dict(opt_state)
         start_epoch = resumed_from = meta["epoch"] + 1
     params = count_parameters(model)
     model = ray.train.torch.prepare_model(model)  # Ray: device placement + DDP
+    if checkpoint is not None and opt_state is not None:
+        # After the move to the device: Adam's state is cast to where the parameters are now.
+        optimizer.load_state_dict(opt_state)
     plain = model.module if hasattr(model, "module") else model
     train_shard = ray.train.get_dataset_shard("train")  # Ray: this worker's share of the crops
     val_data = ray.train.get_dataset_shard("val")  # not split: rank 0 scores all of it
-    generator = torch.Generator(device=device).manual_seed(cfg["seed"] * 7919 + rank)
+    # On the CPU even with --gpu: augment() draws its random numbers there and moves them over.
+    generator = torch.Generator().manual_seed(cfg["seed"] * 7919 + rank)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
 
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -70,8 +72,9 @@ def train_worker(cfg: dict) -> None:
         batches = _batches(train_shard, cfg["batch_size"], image_size, shuffle_seed=cfg["seed"] + epoch * 131 + rank)
         stats = train_one_epoch(model, batches, optimizer, device, scaler=scaler,
                                 transform=lambda x: augment(x, generator))  # fmt: skip
+        # On the worker's device: nccl (--gpu) reduces CUDA tensors only.
         totals = torch.tensor([(stats.loss or 0.0) * stats.n, (stats.acc or 0.0) * stats.n, stats.n, stats.seconds],
-                              dtype=torch.float64)  # fmt: skip
+                              dtype=torch.float64, device=device)  # fmt: skip
         if world > 1:
             seconds = totals[3].clone()
             dist.all_reduce(totals)  # gloo/nccl: sums over workers

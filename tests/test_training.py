@@ -226,3 +226,11 @@ def test_mixed_precision_epoch_on_cuda():
     assert stats.n == 24 and math.isfinite(stats.loss)
     result = evaluate(model, [batch], "cuda")
     assert result.n == 8 and result.probs.dtype == np.float32
+
+
+def test_augment_runs_on_another_device_with_a_cpu_generator():
+    # What a GPU worker does (batch on the GPU, generator on the CPU), with the "meta" device standing
+    # in for CUDA on machines without one: no draw or op may assume the batch is on the CPU.
+    x = torch.zeros(4, 3, 16, 16, device="meta")
+    y = augment(x, torch.Generator().manual_seed(0))
+    assert y.device.type == "meta" and y.shape == x.shape
