@@ -178,7 +178,8 @@ def train(cells, arch, out, epochs, batch_size, lr, workers, gpu, cpus_per_worke
 @click.option("--model", help="A run folder (its best architecture) or a checkpoint folder (default: newest run in ./runs).")
 @click.option("--out", help="Report folder, a local path or URI (default: a new reports/<date-time>).")
 @click.option("--gpu", is_flag=True, help="One GPU per classifier worker.")
-@click.option("--workers", type=int, help="Classifier workers (default: 1, or one per GPU with --gpu).")
+@click.option("--workers", type=int, help="Classifier workers (default: one per GPU with --gpu; on CPUs, one "
+              "per free core on an ingest output, one per 8 cores on slides).")
 @click.option("--batch-size", default=64, show_default=True, help="Cells per classifier batch.")
 @click.option("--threshold", default=0.5, show_default=True, help="Blast probability at which a cell is called a blast.")
 @click.option("--blast-alert", default=20.0, show_default=True, help="Flag patients at or above this blast percentage.")

@@ -61,6 +61,17 @@ def find_model(model: str | None) -> str:
     return ckpt
 
 
+def default_classifiers(cpus: float, gpus: float, gpu: bool, from_cells: bool, reserve: float) -> int:
+    """Classifier actors when --workers is not given: one per GPU with --gpu; on CPUs, as many as
+    the cores left beside I/O on crops that are already cut, and about one per 8 cores on slides,
+    where detection (~0.3 s a smear) costs far more than labelling its few cells (~10 ms each)."""
+    if gpu:
+        return max(1, int(gpus))
+    if from_cells:
+        return max(1, round(cpus - reserve))
+    return max(1, int(cpus // 8))
+
+
 def _is_ingest_output(location: str) -> bool:
     return is_dir(join_uri(location, schema.IMAGES_DIR)) and is_dir(join_uri(location, schema.CELLS_DIR))
 
@@ -112,7 +123,7 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
     startup_s = start_ray(address, verbose)
     cpus, gpus = cluster_cpus_gpus()
     reserve = LIGHT_TASK_CPUS * 2 + (0.0 if from_cells else 1.0)  # detection needs a whole core
-    n_actors = workers or (max(1, int(gpus)) if gpu else 1)
+    n_actors = workers or default_classifiers(cpus, gpus, gpu, from_cells, reserve)
     actor_cpus = 1.0 if gpu else min(1.0, (cpus - reserve) / n_actors)
     if actor_cpus < 0.25:
         raise ClusterTooSmallError(

@@ -32,3 +32,13 @@ def test_run_record_names_command_config_versions_cluster_and_identities(ray_ses
     assert record["ray_cluster"]["resources"] == ray_session.cluster_resources()
     assert record["ray_cluster"]["alive_nodes"] == sum(n["Alive"] for n in ray_session.nodes()) >= 1
     assert json.loads(json.dumps(record)) == record  # plain JSON, as written to summary.json
+
+
+def test_default_classifier_count_follows_the_input_and_the_cluster():
+    from jobs.infer import default_classifiers
+
+    assert default_classifiers(2, 0, False, from_cells=True, reserve=0.2) == 2  # 2 x 0.9 CPU on 2 cores
+    assert default_classifiers(16, 0, False, from_cells=True, reserve=0.2) == 16
+    assert default_classifiers(2, 0, False, from_cells=False, reserve=1.2) == 1  # detection is the costly stage
+    assert default_classifiers(32, 0, False, from_cells=False, reserve=1.2) == 4
+    assert default_classifiers(16, 4, True, from_cells=False, reserve=1.2) == 4  # one per GPU
