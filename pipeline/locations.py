@@ -10,11 +10,12 @@ Credentials come from the filesystem's usual sources (environment, config files)
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import pyarrow.fs as pafs
 
@@ -24,10 +25,24 @@ def is_uri(location: str | Path) -> bool:
     return "://" in str(location)
 
 
+BUCKET_SCHEMES = ("s3", "gs", "gcs")
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_filesystem(scheme: str, bucket: str, options: str) -> pafs.FileSystem:
+    """One filesystem per bucket and options, made once per process: making an S3 filesystem for a
+    URI without a region asks S3 for the bucket's region, which per file read would double the requests."""
+    return pafs.FileSystem.from_uri(f"{scheme}://{bucket}/" + (f"?{options}" if options else ""))[0]
+
+
 def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
     """The filesystem and path for a local path or a URI (s3://bucket/x, gs://..., file:///...)."""
     text = str(uri)
     if is_uri(text):
+        parts = urlsplit(text)
+        if parts.scheme in BUCKET_SCHEMES and parts.netloc:
+            path = (parts.netloc + unquote(parts.path)).rstrip("/")
+            return _bucket_filesystem(parts.scheme, parts.netloc, parts.query), path
         return pafs.FileSystem.from_uri(text)
     return pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
 

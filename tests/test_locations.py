@@ -89,3 +89,15 @@ def test_checkpoint_loads_from_a_uri(tmp_path, request, where):
     assert model_identity(uri, loaded_meta) == model_identity(tmp_path / "ckpt", loaded_meta)
     with pytest.raises(CheckpointError, match="meta.json is missing"):
         load_checkpoint(join_uri(uri, "nothing here"))
+
+
+def test_bucket_uris_resolve_like_pyarrow_with_one_filesystem_per_bucket(s3_bucket):
+    import pyarrow.fs as pafs
+
+    uris = [join_uri(s3_bucket, "a", "b c?.png"), join_uri(s3_bucket, "dir"), s3_bucket,
+            join_uri(s3_bucket, "x%y", "é.txt")]  # fmt: skip
+    for uri in uris:
+        assert resolve(uri)[1] == pafs.FileSystem.from_uri(uri)[1], uri
+    assert resolve(uris[0])[0] is resolve(uris[1])[0]  # made once, not per file
+    write_text(uris[3], "ok")
+    assert read_text(uris[3]) == "ok"
