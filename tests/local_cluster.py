@@ -105,6 +105,10 @@ class LocalCluster:
 
         Without it the dashboard's port is set anyway, so that nothing of ours tries Ray's 8265.
         """
+        # Token auth refuses to start a node without a token: make ~/.ray/auth_token when this
+        # machine has none yet (a local ray.init makes one too, but these tests may run first).
+        subprocess.run([RAY_BIN, "get-auth-token", "--generate"], env=self.env, check=True, capture_output=True,
+                       timeout=60)  # fmt: skip
         dashboard_port = _free_port()
         # drain_s=0: at teardown the head would otherwise drain 30 s for Ray's detached system actors.
         self.head = self._spawn("head", ["--head", f"--port={self.port}", f"--num-cpus={HEAD_CPUS}",
