@@ -123,7 +123,10 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
     startup_s = start_ray(address, verbose)
     cpus, gpus = cluster_cpus_gpus()
     reserve = LIGHT_TASK_CPUS * 2 + (0.0 if from_cells else 1.0)  # detection needs a whole core
+    files = shard_files(src) if from_cells else []
     n_actors = workers or default_classifiers(cpus, gpus, gpu, from_cells, reserve)
+    if from_cells and not workers:
+        n_actors = min(n_actors, max(1, len(files)))  # an actor without a shard to read would idle
     actor_cpus = 1.0 if gpu else min(1.0, (cpus - reserve) / n_actors)
     if actor_cpus < 0.25:
         raise ClusterTooSmallError(
@@ -138,7 +141,6 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
                          "threshold": threshold, "threads": max(1, int(actor_cpus))}  # fmt: skip
     pool = ray.data.ActorPoolStrategy(size=n_actors)
     if from_cells:
-        files = shard_files(src)
         ds = ray.data.from_items([{PATH_COLUMN: f} for f in files], override_num_blocks=len(files))
         # A few reads at a time keep the classifiers fed; uncapped, a 0.1-CPU task lets Ray start a
         # worker process per shard at once (seen: 8+ on 2 cores), which takes CPU from the classifiers.
