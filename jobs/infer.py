@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import sys
 import time
 import uuid
@@ -61,14 +62,16 @@ def find_model(model: str | None) -> str:
     return ckpt
 
 
-def default_classifiers(cpus: float, gpus: float, gpu: bool, from_cells: bool, reserve: float) -> int:
+def default_classifiers(cpus: float, gpus: float, gpu: bool, from_cells: bool, reserve: float,
+                        shards: int | None = None) -> int:
     """Classifier actors when --workers is not given: one per GPU with --gpu; on CPUs, as many as
-    the cores left beside I/O on crops that are already cut, and about one per 8 cores on slides,
-    where detection (~0.3 s a smear) costs far more than labelling its few cells (~10 ms each)."""
+    the cores left beside I/O on crops that are already cut (no more than their `shards`: an actor
+    without a shard to read would idle), and about one per 8 cores on slides, where detection
+    (~0.3 s a smear) costs far more than labelling its few cells (~10 ms each)."""
     if gpu:
         return max(1, int(gpus))
     if from_cells:
-        return max(1, round(cpus - reserve))
+        return max(1, min(round(cpus - reserve), shards if shards is not None else math.inf))
     return max(1, int(cpus // 8))
 
 
@@ -124,9 +127,7 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
     cpus, gpus = cluster_cpus_gpus()
     reserve = LIGHT_TASK_CPUS * 2 + (0.0 if from_cells else 1.0)  # detection needs a whole core
     files = shard_files(src) if from_cells else []
-    n_actors = workers or default_classifiers(cpus, gpus, gpu, from_cells, reserve)
-    if from_cells and not workers:
-        n_actors = min(n_actors, max(1, len(files)))  # an actor without a shard to read would idle
+    n_actors = workers or default_classifiers(cpus, gpus, gpu, from_cells, reserve, shards=len(files))
     actor_cpus = 1.0 if gpu else min(1.0, (cpus - reserve) / n_actors)
     if actor_cpus < 0.25:
         raise ClusterTooSmallError(

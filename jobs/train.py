@@ -109,6 +109,8 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
     # worker then fails on its first put (seen: an endless restart loop on 2 nodes).
     queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)})
+    crop_bytes = index.crop_bytes_per_cell * keys.size  # train and val sides together
+    cache = _should_cache(config.cache, crop_bytes)
     for arch in config.archs():
         fold_results = []
         for fold, (train_idx, val_idx) in enumerate(folds):
@@ -123,11 +125,10 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
                 "lr": config.lr, "seed": config.seed, "weights": config.weights, "image_size": config.image_size,
                 "threads": max(1, int(round(cpus_per_worker))), "meta": meta, "queue": queue,
             }  # fmt: skip
-            cache = _should_cache(config.cache, index.crop_bytes_per_cell * keys.size)
             if not quiet:
                 how = "kept in Ray's object store" if cache else "streamed from Parquet every epoch"
                 print(f"train {name}: {train_idx.size} train / {val_idx.size} val cells, "
-                      f"{index.crop_bytes_per_cell * keys.size / 2**20:.0f} MiB of crops {how}", file=sys.stderr)
+                      f"{crop_bytes / 2**20:.0f} MiB of crops {how}", file=sys.stderr)
             datasets = _datasets(index.files, set(keys[train_idx]), set(keys[val_idx]), cache)
             printer = _MetricPrinter(queue, metrics_path, all_metrics, quiet)
             printer.start()
