@@ -29,6 +29,9 @@ AT_BORDER = "at_border"  # the cell touches the image border (partly outside the
 CROP = "crop"  # lossless PNG bytes, (crop_size, crop_size, 3) uint8 RGB
 CROP_SIZE = "crop_size"
 LABEL = "label"  # 1 = lymphoblast, 0 = other white cell, null = unknown
+# Class name of the cell (a node of pipeline/taxonomy.py), null = unknown. LABEL stays derived
+# from it (taxonomy.binary_label), so binary outputs and models keep their meaning.
+CELL_CLASS = "cell_class"
 LABEL_SOURCE = "label_source"  # where the label came from: one of LABEL_SOURCES, null if none
 UM_PER_PIXEL = "um_per_pixel"  # scale of the source image used for the crop window
 SCALE_SOURCE = "scale_source"  # how UM_PER_PIXEL was found: one of SCALE_SOURCES
@@ -133,6 +136,9 @@ MANIFEST_COLUMNS = ("image", "patient_id", "sample_id")  # optional 4th: label
 # --- predictions (REPORT/predictions/*.parquet): one row per detected cell of `allray infer` -----
 BLAST_PROB = "blast_prob"  # model probability that the cell is a lymphoblast
 PREDICTED = "predicted"  # 1 = called lymphoblast (blast_prob >= threshold), 0 = other
+PREDICTED_CLASS = "predicted_class"  # the model's most probable class (a taxonomy class name)
+CLASS_PROB = "class_prob"  # its probability
+KNOWN_CLASS = "class"  # the class the input gave (for evaluation), else null
 MODEL_ID = "model_id"  # identity of the checkpoint that labelled the cell (arch + hash)
 
 _PREDICTION_CELL_COLUMNS = (PATIENT_ID, SAMPLE_ID, IMAGE, CELL_ID, X, Y, BBOX_X0, BBOX_Y0, BBOX_X1, BBOX_Y1, AREA,
