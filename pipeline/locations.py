@@ -5,7 +5,8 @@ checkpoints) may be a local path or any URI pyarrow.fs understands: s3://bucket/
 file:///mnt/shared/x, with options such as `?endpoint_override=host:port&scheme=http`. `resolve`
 is the one place a location becomes (filesystem, path); the helpers below take locations, so the
 code that uses them never builds a `Path` from a URI (which would mangle `s3://` into `s3:/`).
-Credentials come from the filesystem's usual sources (environment, config files), never from us.
+Credentials come from the filesystem's usual sources (environment, config files) or from the URI itself
+(`s3://KEY:SECRET@bucket/x`, as pyarrow reads it); they are used here, never recorded (pipeline.redact).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 import pyarrow.fs as pafs
+
+from pipeline.redact import redact, redact_text
 
 
 def is_uri(location: str | Path) -> bool:
@@ -32,7 +35,11 @@ BUCKET_SCHEMES = ("s3", "gs", "gcs")
 def _bucket_filesystem(scheme: str, bucket: str, options: str) -> pafs.FileSystem:
     """One filesystem per bucket and options, made once per process: making an S3 filesystem for a
     URI without a region asks S3 for the bucket's region, which per file read would double the requests."""
-    return pafs.FileSystem.from_uri(f"{scheme}://{bucket}/" + (f"?{options}" if options else ""))[0]
+    uri = f"{scheme}://{bucket}/" + (f"?{options}" if options else "")
+    try:
+        return pafs.FileSystem.from_uri(uri)[0]
+    except (OSError, ValueError) as err:  # pyarrow's message repeats the URI, credentials included
+        raise type(err)(redact_text(str(err))) from None
 
 
 def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
@@ -41,9 +48,15 @@ def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
     if is_uri(text):
         parts = urlsplit(text)
         if parts.scheme in BUCKET_SCHEMES and parts.netloc:
-            path = (parts.netloc + unquote(parts.path)).rstrip("/")
-            return _bucket_filesystem(parts.scheme, parts.netloc, parts.query), path
-        return pafs.FileSystem.from_uri(text)
+            # s3://KEY:SECRET@bucket/x (pyarrow's form for credentials in the URI): the bucket is what
+            # follows the '@'; the user info goes to the filesystem, never into the path.
+            userinfo, at, bucket = parts.netloc.rpartition("@")
+            path = (bucket + unquote(parts.path)).rstrip("/")
+            return _bucket_filesystem(parts.scheme, userinfo + at + bucket, parts.query), path
+        try:
+            return pafs.FileSystem.from_uri(text)
+        except (OSError, ValueError) as err:  # pyarrow's message repeats the URI, credentials included
+            raise type(err)(redact_text(str(err))) from None
     return pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
 
 
@@ -173,8 +186,10 @@ def upload_dir(local_dir: str | Path, location: str | Path, skip: tuple[str, ...
 
 
 def write_json(out: str | Path, name: str, payload: dict) -> None:
-    """Write `payload` as indented JSON to out/name, atomically."""
-    write_text(join_uri(out, name), json.dumps(payload, indent=2, default=str) + "\n")
+    """Write `payload` as indented JSON to out/name, atomically, with credentials redacted (see pipeline.redact):
+    these are run records, summaries and metadata, which must never keep a secret from a URI or an option."""
+    text = json.dumps(redact(json.loads(json.dumps(payload, default=str))), indent=2)
+    write_text(join_uri(out, name), text + "\n")
 
 
 def read_json(location: str | Path) -> dict:

@@ -95,7 +95,7 @@ class PredictionWriter:
         summary = {k: [] for k in SUMMARY_COLUMNS}
         for head, t in zip(heads, tables):
             for k in _HEAD_COLUMNS:
-                summary[k].append(None if head[k] is None else str(head[k]))
+                summary[k].append(_text_or_none(head[k]))
             probs = t.column(schema.BLAST_PROB).to_numpy()
             predicted = t.column(schema.PREDICTED).to_numpy()
             kinds = t.column(schema.KIND).to_pylist()
@@ -108,6 +108,13 @@ class PredictionWriter:
             summary["blast_crops"].append([crops[i] for i in top])
             summary["blast_probs"].append([float(probs[i]) for i in top])
         return summary
+
+
+def _text_or_none(value) -> str | None:
+    """A head value as text; None for a missing one: numpy batches turn a null id into NaN, which str() makes "nan"."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return str(value)
 
 
 def _group_by_image(cells: pa.Table) -> tuple[list[pa.Table], list[dict]]:

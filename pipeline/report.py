@@ -13,8 +13,6 @@ keys of `INFO_LABELS` are shown in that order with those labels, any other key a
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -26,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema
+from pipeline.csvsafe import csv_text
 from pipeline.locations import join_uri, write_text
 
 FLAG_OK, FLAG_ALERT, FLAG_FEW = "ok", "blasts_above_alert", "too_few_cells"
@@ -273,6 +272,8 @@ def _to_arrow(column) -> pa.Array:
 
 
 def _show(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return UNKNOWN  # a missing value is never shown as "None" or "nan"
     if isinstance(value, float):
         return f"{value:,.3g}" if abs(value) < 10 else f"{value:,.1f}"
     return str(value)
@@ -285,8 +286,5 @@ def _check_columns(name: str, rows: list[dict], columns: tuple[str, ...]) -> Non
 
 
 def _write_csv(path: str, columns: tuple[str, ...], rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
+    # csvsafe: an id like `=HYPERLINK(...)` must not run as a formula in the spreadsheet a lab opens.
+    write_text(path, csv_text(columns, rows))

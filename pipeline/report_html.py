@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline import schema
 from pipeline.locations import is_uri, join_uri, write_text
 from pipeline.report import (
-    BLAST_PCT, CI_HIGH, CI_LOW, FLAG, FLAG_ALERT, FLAG_FEW, FLAG_OK, N_BLASTS, N_IMAGES, N_SAMPLES, N_SMUDGE,
+    BLAST_PCT, CI_HIGH, CI_LOW, FLAG, FLAG_ALERT, FLAG_FEW, FLAG_OK, N_BLASTS, N_IMAGES, N_SAMPLES, N_SMUDGE, UNKNOWN,
     describe_info, sort_rows,
 )
 
@@ -122,6 +123,9 @@ def _data_uri(data: bytes) -> str:
 
 
 def _e(value) -> str:
+    """`value` escaped for HTML; a missing one (None, NaN) shown as UNKNOWN, never as "None" or "nan"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        value = UNKNOWN
     return html.escape(str(value), quote=True)
 
 
