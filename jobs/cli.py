@@ -13,6 +13,13 @@ import traceback
 
 import click
 
+from pipeline.redact import redact_text
+
+
+def _echo(text: str, err: bool = False) -> None:
+    """click.echo with credentials redacted: a location may carry them (s3://KEY:SECRET@bucket/x)."""
+    click.echo(redact_text(str(text)), err=err)
+
 
 def _parse_size(text: str) -> tuple[int, int]:
     try:
@@ -44,7 +51,7 @@ def friendly_errors(func):
             )
             prefix = "error" if expected else f"internal error ({type(err).__name__})"
             hint = "" if expected or verbose else " (run with --verbose for the traceback)"
-            click.echo(f"{prefix}: {err}{hint}", err=True)
+            _echo(f"{prefix}: {err}{hint}", err=True)
             sys.exit(1)
 
     return wrapper
@@ -80,7 +87,7 @@ def synth(out, patients, images_per_patient, samples_per_patient, seed, size, ve
         Path(out), patients=patients, images_per_patient=images_per_patient, seed=seed,
         size=_parse_size(size), samples_per_patient=samples_per_patient,
     )
-    click.echo(
+    _echo(
         f"synth: {summary.n_patients} patients, {summary.n_images} images, {summary.n_wbc} white cells "
         f"({summary.n_blast} blasts) -> {Path(out) / 'slides'}, truth in {Path(out) / 'truth'}"
     )
@@ -116,17 +123,17 @@ def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, im
         images_per_shard=images_per_shard, workers=workers,
     )
     s = run_ingest(config, address=address, verbose=verbose)
-    click.echo(
+    _echo(
         f"ingest: {s['images_seen']} images seen: {s['images_ingested']} ingested, {s['images_skipped']} skipped "
         f"(already in {out}), {s['images_quarantined']} quarantined; {s['cells_written']} cells written "
         f"({s['cells_labelled']} labelled) in {s['seconds']:.1f} s ({s['images_per_s'] or 0:.1f} images/s; "
         f"Ray start-up {s['ray_startup_seconds']:.1f} s)"
     )
     for q in s["quarantined"][:10]:
-        click.echo(f"  quarantined {q['image']}: {q['reason']}")
+        _echo(f"  quarantined {q['image']}: {q['reason']}")
     if len(s["quarantined"]) > 10:
-        click.echo(f"  ... and {len(s['quarantined']) - 10} more (see {out}/quarantine/)")
-    click.echo(f"cells: {out}/cells/   quarantine: {out}/quarantine/   summary: {out}/summary.json")
+        _echo(f"  ... and {len(s['quarantined']) - 10} more (see {out}/quarantine/)")
+    _echo(f"cells: {out}/cells/   quarantine: {out}/quarantine/   summary: {out}/summary.json")
 
 
 @cli.command()
@@ -168,9 +175,9 @@ def train(cells, arch, out, epochs, batch_size, lr, workers, gpu, cpus_per_worke
         folds=folds, seed=seed, weights=weights, image_size=image_size, resume=resume, cache=cache,
     )
     summary = run_train(config, address=address, verbose=verbose)
-    click.echo(comparison_table(summary))
+    _echo(comparison_table(summary))
     run = summary["run_dir"]
-    click.echo(f"run: {run}  (metrics.jsonl, summary.json, curves.png, <arch>/best/)")
+    _echo(f"run: {run}  (metrics.jsonl, summary.json, curves.png, <arch>/best/)")
 
 
 @cli.command()
@@ -200,8 +207,8 @@ def infer(slides, model, out, gpu, workers, batch_size, threshold, blast_alert, 
     summary = run_infer(slides, model, out, gpu=gpu, workers=workers, batch_size=batch_size, threshold=threshold,
                         blast_alert=blast_alert, min_cells=min_cells, manifest=manifest, fmt=fmt, address=address,
                         verbose=verbose)
-    click.echo(summary["terminal"])
-    click.echo(f"report: {summary['report']}")
+    _echo(summary["terminal"])
+    _echo(f"report: {summary['report']}")
 
 
 def main(argv: list[str] | None = None) -> None:

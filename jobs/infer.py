@@ -25,6 +25,7 @@ from pathlib import Path
 from pipeline import schema
 from pipeline.checkpoint import META_FILE, CheckpointError, load_checkpoint
 from pipeline.config import CropSettings
+from pipeline.redact import REDACTED, redact_text
 from pipeline.locations import (absolute, is_dir, is_file, join_uri, list_names, make_dir, read_bytes, read_json,
                                 resolve, write_json)  # fmt: skip
 
@@ -46,10 +47,9 @@ def find_model(model: str | None) -> str:
     model = absolute(model)
     if is_file(join_uri(model, META_FILE)):
         return model
-    summary_path = join_uri(model, "summary.json")
-    if not is_file(summary_path):
-        raise ValueError(f"--model {model}: neither a checkpoint (meta.json) nor a finished run (summary.json)")
-    archs = read_json(summary_path)["archs"]
+    if is_file(join_uri(model, "best", META_FILE)):  # an architecture's folder of a run: its best checkpoint
+        return join_uri(model, "best")
+    archs = _run_archs(model)
 
     def score(item):
         r = item[1]
@@ -57,9 +57,26 @@ def find_model(model: str | None) -> str:
 
     arch, result = max(archs.items(), key=lambda item: score(item) or 0.0)
     ckpt = result["checkpoint"] if "checkpoint" in result else result["folds"][0]["checkpoint"]
-    if not is_file(join_uri(ckpt, META_FILE)):  # the run was moved since: look inside it
+    # Moved since, or recorded with its credentials redacted: look inside the run as given.
+    if REDACTED in ckpt or not is_file(join_uri(ckpt, META_FILE)):
         ckpt = join_uri(model, arch, "best")
     return ckpt
+
+
+def _run_archs(model: str) -> dict:
+    """The `archs` of the finished run at `model`; a one-line ValueError for any other kind of folder."""
+    from pipeline.folders import FolderKind, folder_kind, wrong_kind_message
+
+    kind = folder_kind(model)
+    summary_path = join_uri(model, "summary.json")
+    archs = read_json(summary_path).get("archs") if kind == FolderKind.RUN and is_file(summary_path) else None
+    if not archs:
+        if kind == FolderKind.RUN:
+            raise ValueError(f"--model {redact_text(model)} is a training run that has not finished (no summary.json "
+                             "with its architectures): wait for it, resume it with `allray train --resume --out RUN`, "
+                             "or pass one of its checkpoints (<run>/<arch>/best)")
+        raise ValueError(wrong_kind_message("--model", model, kind, "model"))
+    return archs
 
 
 def default_classifiers(cpus: float, gpus: float, gpu: bool, from_cells: bool, reserve: float,
@@ -73,6 +90,14 @@ def default_classifiers(cpus: float, gpus: float, gpu: bool, from_cells: bool, r
     if from_cells:
         return max(1, min(round(cpus - reserve), shards if shards is not None else math.inf))
     return max(1, int(cpus // 8))
+
+
+def check_slides(slides: str) -> None:
+    """Refuse, in one line, a SLIDES that is a run, a checkpoint or a report (a missing one is refused by
+    discovery): a run's curves.png would otherwise be counted as a smear."""
+    from pipeline.folders import FolderKind, require_kind
+
+    require_kind("SLIDES", absolute(slides), (FolderKind.OTHER, FolderKind.INGEST_OUTPUT, FolderKind.MISSING), "slides")
 
 
 def _is_ingest_output(location: str) -> bool:
@@ -95,6 +120,7 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
 
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"--threshold {threshold!r} must be between 0 and 1")
+    check_slides(slides)
     ckpt = find_model(model)
     _, meta = load_checkpoint(ckpt)  # refuses a damaged or mismatched checkpoint before any work
     try:
@@ -251,7 +277,12 @@ def _ingest_source(cells_dir: str) -> str | None:
     if not configs:
         return None
     src = read_json(join_uri(cells_dir, configs[-1])).get("src") or ""
-    return src if src and is_dir(src) else None
+    if not src or REDACTED in src:  # recorded without its credentials: not readable as recorded
+        return None
+    try:
+        return src if is_dir(src) else None
+    except OSError:  # storage refusing or out of reach: the report is written without overlays
+        return None
 
 
 def _write_outputs(out_dir: str, acc, gallery: dict, overlay_pick: dict, image_paths: dict, quarantine: list,

@@ -37,6 +37,7 @@ def run_ingest(config: IngestConfig, address: str | None = None, verbose: bool =
     SRC, OUT and the CSVs may be local paths or URIs (s3://, gs://, file://)."""
     import ray
 
+    check_ingest_folders(config)
     discovery = discover_images(config.src, config.format, config.manifest, config.labels)
     tasks = discovery.tasks
     state = open_output(config.out)
@@ -119,6 +120,16 @@ def run_ingest(config: IngestConfig, address: str | None = None, verbose: bool =
     # One per run, beside the summary of the latest: DIR may be filled by several runs.
     write_json(config.out, f"config-{run_id}.json", {**resolved, "run": summary["run"]})
     return summary
+
+
+def check_ingest_folders(config: IngestConfig) -> None:
+    """Refuse, in one line, a SRC that is another allray output (an ingest output, a run, a report: its
+    PNGs are not smears) and an --out that is a run, a checkpoint or a report, before any work."""
+    from pipeline.folders import FolderKind, require_kind
+
+    require_kind("SRC", absolute(config.src), (FolderKind.OTHER, FolderKind.MISSING, FolderKind.FILE), "source")
+    require_kind("--out", absolute(config.out), (FolderKind.OTHER, FolderKind.MISSING, FolderKind.INGEST_OUTPUT),
+                 "ingest_out")
 
 
 def resolved_config(config: IngestConfig) -> dict:

@@ -117,8 +117,11 @@ def cluster_record() -> dict:
 
 def run_record(config: dict, identities: dict) -> dict:
     """What made an output, for its summary.json: the command line, the resolved config, package
-    versions, the Ray cluster, and the identities (hashes) of the data and model it used."""
-    return {
+    versions, the Ray cluster, and the identities (hashes) of the data and model it used. Credentials in
+    the command line or in a location (s3://KEY:SECRET@bucket/x) are redacted (pipeline.redact)."""
+    from pipeline.redact import redact
+
+    return redact({
         "command": shlex.join(sys.argv),
         "cwd": os.getcwd(),
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -126,4 +129,4 @@ def run_record(config: dict, identities: dict) -> dict:
         "versions": package_versions(),
         "ray_cluster": cluster_record(),
         "identities": identities,
-    }
+    })

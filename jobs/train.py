@@ -63,6 +63,17 @@ def resolve_cpus_per_worker(config: TrainConfig, cluster_cpus: float) -> float:
     return min(1.0, share) if share >= 0.5 else 1.0
 
 
+def check_train_folders(config: TrainConfig) -> None:
+    """Refuse, in one line, CELLS that are not ingest outputs (slides, a run, a report) and an --out that is
+    another kind of allray folder (an ingest output, a report), before anything is read or started."""
+    from pipeline.folders import FolderKind, require_kind
+
+    for cells in config.cells:  # a missing folder gets the "holds no cells: run `allray ingest`" line
+        require_kind("CELLS", absolute(cells), (FolderKind.INGEST_OUTPUT, FolderKind.MISSING), "cells")
+    if config.out:
+        require_kind("--out", absolute(config.out), (FolderKind.MISSING, FolderKind.OTHER, FolderKind.RUN), "train_out")
+
+
 def run_train(config: TrainConfig, address: str | None = None, verbose: bool = False, quiet: bool = False) -> dict:
     """Train every architecture of `config`; returns the run summary (also RUN/summary.json)."""
     import numpy as np
@@ -72,6 +83,7 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
 
     from pipeline.splits import cell_groups, kfold_groups, split_cells
 
+    check_train_folders(config)
     run_dir = absolute(config.out or default_run_dir())
     if list_names(run_dir) and not config.resume:
         raise ValueError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or a new --out")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from pipeline.locations import is_file, join_uri, read_bytes, read_text
+from pipeline.redact import redact
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -38,7 +39,7 @@ def save_checkpoint(directory: Path, model_state: dict, meta: dict, optimizer_st
     directory.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in model_state.items()}, directory / MODEL_FILE)
     meta = {"format_version": FORMAT_VERSION, "classes": CLASSES, **meta}
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    (directory / META_FILE).write_text(json.dumps(redact(meta), indent=2, default=str) + "\n")  # no URI credentials
     if optimizer_state is not None:
         torch.save(optimizer_state, directory / OPTIMIZER_FILE)
 

@@ -41,6 +41,8 @@ WANTS = {  # what each option takes, and how to get one, for the messages
     "slides": "a folder of smear images (patient/sample/*.png, a flat folder, ALL-IDB) or an ingest output",
     "source": "a folder of smear images (patient/sample/*.png, a flat folder, ALL-IDB)",
     "ingest_out": "a new folder or an earlier ingest output",
+    "train_out": "a new folder for the run (or a run to continue, with --resume)",
+    "infer_out": "a new, empty folder for the report",
 }
 
 

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from pipeline import schema
 from pipeline.csvsafe import csv_text
 from pipeline.locations import join_uri, write_text
+from pipeline.redact import redact, redact_text
 
 FLAG_OK, FLAG_ALERT, FLAG_FEW = "ok", "blasts_above_alert", "too_few_cells"
 FLAGS = (FLAG_ALERT, FLAG_FEW, FLAG_OK)
@@ -209,7 +210,7 @@ def write_count_tables(out: str | Path, patients: list[dict], samples: list[dict
     _write_csv(join_uri(out, "patients.csv"), PATIENT_COLUMNS, patients)
     _write_csv(join_uri(out, "samples.csv"), SAMPLE_COLUMNS, samples)
     # default=str: meta holds resolved settings, which may include Paths or datetimes.
-    text = json.dumps({"patients": patients, "meta": meta}, indent=2, allow_nan=False, default=str)
+    text = json.dumps({"patients": patients, "meta": redact(meta)}, indent=2, allow_nan=False, default=str)
     write_text(join_uri(out, "patients.json"), text + "\n")
 
 
@@ -276,7 +277,7 @@ def _show(value) -> str:
         return UNKNOWN  # a missing value is never shown as "None" or "nan"
     if isinstance(value, float):
         return f"{value:,.3g}" if abs(value) < 10 else f"{value:,.1f}"
-    return str(value)
+    return redact_text(str(value))  # facts include the model's and the slides' locations
 
 
 def _check_columns(name: str, rows: list[dict], columns: tuple[str, ...]) -> None:

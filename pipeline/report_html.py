@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import schema
 from pipeline.locations import is_uri, join_uri, write_text
+from pipeline.redact import redact_text
 from pipeline.report import (
     BLAST_PCT, CI_HIGH, CI_LOW, FLAG, FLAG_ALERT, FLAG_FEW, FLAG_OK, N_BLASTS, N_IMAGES, N_SAMPLES, N_SMUDGE, UNKNOWN,
     describe_info, sort_rows,
@@ -126,7 +127,7 @@ def _e(value) -> str:
     """`value` escaped for HTML; a missing one (None, NaN) shown as UNKNOWN, never as "None" or "nan"."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         value = UNKNOWN
-    return html.escape(str(value), quote=True)
+    return html.escape(redact_text(str(value)), quote=True)  # no credentials of a location on the page
 
 
 def _wrap(text) -> str:

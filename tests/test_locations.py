@@ -101,3 +101,35 @@ def test_bucket_uris_resolve_like_pyarrow_with_one_filesystem_per_bucket(s3_buck
     assert resolve(uris[0])[0] is resolve(uris[1])[0]  # made once, not per file
     write_text(uris[3], "ok")
     assert read_text(uris[3]) == "ok"
+
+
+SECRET = "sEcReT+value/9"  # '+' and '/' as in real AWS secret keys: %-escaped in the URI
+
+
+def with_credentials(bucket_uri: str, key: str = "AKIAKEYID", secret: str = SECRET) -> str:
+    """`s3://KEY:SECRET@bucket?...`: pyarrow's form for credentials in the URI."""
+    from urllib.parse import quote
+
+    return bucket_uri.replace("s3://", f"s3://{key}:{quote(secret, safe='')}@", 1)
+
+
+def test_credentials_in_a_bucket_uri_are_not_part_of_the_path(s3_bucket):
+    """s3://KEY:SECRET@bucket/x is bucket/x on a filesystem holding KEY and SECRET (it was 'KEY:SECRET@bucket/x')."""
+    from urllib.parse import quote
+
+    secret_uri = join_uri(with_credentials(s3_bucket), "creds", "a b.txt")
+    fs, path = resolve(secret_uri)
+    assert path == "allray-test/creds/a b.txt"
+    write_text(secret_uri, "written with credentials from the URI")
+    assert read_text(join_uri(s3_bucket, "creds", "a b.txt")) == "written with credentials from the URI"
+    assert list_tree(join_uri(s3_bucket, "creds"))[0] == ["a b.txt"]
+    with pytest.raises(OSError) as err:
+        read_text(join_uri(with_credentials(s3_bucket), "creds", "missing.txt"))
+    for secret in (SECRET, quote(SECRET, safe=""), "AKIAKEYID"):
+        assert secret not in str(err.value)
+
+
+def test_a_bad_uri_error_does_not_repeat_its_credentials():
+    with pytest.raises((OSError, ValueError)) as err:
+        resolve("nosuchscheme://AKIAKEYID:hunter2@host/x")
+    assert "hunter2" not in str(err.value) and "AKIAKEYID" not in str(err.value)
