@@ -38,10 +38,11 @@ def neutralise_row(row: Mapping | Sequence):
 
 
 def csv_text(columns: Sequence[str], rows: Iterable[Mapping | Sequence]) -> str:
-    """A CSV document ('\\n' line ends) with header `columns` and `rows` (dicts keyed by column, or
-    sequences in column order), every cell neutralised."""
+    """A CSV document with header `columns` and `rows` (dicts keyed by column, or sequences in column
+    order), every cell neutralised. Lines end in CRLF (RFC 4180, what Excel writes): with '\\n' alone,
+    Python's csv leaves a field holding a bare CR unquoted, and a reader splits the row there."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow([neutralise_cell(c) for c in columns])
     for row in rows:
         values = [row.get(c) for c in columns] if isinstance(row, Mapping) else row
