@@ -25,9 +25,9 @@ from pathlib import Path
 from pipeline import schema
 from pipeline.checkpoint import META_FILE, CheckpointError, load_checkpoint
 from pipeline.config import CropSettings
-from pipeline.redact import REDACTED, redact_text
 from pipeline.locations import (absolute, is_dir, is_file, join_uri, list_names, make_dir, read_bytes, read_json,
                                 resolve, write_json)  # fmt: skip
+from pipeline.redact import REDACTED, redact_text
 
 from jobs.progress import ProgressLine
 from jobs.runtime import ClusterTooSmallError, check_fits, cluster_cpus_gpus, run_record, start_ray
@@ -69,7 +69,11 @@ def _run_archs(model: str) -> dict:
 
     kind = folder_kind(model)
     summary_path = join_uri(model, "summary.json")
-    archs = read_json(summary_path).get("archs") if kind == FolderKind.RUN and is_file(summary_path) else None
+    try:
+        archs = read_json(summary_path).get("archs") if kind == FolderKind.RUN and is_file(summary_path) else None
+    except ValueError as err:  # damaged JSON: name the file
+        raise ValueError(f"{redact_text(summary_path)} is damaged ({err}): re-run `allray train`, or pass one of "
+                         "the run's checkpoints (<run>/<arch>/best)") from None
     if not archs:
         if kind == FolderKind.RUN:
             raise ValueError(f"--model {redact_text(model)} is a training run that has not finished (no summary.json "

@@ -118,7 +118,7 @@ def test_credentials_in_a_bucket_uri_are_not_part_of_the_path(s3_bucket):
     from urllib.parse import quote
 
     secret_uri = join_uri(with_credentials(s3_bucket), "creds", "a b.txt")
-    fs, path = resolve(secret_uri)
+    _, path = resolve(secret_uri)
     assert path == "allray-test/creds/a b.txt"
     write_text(secret_uri, "written with credentials from the URI")
     assert read_text(join_uri(s3_bucket, "creds", "a b.txt")) == "written with credentials from the URI"

@@ -190,8 +190,8 @@ def _cli(args, cwd: Path) -> tuple[int, list[str]]:
 
 
 @pytest.mark.parametrize("args, says", [
-    (["infer", "slides", "--model", "cells"], "--model {cells} is an ingest output (made by `allray ingest`): "
-                                              "--model wants a run folder made by `allray train`"),
+    (["infer", "slides", "--model", "cells"], ("--model {cells} is an ingest output (made by `allray ingest`): "
+                                               "--model wants a run folder made by `allray train`")),
     (["infer", "slides", "--model", "report"], "--model {report} is an inference report"),
     (["infer", "slides", "--model", "slides"], "--model {slides} is a folder: --model wants a run folder"),
     (["infer", "slides", "--model", "nowhere"], "--model {nowhere} does not exist: --model wants a run folder"),
