@@ -20,7 +20,7 @@ from pipeline.redact import redact_text
 
 
 class FolderKind(enum.Enum):
-    """The kinds of folder allray makes, plus the two that are none of them."""
+    """The kinds of folder allray makes, plus what is none of them (missing, another folder, a file)."""
 
     MISSING = "missing"
     INGEST_OUTPUT = "an ingest output (made by `allray ingest`)"
@@ -42,7 +42,6 @@ WANTS = {  # what each option takes, and how to get one, for the messages
     "source": "a folder of smear images (patient/sample/*.png, a flat folder, ALL-IDB)",
     "ingest_out": "a new folder or an earlier ingest output",
     "train_out": "a new folder for the run (or a run to continue, with --resume)",
-    "infer_out": "a new, empty folder for the report",
 }
 
 
