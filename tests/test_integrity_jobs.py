@@ -1,0 +1,94 @@
+"""Integrity of whole `allray ingest` runs under Ray (issue 10): changed, linked, huge and concurrent inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline import schema
+from pipeline.config import IngestConfig
+from pipeline.store import read_table, shard_files
+
+from test_integrity import huge_tiff
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory) -> Path:
+    from pipeline.synth import write_cohort
+
+    out = tmp_path_factory.mktemp("cohort")
+    write_cohort(out, patients=2, images_per_patient=2, seed=3, size=(400, 300))
+    return out / "slides"
+
+
+def test_changed_huge_and_linked_inputs_are_each_accounted_for(ray_session, slides, tmp_path):
+    from jobs.ingest import run_ingest
+
+    src = tmp_path / "slides"
+    shutil.copytree(slides, src)
+    huge_tiff(src / "P000" / "S0" / "huge.tif")
+    os.symlink(".", src / "P001" / "loop")
+    (tmp_path / "secret.txt").write_text("DB_PASSWORD=hunter2\n")
+    os.symlink(tmp_path / "secret.txt", src / "P001" / "S0" / "notes.png")
+    out = tmp_path / "cells"
+    started = time.perf_counter()
+    s = run_ingest(IngestConfig(src=str(src), out=str(out)), quiet=True)
+    assert time.perf_counter() - started < 240
+    assert s["images_seen"] == 5 and s["images_quarantined"] == 1 and s["images_ingested"] == 4
+    (huge,) = s["quarantined"]
+    assert huge["image"] == "P000/S0/huge.tif" and "30000x30000 px" in huge["reason"]
+    assert s["links_not_followed"] == 2
+    assert {x["path"] for x in s["links_not_followed_examples"]} == {"P001/loop", "P001/S0/notes.png"}
+    assert "hunter2" not in (out / "summary.json").read_text()
+    cells_before = read_table(out).num_rows
+
+    # re-save one image: same pixels, other bytes; and the duplicate of another under a second name
+    path = src / "P000" / "S0" / "img000.png"
+    Image.open(path).save(path, compress_level=0)
+    shutil.copy(src / "P001" / "S0" / "img001.png", src / "P000" / "S0" / "copy.png")
+    again = run_ingest(IngestConfig(src=str(src), out=str(out)), quiet=True)
+    assert again["images_replaced"] == 1
+    assert again["images_seen"] == 6 == again["images_ingested"] + again["images_skipped"] + again["images_quarantined"]
+    assert again["images_ingested"] == 2 and again["images_skipped"] == 4  # the changed one and the copy in
+    assert again["images_with_same_content"] == 2
+    assert again["same_content_examples"] == [["P000/S0/copy.png", "P001/S0/img001.png"]]
+    ledger = read_table(out, schema.IMAGES_DIR)
+    images = ledger.column(schema.IMAGE).to_pylist()
+    assert len(images) == len(set(images)) == 6
+    cells = read_table(out)
+    copy_cells = sum(im == "P000/S0/copy.png" for im in cells.column(schema.IMAGE).to_pylist())
+    assert cells.num_rows == cells_before + copy_cells  # the changed image's cells once, not twice
+    assert sum(ledger.column(schema.N_CELLS).to_pylist()) == cells.num_rows
+    assert sum(pq.read_table(f).num_rows for f in shard_files(out)) == cells.num_rows  # what infer reads
+
+
+def test_two_ingests_on_one_output_one_runs_the_other_fails_at_once(slides, tmp_path):
+    out = tmp_path / "cells"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    cmd = [str(Path(sys.executable).parent / "allray"), "ingest", str(slides), "--out", str(out), "--workers", "1"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _, _ in results)
+    assert codes == [0, 1], results
+    _, _, err = next(r for r in results if r[0] == 1)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is being written by allray ingest" in lines[0] and "pid" in lines[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images_seen"] == 4 == summary["images_ingested"]
+    ledger = read_table(out, schema.IMAGES_DIR)
+    cells = read_table(out)
+    for image, n in zip(ledger.column(schema.IMAGE).to_pylist(), ledger.column(schema.N_CELLS).to_pylist()):
+        assert sum(im == image for im in cells.column(schema.IMAGE).to_pylist()) == n > 0
