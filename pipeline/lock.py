@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 
 import pyarrow.fs as pafs
 
-from pipeline.locations import is_uri, join, resolve
+from pipeline.locations import join, resolve
 
 LOCK_FILE = ".allray-lock"
 _LEASE_SETTLE_S = 1.0  # pause before a URI lease is read back, so a racing writer's lease shows
@@ -146,7 +146,10 @@ class OutputLock:
         self.release()
 
     def __del__(self) -> None:
-        self.release()
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - at interpreter exit os may be gone; the kernel drops the lock anyway
+            pass
 
 
 def lock_output(out: str, purpose: str) -> OutputLock:
@@ -174,7 +177,7 @@ def locked_by_other(out: str) -> dict | None:
     On object storage: the lease's holder unless it is this process."""
     fs, base = resolve(out)
     path = join(base, LOCK_FILE)
-    if not isinstance(fs, pafs.LocalFileSystem) or is_uri(out) and not str(out).startswith("file:"):
+    if not isinstance(fs, pafs.LocalFileSystem):
         if fs.get_file_info(path).type != pafs.FileType.File:
             return None
         holder = OutputLock._read_lease(fs, path)

@@ -23,8 +23,15 @@ from pipeline.config import CropSettings, IngestConfig
 from pipeline.ingest import TASK_COLUMN, Attempts, IngestStage, process_task
 from pipeline.io import ImageReadError, check_decode_budget, decode_image
 from pipeline.sources import ImageTask, SourceError, discover_images
-from pipeline.store import (ReplacedVersionsError, compact, duplicate_content, note_duplicate_content, open_output,
-                            read_table, shard_files)
+from pipeline.store import (
+    ReplacedVersionsError,
+    compact,
+    duplicate_content,
+    note_duplicate_content,
+    open_output,
+    read_table,
+    shard_files,
+)
 from pipeline.synth import choose_patient_style, make_image_rng, make_smear
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +96,7 @@ def test_changed_image_replaces_its_old_version_and_quarantine_row(smear, tmp_pa
 
 
 def test_a_crash_during_clean_up_leaves_the_same_current_view(smear, tmp_path, monkeypatch):
-    import pipeline.store as store
+    from pipeline import store
 
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
@@ -280,7 +287,12 @@ def test_an_image_whose_worker_died_twice_is_quarantined(smear, tmp_path):
 
 
 def test_a_second_writer_is_refused_with_the_holder_and_a_dead_holder_is_taken_over(tmp_path):
-    from pipeline.lock import LOCK_FILE, OutputLockedError, claim_empty_output, lock_output
+    from pipeline.lock import (
+        LOCK_FILE,
+        OutputLockedError,
+        claim_empty_output,
+        lock_output,
+    )
 
     out = tmp_path / "out"
     code = ("import sys; from pipeline.lock import lock_output\n"

@@ -13,12 +13,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from test_integrity import huge_tiff
 
 from pipeline import schema
 from pipeline.config import IngestConfig
 from pipeline.store import read_table, shard_files
-
-from test_integrity import huge_tiff
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +71,18 @@ def test_changed_huge_and_linked_inputs_are_each_accounted_for(ray_session, slid
     assert cells.num_rows == cells_before + copy_cells  # the changed image's cells once, not twice
     assert sum(ledger.column(schema.N_CELLS).to_pylist()) == cells.num_rows
     assert sum(pq.read_table(f).num_rows for f in shard_files(out)) == cells.num_rows  # what infer reads
+
+    # other crops into the same folder: refused before any work; --rebuild re-cuts everything
+    from pipeline.config import CropSettings
+    from pipeline.geometry import GeometryMismatchError
+
+    wider = CropSettings(crop_um=30.0)
+    with pytest.raises(GeometryMismatchError, match="--crop-um 24.0"):
+        run_ingest(IngestConfig(src=str(src), out=str(out), crops=wider), quiet=True)
+    rebuilt = run_ingest(IngestConfig(src=str(src), out=str(out), crops=wider, rebuild=True), quiet=True)
+    assert rebuilt["images_ingested"] == 5 and rebuilt["images_skipped"] == 0 and rebuilt["images_replaced"] == 0
+    settings = set(read_table(out, columns=[schema.INGEST_SETTINGS]).column(0).to_pylist())
+    assert settings == {wider.to_json()} and read_table(out).num_rows == cells.num_rows
 
 
 def test_two_ingests_on_one_output_one_runs_the_other_fails_at_once(slides, tmp_path):
