@@ -378,3 +378,19 @@ def test_cells_are_counted_once_per_current_version_in_read_table(smear, tmp_pat
     (tmp_path / "held.parquet").rename(ledger)
     assert read_table(out).num_rows == n
     assert pc.sum(pc.is_valid(read_table(out).column(schema.CROP))).as_py() == n
+
+
+def test_a_lease_on_object_storage_refuses_a_second_writer(s3_bucket):
+    from pipeline.locations import join_uri
+    from pipeline.lock import OutputLockedError, claim_empty_output, lock_output
+
+    out = join_uri(s3_bucket, "locked-cells")
+    lock = lock_output(out, "ingest")
+    with pytest.raises(OutputLockedError, match=r"allray ingest on host .*pid \d+.*delete \.allray-lock"):
+        lock_output(out, "ingest")
+    lock.release()
+    lock_output(out, "ingest").release()  # released: free again
+    report = join_uri(s3_bucket, "report")
+    with claim_empty_output(report, "infer"):
+        with pytest.raises(OutputLockedError):
+            claim_empty_output(report, "infer")
