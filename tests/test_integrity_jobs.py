@@ -103,3 +103,44 @@ def test_two_ingests_on_one_output_one_runs_the_other_fails_at_once(slides, tmp_
     cells = read_table(out)
     for image, n in zip(ledger.column(schema.IMAGE).to_pylist(), ledger.column(schema.N_CELLS).to_pylist()):
         assert sum(im == image for im in cells.column(schema.IMAGE).to_pylist()) == n > 0
+
+
+def test_infer_on_an_output_with_a_replaced_image_counts_it_once(ray_session, tmp_path):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from conftest import write_truth_cells
+    from jobs.infer import run_infer
+    from jobs.train import run_train
+    from pipeline.config import TrainConfig
+    from pipeline.store import ReplacedVersionsError, compact, open_output, write_shard
+
+    cells = write_truth_cells(tmp_path / "cells", patients=4, images_per_patient=2)
+    run = tmp_path / "run"
+    run_train(TrainConfig(cells=(str(cells),), out=str(run), arch="lenet", epochs=1, batch_size=16), quiet=True)
+    n_before = read_table(cells).num_rows
+    # what a re-run commits for a re-saved image: its cells under the new hash, superseding the old shard
+    image = "P000/S0/img000.png"
+    versions = open_output(cells).versions
+    new_cells = read_table(cells).filter(pc.equal(read_table(cells).column(schema.IMAGE), image))
+    for name, value in ((schema.SOURCE_SHA256, "sha-new"), (schema.SHARD, "later-1")):
+        i = new_cells.schema.get_field_index(name)
+        new_cells = new_cells.set_column(i, new_cells.schema.field(i), pa.array([value] * new_cells.num_rows))
+    ledger = read_table(cells, schema.IMAGES_DIR).filter(pc.equal(read_table(cells, schema.IMAGES_DIR).column(
+        schema.IMAGE), image)).to_pylist()  # fmt: skip
+    ledger[0].update({schema.SOURCE_SHA256: "sha-new", schema.SHARD: "later-1", schema.SUPERSEDES: versions[image]})
+    write_shard(cells, "later-1", new_cells, schema.QUARANTINE_SCHEMA.empty_table(),
+                pa.Table.from_pylist(ledger, schema=schema.IMAGE_SCHEMA))  # fmt: skip
+    assert read_table(cells).num_rows == n_before
+    with pytest.raises(ReplacedVersionsError):  # files still hold both versions: refused, not counted twice
+        run_infer(str(cells), str(run), str(tmp_path / "report0"), min_cells=5, quiet=True)
+    compact(cells)
+    run_infer(str(cells), str(run), str(tmp_path / "report"), min_cells=5, quiet=True)
+    predicted = pads.dataset(str(tmp_path / "report" / schema.PREDICTIONS_DIR), format="parquet").to_table(
+        columns=[schema.IMAGE, schema.SOURCE_SHA256])
+    assert predicted.num_rows == n_before
+    shas = set(predicted.filter(pc.equal(predicted.column(schema.IMAGE), image)).column(1).to_pylist())
+    assert shas == {"sha-new"}
+    patients = json.loads((tmp_path / "report" / "patients.json").read_text())["patients"]
+    assert sum(p["n_cells"] for p in patients) == n_before
