@@ -23,7 +23,8 @@ from pipeline import locations, schema
 from pipeline.config import CropSettings
 from pipeline.crops import assign_labels, background_colour, cut_crop, resize_whole, window_pixels
 from pipeline.detect import detect_cells
-from pipeline.io import DEFAULT_MAX_MEGAPIXELS, ImageReadError, check_decode_budget, decode_image, encode_png, sha256_hex
+from pipeline.io import (DEFAULT_MAX_MEGAPIXELS, ImageReadError, check_decode_budget, decode_image, encode_png,
+                         sha256_hex)
 from pipeline.sources import SINGLE_CELL, ImageTask
 from pipeline.store import new_shard_id, write_shard
 

@@ -232,9 +232,14 @@ def _composite_on_white(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray
     return (out + 0.5).astype(np.uint8)
 
 
-_KNOWN_KINDS = ((b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
-                (b"\x1f\x8b", "a gzip archive"), (b"\x89HDF", "an HDF5 file"), (b"GIF8", "a GIF image (not supported)"),
-                (b"RIFF", "a RIFF file (WebP, AVI or WAV; not supported)"), (b"\x00\x00\x00", "binary data"))  # fmt: skip
+_KNOWN_KINDS = (
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"\x89HDF", "an HDF5 file"),
+    (b"GIF8", "a GIF image (not supported)"),
+    (b"RIFF", "a RIFF file (WebP, AVI or WAV; not supported)"),
+)
 
 
 def _sniff(data: bytes) -> str:

@@ -138,7 +138,8 @@ def _walk_local(root: str, follow_links: bool) -> Tree:
                     if not follow_links:
                         links.append((rel, "link to a folder: not followed (--follow-links to follow it)"))
                     elif target in entered:
-                        links.append((rel, "link to a folder already listed (a loop, or a second name for it): not followed again"))
+                        links.append((rel, "link to a folder already listed (a loop, or a second name for it): "
+                                           "not followed again"))  # fmt: skip
                     else:
                         entered.add(target)
                         folders.append(rel)

@@ -332,7 +332,8 @@ def note_duplicate_content(out: str | Path, groups: list[list[str]]) -> None:
             new.append(note if not extra or (note and extra in note) else "; ".join(filter(None, [note, extra])))
         if new != old:
             i = ledger.schema.get_field_index(schema.NOTE)
-            write_table_atomic(fs, ledger_path, ledger.set_column(i, ledger.schema.field(i), pa.array(new, pa.string())))
+            noted = ledger.set_column(i, ledger.schema.field(i), pa.array(new, pa.string()))
+            write_table_atomic(fs, ledger_path, noted)
 
 
 def duplicate_content(out: str | Path) -> list[list[str]]:
