@@ -67,13 +67,14 @@ def _run_ingest_locked(config: IngestConfig, address: str | None, verbose: bool,
     resources = ray.cluster_resources()
     cpus = int(resources.get("CPU", 1))
     workers = max(1, min(config.workers or cpus, cpus, len(tasks)))
-    memory = _worker_memory(config, resources.get("memory", 0.0), workers)
-    if memory * workers > resources.get("memory", 0.0):
-        workers = int(resources.get("memory", 0.0) // memory)
+    cluster_memory = resources.get("memory", 0.0)  # what Ray schedules tasks' `memory` against
+    memory = _worker_memory(config, cluster_memory, workers)
+    if cluster_memory and memory * workers > cluster_memory:
+        workers = int(cluster_memory // memory)
         if workers < 1:
             raise ClusterTooSmallError(
                 f"allray ingest asks for {memory / 2**30:.1f} GiB per worker but the cluster has "
-                f"{resources.get('memory', 0.0) / 2**30:.1f} GiB for tasks: lower --worker-memory-gb")
+                f"{cluster_memory / 2**30:.1f} GiB for tasks: lower --worker-memory-gb")
     # Enough shards that every worker gets several (load balance), never more than the configured size.
     per_shard = max(1, min(config.images_per_shard, math.ceil(len(tasks) / (4 * workers))))
     n_blocks = math.ceil(len(tasks) / per_shard)
@@ -85,7 +86,8 @@ def _run_ingest_locked(config: IngestConfig, address: str | None, verbose: bool,
     # actor and grows only once a queue has built up, leaving cores idle at the start.
     ds = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
         IngestStage, fn_constructor_kwargs=stage_args, batch_size=per_shard,
-        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, memory=memory, batch_format="numpy")
+        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, memory=memory if cluster_memory else None,
+        batch_format="numpy")
 
     counts: Counter = Counter()
     reasons: list[dict] = []
