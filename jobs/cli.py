@@ -105,11 +105,18 @@ def synth(out, patients, images_per_patient, samples_per_patient, seed, size, ve
 @click.option("--um-per-pixel", type=float, help="Force the image scale (default: measured from red cells).")
 @click.option("--images-per-shard", default=16, show_default=True, help="Images per task and Parquet shard.")
 @click.option("--workers", type=int, help="Parallel ingest workers (default: one per cluster CPU).")
+@click.option("--rebuild", is_flag=True, help="Delete what OUT holds and re-cut every image (to change its settings).")
+@click.option("--follow-links", is_flag=True, help="Follow symlinks to folders and to files outside SRC.")
+@click.option("--max-megapixels", default=800.0, show_default=True, help="Refuse larger images from their header.")
+@click.option("--worker-memory-gb", type=float, help="Memory per ingest worker, declared to Ray (default: 4, "
+              "or what the cluster holds per worker).")
+@click.option("--allow-unmatched", is_flag=True, help="Skip (and count) manifest/labels rows that match no image "
+              "or hold invalid values, instead of failing.")
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--verbose", is_flag=True, help="Show Ray's logs and progress bars, and tracebacks.")
 @friendly_errors
 def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, images_per_shard, workers,
-           address, verbose) -> None:
+           rebuild, follow_links, max_megapixels, worker_memory_gb, allow_unmatched, address, verbose) -> None:
     """Find the white cells of every image under SRC and write crops to OUT as Parquet shards.
 
     SRC, OUT and the CSVs may be local paths or URIs (s3://, gs://, file://)."""
@@ -120,7 +127,8 @@ def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, im
     config = IngestConfig(
         src=src, out=out, format=fmt, manifest=manifest, labels=labels,
         crops=CropSettings(crop_um=crop_um, crop_size=crop_size, um_per_pixel=um_per_pixel),
-        images_per_shard=images_per_shard, workers=workers,
+        images_per_shard=images_per_shard, workers=workers, rebuild=rebuild, follow_links=follow_links,
+        max_megapixels=max_megapixels, worker_memory_gb=worker_memory_gb, allow_unmatched=allow_unmatched,
     )
     s = run_ingest(config, address=address, verbose=verbose)
     _echo(
@@ -129,6 +137,16 @@ def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, im
         f"({s['cells_labelled']} labelled) in {s['seconds']:.1f} s ({s['images_per_s'] or 0:.1f} images/s; "
         f"Ray start-up {s['ray_startup_seconds']:.1f} s)"
     )
+    if s["images_replaced"]:
+        click.echo(f"  {s['images_replaced']} image(s) changed since the last run: their new version replaced the old")
+    if s["links_not_followed"]:
+        click.echo(f"  {s['links_not_followed']} link(s) not followed (see summary.json)")
+    if s["images_with_same_content"]:
+        click.echo(f"  {s['images_with_same_content']} images share their content with another (same bytes under "
+                   "two names: see summary.json; train keeps such copies on one side)")
+    if s["rows_not_used"]:
+        click.echo(f"  {len(s['rows_not_used'])} manifest/labels row(s) not used (--allow-unmatched), e.g. "
+                   f"{s['rows_not_used'][0]}")
     for q in s["quarantined"][:10]:
         _echo(f"  quarantined {q['image']}: {q['reason']}")
     if len(s["quarantined"]) > 10:

@@ -120,6 +120,7 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
     from pipeline.predictions import PredictionWriter, SlideStage
     from pipeline.report import CountAccumulator
     from pipeline.sources import discover_images
+    from pipeline.lock import claim_empty_output
     from pipeline.store import PATH_COLUMN, images_identity, ledger_identity, read_shards, read_table, shard_files
 
     if not 0.0 < threshold < 1.0:
@@ -132,8 +133,7 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{ckpt}: crop settings in meta.json are not usable: {err}") from None
     out_dir = absolute(out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    if list_names(out_dir):
-        raise ValueError(f"report folder {out_dir} is not empty: choose a new --out")
+    _out_lock = claim_empty_output(out_dir, "infer")  # one writer per report folder, held until the run ends
     src = absolute(slides)
     from_cells = _is_ingest_output(src)
     tasks, image_paths, ledger = [], {}, None

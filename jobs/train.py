@@ -96,10 +96,11 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
     patients = table.column(schema.PATIENT_ID).to_pylist()
     images = table.column(schema.IMAGE).to_pylist()
     keys = np.asarray(table.column(KEY).to_pylist(), dtype=object)
-    base_split = split_cells(patients, images, labels, config.split, config.val_fraction, config.seed)
+    contents = table.column(schema.SOURCE_SHA256).to_pylist()  # copies of one image stay on one side
+    base_split = split_cells(patients, images, labels, config.split, config.val_fraction, config.seed, contents)
     folds = [(base_split.train_idx, base_split.val_idx)]
     if config.folds > 1:
-        groups, _, _ = cell_groups(patients, images, config.split)
+        groups, _, _ = cell_groups(patients, images, config.split, contents)
         folds = kfold_groups(groups, labels, config.folds, config.seed)
 
     startup_s = start_ray(address, verbose)

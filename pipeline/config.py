@@ -67,9 +67,24 @@ class IngestConfig:
     images_per_shard: int = 16
     # Concurrent ingest tasks; None = as many as the cluster has CPUs.
     workers: int | None = None
+    # Delete everything already in `out` and re-cut it: the one way to change an output's geometry.
+    rebuild: bool = False
+    # Read files and folders that symlinks under src point to, even outside src (loops still cut).
+    follow_links: bool = False
+    # Images above this are refused from their header: PIL's decompression-bomb cap, for every format.
+    max_megapixels: float = 800.0
+    # Memory declared to Ray per ingest worker and the budget an image must fit; None = 4 GiB, or
+    # less when the cluster's memory does not hold that much per worker.
+    worker_memory_gb: float | None = None
+    # Manifest or label rows that match no image or hold invalid values are skipped and counted,
+    # instead of failing the run.
+    allow_unmatched: bool = False
 
     def __post_init__(self) -> None:
         _check(self.format in FORMATS, f"format={self.format!r}: choose one of {', '.join(FORMATS)}")
+        _check(1 <= self.max_megapixels <= 100_000, f"max_megapixels={self.max_megapixels!r} must be 1..100000")
+        _check(self.worker_memory_gb is None or 0.25 <= self.worker_memory_gb <= 4096,
+               f"worker_memory_gb={self.worker_memory_gb!r} must be 0.25..4096")  # fmt: skip
         _check(1 <= self.images_per_shard <= 10_000, f"images_per_shard={self.images_per_shard!r} must be 1..10000")
         _check(self.workers is None or self.workers >= 1, f"workers={self.workers!r} must be at least 1")
 

@@ -8,8 +8,12 @@ status row per image for the driver's progress and summary.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import uuid
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +23,8 @@ from pipeline import locations, schema
 from pipeline.config import CropSettings
 from pipeline.crops import assign_labels, background_colour, cut_crop, resize_whole, window_pixels
 from pipeline.detect import detect_cells
-from pipeline.io import ImageReadError, decode_image, encode_png, sha256_hex
+from pipeline.io import (DEFAULT_MAX_MEGAPIXELS, ImageReadError, check_decode_budget, decode_image, encode_png,
+                         sha256_hex)
 from pipeline.sources import SINGLE_CELL, ImageTask
 from pipeline.store import new_shard_id, write_shard
 
@@ -29,7 +34,10 @@ LABEL_MATCH_RADIUS_UM = 6.0
 
 # Columns of the status rows IngestStage returns to the driver (one per image, small).
 TASK_COLUMN = "task"  # tasks travel as one JSON column: nullable ints survive Arrow/numpy intact
-STATUS_COLUMNS = (schema.IMAGE, schema.STATUS, schema.N_CELLS, "n_labelled", "n_smudge", schema.REASON)
+STATUS_COLUMNS = (schema.IMAGE, schema.STATUS, schema.N_CELLS, "n_labelled", "n_smudge", schema.REASON, "replaced")
+# Workers that may die on one image (killed for memory, a crash in a decoder) before it is
+# quarantined instead of tried again: each attempt leaves a marker file until its shard commits.
+MAX_ATTEMPTS = 2
 
 
 @dataclass
@@ -131,23 +139,36 @@ def read_bytes(path: str) -> bytes:
 class IngestStage:
     """Batch callable for `map_batches`: ingest a batch of ImageTask columns, commit it as one shard."""
 
-    def __init__(self, settings_json: str, out: str, run_id: str, known: dict[str, str] | None = None):
+    def __init__(self, settings_json: str, out: str, run_id: str, known: dict[str, str] | None = None,
+                 versions: dict[str, list[str]] | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+                 memory_bytes: int | None = None):  # fmt: skip
         self.settings = CropSettings.from_json(settings_json)
         self.settings_json = settings_json
         self.out = out
         self.run_id = run_id
         self.known = known or {}
+        self.versions = versions or {}  # image -> the shards holding its earlier versions
+        self.max_megapixels = max_megapixels
+        self.memory_bytes = memory_bytes
+        if max_megapixels > DEFAULT_MAX_MEGAPIXELS:  # PIL refuses at twice its MAX_IMAGE_PIXELS
+            from PIL import Image
+
+            Image.MAX_IMAGE_PIXELS = int(max_megapixels * 1e6 / 2)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         tasks = [ImageTask.from_json(str(text)) for text in batch[TASK_COLUMN]]
         shard = new_shard_id(self.run_id)
+        attempts = Attempts(self.out)
         cell_rows, quarantine_rows, ledger_rows, statuses = [], [], [], []
         for task in tasks:
-            outcome, sha = process_task(task, self.settings, self.settings_json, self.known)
+            outcome, sha = process_task(task, self.settings, self.settings_json, self.known,
+                                        max_megapixels=self.max_megapixels, memory_bytes=self.memory_bytes,
+                                        before_decode=lambda sha, image=task.image: attempts.begin(image, sha))
             if sha is not None and self.known.get(task.image) == sha:
-                statuses.append((task.image, schema.STATUS_SKIPPED, 0, 0, 0, None))
+                statuses.append((task.image, schema.STATUS_SKIPPED, 0, 0, 0, None, False))
                 continue
             status = schema.STATUS_QUARANTINED if outcome.reason else schema.STATUS_INGESTED
+            older = self.versions.get(task.image)
             for row in outcome.cells:
                 row[schema.RUN_ID], row[schema.SHARD] = self.run_id, shard
             cell_rows.extend(outcome.cells)
@@ -170,11 +191,13 @@ class IngestStage:
                     schema.SCALE_SOURCE: outcome.scale_source,
                     schema.RUN_ID: self.run_id,
                     schema.SHARD: shard,
+                    schema.SUPERSEDES: older,
                 }
             )
             labelled = sum(r[schema.LABEL] is not None for r in outcome.cells)
             smudge = sum(r[schema.KIND] == schema.KIND_SMUDGE for r in outcome.cells)
-            statuses.append((task.image, status, len(outcome.cells), labelled, smudge, outcome.reason))
+            replaced = bool(older) and status == schema.STATUS_INGESTED
+            statuses.append((task.image, status, len(outcome.cells), labelled, smudge, outcome.reason, replaced))
         if ledger_rows:
             write_shard(
                 self.out,
@@ -183,16 +206,57 @@ class IngestStage:
                 pa.Table.from_pylist(quarantine_rows, schema=schema.QUARANTINE_SCHEMA),
                 pa.Table.from_pylist(ledger_rows, schema=schema.IMAGE_SCHEMA),
             )
+        attempts.finish()
         return {name: [s[i] for s in statuses] for i, name in enumerate(STATUS_COLUMNS)}
 
 
+class Attempts:
+    """Marker files of the images a worker is processing, in OUT/attempts/: one per attempt, deleted
+    when the batch's shard is committed. A marker left over means a worker died on that image; after
+    MAX_ATTEMPTS of them the image is quarantined instead of killing another worker."""
+
+    def __init__(self, out: str) -> None:
+        self.folder = locations.join_uri(out, schema.ATTEMPTS_DIR)
+        self.counts = Counter(name.split(".", 1)[0] for name in locations.list_names(self.folder))
+        self.keys: list[str] = []
+
+    @staticmethod
+    def key(image: str, sha: str) -> str:
+        return hashlib.sha256(f"{image}\x00{sha}".encode()).hexdigest()[:24]
+
+    def begin(self, image: str, sha: str) -> str | None:
+        """Record an attempt at (image, content); a quarantine reason when too many died already."""
+        key = self.key(image, sha)
+        self.keys.append(key)
+        if self.counts[key] >= MAX_ATTEMPTS:
+            return (f"the worker processing this image died {self.counts[key]} times (killed for memory or a "
+                    "crash in a decoder); not tried again")  # fmt: skip
+        locations.write_bytes(locations.join_uri(self.folder, f"{key}.{uuid.uuid4().hex[:8]}"), b"")
+        return None
+
+    def finish(self) -> None:
+        """Delete the markers of this batch's images (their outcome is committed)."""
+        mine = set(self.keys)
+        for name in locations.list_names(self.folder):
+            if name.split(".", 1)[0] in mine:
+                fs, path = locations.resolve(locations.join_uri(self.folder, name))
+                try:
+                    fs.delete_file(path)
+                except FileNotFoundError:
+                    pass
+
+
 def process_task(
-    task: ImageTask, settings: CropSettings, settings_json: str, known: dict[str, str] | None = None
+    task: ImageTask, settings: CropSettings, settings_json: str, known: dict[str, str] | None = None,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, memory_bytes: int | None = None,
+    before_decode: Callable[[str], str | None] | None = None,
 ) -> tuple[ImageOutcome, str | None]:
     """Read and ingest one task, never raising: (outcome, sha256 or None if unreadable).
 
     When `known` maps the task's image to this very content hash, the image is not processed
-    (the caller records it as skipped).
+    (the caller records it as skipped). An image over `max_megapixels` or whose estimated peak
+    memory is over `memory_bytes` is quarantined from its header, before any pixel is decoded.
+    `before_decode(sha)` may return a reason to quarantine the image instead of decoding it.
     """
     try:
         data = read_bytes(task.path)
@@ -202,6 +266,10 @@ def process_task(
     if known and known.get(task.image) == sha:
         return ImageOutcome([]), sha
     try:
+        check_decode_budget(data, max_megapixels, memory_bytes)
+        refused = before_decode(sha) if before_decode else None
+        if refused:
+            return ImageOutcome([], reason=refused), sha
         return ingest_image(task, data, settings, sha, settings_json), sha
     except ImageReadError as err:
         return ImageOutcome([], reason=str(err)), sha

@@ -23,6 +23,16 @@ Image.MAX_IMAGE_PIXELS = 400_000_000
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
+# The pixel cap checked from a file's header before anything is decoded (`--max-megapixels`): the
+# 800 MP at which PIL refuses a decompression bomb (twice MAX_IMAGE_PIXELS), for every format
+# (tifffile has no cap of its own).
+DEFAULT_MAX_MEGAPIXELS = 800.0
+# Estimated peak bytes per pixel of decoding, converting to 8-bit RGB and detecting one image: a
+# 16-bit source peaks at ~39 B/px in the float conversion (measured for issue 10); 8-bit is an
+# estimate (RGB copies plus the detector's float and label arrays), not a measurement.
+PEAK_BYTES_PER_PIXEL_8BIT = 24
+PEAK_BYTES_PER_PIXEL_WIDE = 40
+
 
 class ImageReadError(ValueError):
     """An input file that cannot be used as an image; the message is the quarantine reason."""
@@ -44,6 +54,67 @@ def sha256_hex(data: bytes) -> str:
 def has_image_extension(name: str) -> bool:
     """True when the file name ends in a supported image extension (any letter case)."""
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without decoding pixels."""
+
+    width: int
+    height: int
+    channels: int
+    bits: int  # per channel sample
+    format: str
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1e6
+
+    def peak_bytes(self) -> int:
+        """Estimated peak memory to ingest the image (decode, 8-bit RGB, detection)."""
+        per_pixel = PEAK_BYTES_PER_PIXEL_8BIT if self.bits <= 8 else PEAK_BYTES_PER_PIXEL_WIDE
+        return self.width * self.height * max(per_pixel, 3 * self.channels * max(1, self.bits // 8))
+
+
+def read_header(data: bytes) -> ImageHeader | None:
+    """Size and sample depth of an image from its header (first TIFF page; PIL without load), or
+    None when the header is not readable (decoding then says what is wrong)."""
+    try:
+        if data[:4] in _TIFF_MAGIC:
+            import tifffile
+
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                page = tif.pages.first
+                shape = page.shape
+                channels = page.samplesperpixel
+                planar = len(shape) == 3 and channels > 1 and shape[0] == channels
+                h, w = (shape[1], shape[2]) if planar else (shape[0], shape[1])
+                return ImageHeader(int(w), int(h), int(channels), int(page.bitspersample), "TIFF")
+        with Image.open(io.BytesIO(data)) as im:  # lazy: reads the header only
+            w, h = im.size
+            bits = 16 if im.mode.startswith("I;16") or im.mode in ("I", "F") else 8
+            return ImageHeader(int(w), int(h), len(im.getbands()), bits, str(im.format))
+    except Exception:  # noqa: BLE001 - an unreadable header is for the decoder to report
+        return None
+
+
+def check_decode_budget(data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+                        memory_bytes: int | None = None) -> ImageHeader | None:  # fmt: skip
+    """Refuse, from the header alone, an image over the pixel cap or the memory budget.
+
+    Raises ImageReadError naming the image's size and the limit; returns the header (or None)."""
+    header = read_header(data)
+    if header is None:
+        return None
+    size = f"{header.width}x{header.height} px ({header.megapixels:.0f} MP, {header.bits}-bit {header.format})"
+    if header.megapixels > max_megapixels:
+        raise ImageReadError(f"image too large: {size} is over the {max_megapixels:g} MP limit "
+                             "(--max-megapixels); not decoded")  # fmt: skip
+    if memory_bytes is not None and header.peak_bytes() > memory_bytes:
+        raise ImageReadError(
+            f"image too large for the worker memory budget: {size} needs about {header.peak_bytes() / 2**30:.1f} GiB "
+            f"to ingest, the budget is {memory_bytes / 2**30:.1f} GiB (--worker-memory-gb); not decoded")
+    return header
 
 
 def decode_image(data: bytes) -> LoadedImage:
@@ -161,12 +232,34 @@ def _composite_on_white(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray
     return (out + 0.5).astype(np.uint8)
 
 
+_KNOWN_KINDS = (
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"\x89HDF", "an HDF5 file"),
+    (b"GIF8", "a GIF image (not supported)"),
+    (b"RIFF", "a RIFF file (WebP, AVI or WAV; not supported)"),
+)
+
+
 def _sniff(data: bytes) -> str:
-    head = data[:64]
-    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
+    """What kind of file the bytes look like, in words. Never the content itself: the file may hold
+    anything (a link to a secrets file was once quoted into a report)."""
+    for magic, kind in _KNOWN_KINDS:
+        if data.startswith(magic):
+            return kind
+    head = data[:512]
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) or b >= 128 for b in head)
     if printable == len(head):
-        return f"starts with text {head[:24].decode('ascii', 'replace')!r}"
-    return f"starts with bytes {head[:8].hex()}"
+        text = head.lstrip().lower()
+        if text.startswith((b"<html", b"<!doctype html")):
+            return "an HTML page"
+        if text.startswith(b"<"):
+            return "an XML or HTML text file"
+        if text.startswith((b"{", b"[")):
+            return "a JSON text file"
+        return "a text file"
+    return "binary data of an unknown format"
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -109,10 +110,90 @@ def list_names(location: str | Path) -> list[str]:
     return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
 
 
+@dataclass(frozen=True)
+class Tree:
+    """What a folder holds, recursively, as '/'-separated paths relative to it."""
+
+    files: list[str]
+    folders: list[str]
+    links_not_followed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def _by_parts(rel: str) -> list[str]:
+    return rel.split("/")
+
+
+def _walk_local(root: str, follow_links: bool) -> Tree:
+    """os.walk's rule on a local folder: links to folders are not entered unless `follow_links`
+    (and then no folder twice, so loops end), links to files outside `root` are not listed unless
+    `follow_links`; every link left out is named with its reason."""
+    real_root = os.path.realpath(root)
+    files: list[str] = []
+    folders: list[str] = []
+    links: list[tuple[str, str]] = []
+    entered = {real_root}
+
+    def inside(real: str) -> bool:
+        return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+    def visit(folder: str, prefix: str) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            rel = prefix + entry.name
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if not os.path.exists(target):
+                    links.append((rel, "broken link: its target does not exist"))
+                elif os.path.isdir(target):
+                    if not follow_links:
+                        links.append((rel, "link to a folder: not followed (--follow-links to follow it)"))
+                    elif target in entered:
+                        links.append((rel, "link to a folder already listed (a loop, or a second name for it): "
+                                           "not followed again"))  # fmt: skip
+                    else:
+                        entered.add(target)
+                        folders.append(rel)
+                        visit(entry.path, rel + "/")
+                elif not follow_links and not inside(target):
+                    links.append((rel, "link to a file outside the source folder: not read (--follow-links to "
+                                       "read it)"))  # fmt: skip
+                elif os.path.isfile(target):
+                    files.append(rel)
+                else:
+                    links.append((rel, "link to something that is not a regular file: not read"))
+            elif entry.is_dir(follow_symlinks=False):
+                entered.add(os.path.realpath(entry.path))
+                folders.append(rel)
+                visit(entry.path, rel + "/")
+            elif entry.is_file(follow_symlinks=False):
+                files.append(rel)
+
+    visit(root, "")
+    return Tree(sorted(files, key=_by_parts), sorted(folders, key=_by_parts), sorted(links))
+
+
+def walk_tree(location: str | Path, follow_links: bool = False) -> Tree:
+    """Files and folders under a folder, recursively (see `Tree`), sorted folder by folder.
+
+    Local folders follow os.walk's rule on links (see `_walk_local`); object stores have none."""
+    fs, path = resolve(location)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return _walk_local(path, follow_links)
+    files, folders = _list_remote(fs, path)
+    return Tree(files, folders)
+
+
 def list_tree(location: str | Path) -> tuple[list[str], list[str]]:
     """(files, folders) under a folder, recursively, as '/'-separated paths relative to it, sorted
-    folder by folder (the order of sorted(Path.rglob(...)))."""
-    fs, path = resolve(location)
+    folder by folder (the order of sorted(Path.rglob(...))); links to folders are not entered."""
+    tree = walk_tree(location)
+    return tree.files, tree.folders
+
+
+def _list_remote(fs: pafs.FileSystem, path: str) -> tuple[list[str], list[str]]:
     root = path.rstrip("/") + "/"
     files, folders = [], []
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
@@ -123,10 +204,7 @@ def list_tree(location: str | Path) -> tuple[list[str], list[str]]:
             files.append(rel)
         elif info.type == pafs.FileType.Directory and rel:
             folders.append(rel)
-    def by_parts(rel: str) -> list[str]:
-        return rel.split("/")
-
-    return sorted(files, key=by_parts), sorted(folders, key=by_parts)
+    return sorted(files, key=_by_parts), sorted(folders, key=_by_parts)
 
 
 def make_dir(location: str | Path) -> None:

@@ -88,6 +88,9 @@ STATUS = "status"  # one of STATUSES
 N_CELLS = "n_cells"
 REASON = "reason"  # why an image was quarantined (null otherwise)
 NOTE = "note"  # anything worth knowing that is not an error (e.g. "multi-page TIFF: first page")
+# The shards whose rows for this image this commit replaces (its earlier versions): readers see only
+# the versions no commit replaces, so one image path has one current version (pipeline/store.py).
+SUPERSEDES = "supersedes"
 
 STATUS_INGESTED = "ingested"
 STATUS_QUARANTINED = "quarantined"
@@ -108,6 +111,7 @@ IMAGE_SCHEMA = pa.schema(
         pa.field(SCALE_SOURCE, pa.string()),
         pa.field(RUN_ID, pa.string()),
         pa.field(SHARD, pa.string()),
+        pa.field(SUPERSEDES, pa.list_(pa.string())),
     ]
 )
 
@@ -127,6 +131,10 @@ CELLS_DIR = "cells"
 IMAGES_DIR = "images"
 QUARANTINE_DIR = "quarantine"
 SUMMARY_FILE = "summary.json"
+# The settings that shape an output's cells and crops, written once by its first run (pipeline/geometry.py).
+GEOMETRY_FILE = "geometry.json"
+# Markers of images being processed, one file per attempt: a worker that dies leaves its marker.
+ATTEMPTS_DIR = "attempts"
 
 # Ground-truth CSV columns (written by `allray synth`, read by `ingest --labels`).
 TRUTH_COLUMNS = ("image", "x", "y", "r", "label")

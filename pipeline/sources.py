@@ -19,11 +19,13 @@ import io
 import json
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from pipeline.io import has_image_extension
-from pipeline.locations import absolute, is_dir, is_file, join_uri, list_tree, read_bytes, resolve
+from pipeline.locations import absolute, is_dir, is_file, join_uri, read_bytes, resolve, walk_tree
+from pipeline.source_checks import (LINE, RowReport, check_label_row, check_manifest_row, match_rows,
+                                    normalise_image_path)
 
 FORMATS = ("auto", "folders", "manifest", "allidb1", "allidb2")
 _ALLIDB_NAME = re.compile(r"^Im(\d{3})_([01])\.[A-Za-z]+$")
@@ -71,6 +73,9 @@ class Discovery:
     tasks: list[ImageTask]
     format: str
     ignored: list[str]
+    links_not_followed: list[dict] = field(default_factory=list)  # {"path", "reason"} per link not read
+    row_counts: dict = field(default_factory=dict)  # manifest/labels rows matched and unmatched
+    row_problems: list[str] = field(default_factory=list)  # `path:N: what is wrong` per row not used
 
 
 def discover_images(
@@ -78,9 +83,16 @@ def discover_images(
     fmt: str = "auto",
     manifest: str | Path | None = None,
     labels: str | Path | None = None,
+    follow_links: bool = False,
+    allow_unmatched: bool = False,
 ) -> Discovery:
     """Every image file under `src` (a local folder or a URI) as an ImageTask, with patients,
-    samples and labels resolved."""
+    samples and labels resolved.
+
+    Symlinks to folders are not descended into and links to files outside `src` are not read,
+    unless `follow_links` (loops are cut either way); each is listed with its reason. Manifest and
+    labels rows with invalid values or naming no image fail with their line numbers, unless
+    `allow_unmatched` (then they are skipped and counted)."""
     if fmt not in FORMATS:
         raise SourceError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
     root = absolute(src)
@@ -88,7 +100,7 @@ def discover_images(
         raise SourceError(f"source folder {src} does not exist or is not a folder")
     if fmt == "manifest" and manifest is None:
         raise SourceError("--format manifest needs --manifest CSV (columns image,patient_id,sample_id[,label])")
-    listing = _list_source(root)
+    listing = _list_source(root, follow_links)
     files = listing.images
     if not files:
         raise SourceError(
@@ -103,11 +115,23 @@ def discover_images(
         tasks = [_allidb1_task(root, rel, others) for rel in files]
     else:
         tasks = [_folder_task(root, rel) for rel in files]
+    reports: list[RowReport] = []
+    images = {t.image for t in tasks}
     if manifest is not None:
-        tasks = _apply_manifest(tasks, read_manifest(manifest))
+        rows, report = read_manifest_checked(manifest, images)
+        reports.append(report)
+        tasks = _apply_manifest(tasks, rows)
     if labels is not None:
-        tasks = _apply_labels(tasks, read_labels(labels))
-    return Discovery(tasks, fmt, listing.others)
+        points, report = read_labels_checked(labels, images)
+        reports.append(report)
+        tasks = _apply_labels(tasks, points)
+    problems = [p for r in reports for p in r.problems]
+    if problems and not allow_unmatched:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise SourceError(f"{len(problems)} row(s) cannot be used: {'; '.join(problems[:5])}{more}; fix them, or "
+                          "pass --allow-unmatched to skip such rows (they are counted in the summary)")  # fmt: skip
+    counts = {k: v for r in reports for k, v in r.counts().items()}
+    return Discovery(tasks, fmt, listing.others, listing.links, counts, problems)
 
 
 @dataclass(frozen=True)
@@ -117,10 +141,12 @@ class _Listing:
     images: list[str]
     others: list[str]  # not images (notes, .xyc files, ...): reported as ignored
     folders: set[str]
+    links: list[dict] = field(default_factory=list)  # links not followed, with the reason
 
 
-def _list_source(root: str) -> _Listing:
-    files, folders = list_tree(root)
+def _list_source(root: str, follow_links: bool = False) -> _Listing:
+    tree = walk_tree(root, follow_links)
+    files, folders = tree.files, tree.folders
 
     def visible(rel: str) -> bool:  # hidden files and folders (.DS_Store, .ipynb_checkpoints) are not inputs
         return not any(part.startswith(".") for part in rel.split("/"))
@@ -128,7 +154,8 @@ def _list_source(root: str) -> _Listing:
     files = [f for f in files if visible(f)]
     images = [f for f in files if has_image_extension(f.rsplit("/", 1)[-1])]
     others = [f for f in files if not has_image_extension(f.rsplit("/", 1)[-1])]
-    return _Listing(images, others, {d for d in folders if visible(d)})
+    links = [{"path": rel, "reason": reason} for rel, reason in tree.links_not_followed if visible(rel)]
+    return _Listing(images, others, {d for d in folders if visible(d)}, links)
 
 
 def _detect_format(root: str, listing: _Listing, manifest: str | Path | None) -> str:
@@ -227,36 +254,86 @@ def read_xyc(path: str | Path) -> list[tuple[float, float]]:
     return points
 
 
+def _decode_csv(path: str | Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise SourceError(
+            f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}; saved as Latin-1 or another "
+            "legacy encoding?): save it as UTF-8 (in Excel: CSV UTF-8)") from None
+
+
 def _read_csv(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a CSV as dicts of stripped strings, each with its line number under LINE."""
     if not is_file(path):
         raise SourceError(f"CSV file {path} does not exist")
-    reader = csv.DictReader(io.StringIO(read_bytes(path).decode("utf-8-sig"), newline=""))
+    reader = csv.DictReader(io.StringIO(_decode_csv(path, read_bytes(path)), newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in required if c not in header]
     if missing:
         raise SourceError(f"{path}: missing column(s) {', '.join(missing)}; header is {','.join(header)}")
-    return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    rows = []
+    for row in reader:
+        values = {k.strip(): (v or "").strip() for k, v in row.items() if k and k != LINE}
+        values[LINE] = reader.line_num
+        rows.append(values)
+    return rows
 
 
 def read_manifest(path: str | Path) -> dict[str, dict[str, str]]:
-    """Manifest rows keyed by image path (relative to the source, POSIX)."""
+    """Manifest rows keyed by image path (relative to the source, POSIX; Windows '\\' accepted)."""
     rows = _read_csv(path, ("image", "patient_id", "sample_id"))
-    return {PurePosixPath(r["image"]).as_posix(): r for r in rows}
+    return {normalise_image_path(r["image"]): r for r in rows}
+
+
+def read_manifest_checked(path: str | Path, images: set[str]) -> tuple[dict[str, dict[str, str]], RowReport]:
+    """The manifest rows that are valid and name an image in `images`, and the report of the others."""
+    report = RowReport(str(path), "manifest")
+    valid = []
+    for row in _read_csv(path, ("image", "patient_id", "sample_id")):
+        problem = check_manifest_row(row)
+        if problem:
+            report.add(row, problem)
+        else:
+            valid.append(row)
+    return {normalise_image_path(r["image"]): r for r in match_rows(valid, images, report)}, report
+
+
+def _label_points(rows: list[dict[str, str]]) -> dict[str, list[list]]:
+    out: dict[str, list[list]] = defaultdict(list)
+    for row in rows:
+        r = float(row["r"]) if row.get("r") else None
+        point = [float(row["x"]), float(row["y"]), r, int(float(row["label"]))]
+        out[normalise_image_path(row["image"])].append(point)
+    return dict(out)
 
 
 def read_labels(path: str | Path) -> dict[str, list[list]]:
-    """Labelled cell centres per image: {image: [[x, y, r_or_None, label], ...]}."""
-    out: dict[str, list[list]] = defaultdict(list)
-    for n, row in enumerate(_read_csv(path, ("image", "x", "y", "label")), start=2):
-        try:
-            r = float(row["r"]) if row.get("r") else None
-            label = int(float(row["label"]))
-            if label not in (0, 1):
-                raise ValueError
-            out[PurePosixPath(row["image"]).as_posix()].append([float(row["x"]), float(row["y"]), r, label])
-        except ValueError:
-            raise SourceError(f"{path}:{n}: bad row {row} (x, y, r numbers; label 0 or 1)") from None
-    return dict(out)
+    """Labelled cell centres per image: {image: [[x, y, r_or_None, label], ...]}; SourceError
+    naming the line of the first invalid row."""
+    rows = _read_csv(path, ("image", "x", "y", "label"))
+    report = RowReport(str(path), "labels")
+    for row in rows:
+        problem = check_label_row(row)
+        if problem:
+            report.add(row, problem)
+            raise SourceError(f"{report.problems[0]} (x, y, r finite numbers; label 0 or 1)")
+    return _label_points(rows)
+
+
+def read_labels_checked(path: str | Path, images: set[str]) -> tuple[dict[str, list[list]], RowReport]:
+    """The labelled cell centres of the rows that are valid and name an image in `images`, and the
+    report of the others (a row whose image exists but whose cell is not detected is matched)."""
+    report = RowReport(str(path), "labels")
+    valid = []
+    for row in _read_csv(path, ("image", "x", "y", "label")):
+        problem = check_label_row(row)
+        if problem:
+            report.add(row, problem)
+        else:
+            valid.append(row)
+    return _label_points(match_rows(valid, images, report)), report
 
 
 def _apply_manifest(tasks: list[ImageTask], manifest: dict[str, dict[str, str]]) -> list[ImageTask]:

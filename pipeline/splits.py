@@ -191,15 +191,64 @@ def _patient_or_none(value: object) -> str | None:
     return text or None
 
 
+def merge_groups_by_content(groups: Sequence[str], contents: Sequence[str | None]) -> tuple[list[str], int]:
+    """Groups joined wherever two of them hold cells of the same content (the same image bytes filed
+    under two names or two patients), so that no copy of an image lands on both sides of a split.
+
+    Returns (merged group per cell, number of groups merged away). A merged group is named by its
+    first member in sorted order, joined with '+'."""
+    parent: dict[str, str] = {}
+
+    def root(g: str) -> str:
+        while parent.setdefault(g, g) != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    first_group: dict[str, str] = {}
+    for g, c in zip(groups, contents):
+        root(g)
+        if c is None or c == "":
+            continue
+        other = first_group.setdefault(str(c), g)
+        a, b = root(other), root(g)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    members: dict[str, list[str]] = {}
+    for g in parent:
+        members.setdefault(root(g), []).append(g)
+    names = {r: "+".join(sorted(m)) if len(m) > 1 else r for r, m in members.items()}
+    merged = [names[root(g)] for g in groups]
+    return merged, len(parent) - len(members)
+
+
 def cell_groups(
-    patient_ids: Sequence[str | None], images: Sequence[str], mode: str = "patient"
+    patient_ids: Sequence[str | None], images: Sequence[str], mode: str = "patient",
+    contents: Sequence[str | None] | None = None,
 ) -> tuple[list[str], str, str | None]:
     """(group id per cell, mode actually used, note) for a split or k-fold in `mode`.
 
     "patient" falls back to "image" when no cell has a patient id or every image is its own
     patient, and groups cells that lack a patient id by their image; the note says which
-    happened. "random" makes every cell its own group.
+    happened. "random" makes every cell its own group. With `contents` (each cell's source
+    content hash), patient and image groups that share content are merged (see
+    `merge_groups_by_content`), and the note says how many.
     """
+    groups, mode_used, note = _cell_groups(patient_ids, images, mode)
+    if contents is None or mode_used == "random":
+        return groups, mode_used, note
+    if len(contents) != len(images):
+        raise ValueError(f"contents and images differ in length: {len(contents)}, {len(images)}")
+    groups, n_merged = merge_groups_by_content(groups, contents)
+    if n_merged:
+        joined = f"{n_merged} {mode_used} group(s) merged with another holding the same image content"
+        note = f"{note}; {joined}" if note else joined
+    return groups, mode_used, note
+
+
+def _cell_groups(
+    patient_ids: Sequence[str | None], images: Sequence[str], mode: str = "patient"
+) -> tuple[list[str], str, str | None]:
     if mode not in SPLIT_MODES:
         raise ValueError(f"unknown split mode {mode!r}; allowed: {', '.join(SPLIT_MODES)}")
     images = [str(v) for v in images]
@@ -231,16 +280,17 @@ def split_cells(
     mode: str = "patient",
     val_fraction: float = 0.2,
     seed: int = 0,
+    contents: Sequence[str | None] | None = None,
 ) -> Split:
     """Split cells by patient, by source image or at random (stratified by label in every mode);
-    see `cell_groups` for how patient mode falls back."""
+    see `cell_groups` for how patient mode falls back and how `contents` keeps copies together."""
     f = _check_fraction(val_fraction)
     if len(labels) != len(images) or len(patient_ids) != len(images):
         raise ValueError(
             f"patient_ids, images and labels differ in length: "
             f"{len(patient_ids)}, {len(images)}, {len(labels)}"
         )
-    groups, mode_used, note = cell_groups(patient_ids, images, mode)
+    groups, mode_used, note = cell_groups(patient_ids, images, mode, contents)
     n_groups = len(set(groups))
     if n_groups < 2:
         raise ValueError(
