@@ -16,7 +16,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlencode
 
-from fastapi import FastAPI, Form, Request
+from fastapi import Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -31,6 +31,10 @@ CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self';
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")  # fmt: skip
 STATIC = Path(__file__).resolve().parents[1] / "pipeline" / "review" / "static"
 STATUS_NEW, STATUS_IN_REVIEW, STATUS_SIGNED = "not started", "in review", "signed off"
+
+
+class CsrfRefused(Exception):
+    """A POST without this browser's CSRF token."""
 
 
 def open_review(config: ReviewConfig):
@@ -67,12 +71,7 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
                 return PlainTextResponse("401: this review server needs its token: open the URL it printed at "
                                          "start (with ?token=...)", status_code=401)  # fmt: skip
         session = request.cookies.get(SESSION_COOKIE) or ""
-        if request.method == "POST":
-            form = await request.form()
-            sent = request.headers.get("x-csrf-token") or str(form.get("csrf", ""))
-            if not (session and sent and hmac.compare_digest(sent, csrf_for(session))):
-                return PlainTextResponse("403: missing or wrong CSRF token; reload the page", status_code=403)
-        elif request.method not in ("GET", "HEAD"):
+        if request.method not in ("GET", "HEAD", "POST"):
             return PlainTextResponse("405: method not allowed", status_code=405)
         new_session = not session
         request.state.session = session or secrets.token_urlsafe(24)
@@ -84,6 +83,17 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["Referrer-Policy"] = "no-referrer"
         return resp
+
+    async def require_csrf(request: Request) -> None:
+        """Dependency of every POST: the form's (or X-CSRF-Token header's) token must match this browser's session."""
+        session = request.cookies.get(SESSION_COOKIE) or ""
+        sent = request.headers.get("x-csrf-token") or str((await request.form()).get("csrf", ""))
+        if not (session and sent and hmac.compare_digest(sent, csrf_for(session))):
+            raise CsrfRefused()
+
+    @app.exception_handler(CsrfRefused)
+    async def csrf_refused(request: Request, err: CsrfRefused):
+        return PlainTextResponse("403: missing or wrong CSRF token; reload the page", status_code=403)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -152,7 +162,7 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
             raise KeyError(key)
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
-    @app.post("/cell")
+    @app.post("/cell", dependencies=[Depends(require_csrf)])
     def cell(request: Request, patient: str = Form(...), key: str = Form(...), cls: str = Form(...),
              reviewer: str = Form(""), undo: str = Form("")):  # fmt: skip
         known(patient)
@@ -179,7 +189,7 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
         resp.set_cookie(REVIEWER_COOKIE, reviewer.strip()[:100], httponly=True, samesite="strict")
         return resp
 
-    @app.post("/signoff", response_class=HTMLResponse)
+    @app.post("/signoff", response_class=HTMLResponse, dependencies=[Depends(require_csrf)])
     def signoff(request: Request, patient: str = Form(...), reviewer: str = Form(""), revision: int = Form(...)):
         known(patient)
         decisions = store.decisions(patient)
@@ -200,7 +210,7 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
         write_reviewed_csv(report.path, store.signoffs())
         return RedirectResponse("/patient?" + urlencode({"id": patient}), status_code=303)
 
-    @app.post("/reopen", response_class=HTMLResponse)
+    @app.post("/reopen", response_class=HTMLResponse, dependencies=[Depends(require_csrf)])
     def reopen(request: Request, patient: str = Form(...), reviewer: str = Form(""), reason: str = Form("")):
         known(patient)
         try:

@@ -118,8 +118,8 @@ class ReviewStore:
     def patient_states(self) -> dict[str, tuple[int, int]]:
         """Patient id -> (cells decided, revision) for every patient with any review."""
         with self.engine.begin() as conn:
-            n = dict(conn.execute(sa.select(DECISIONS.c.patient_id, sa.func.count()).group_by(DECISIONS.c.patient_id)))
-            rev = dict(conn.execute(sa.select(AUDIT.c.patient_id, sa.func.max(AUDIT.c.id)).group_by(AUDIT.c.patient_id)))
+            n = dict(conn.execute(sa.select(DECISIONS.c.patient_id, sa.func.count()).group_by(DECISIONS.c.patient_id)).all())
+            rev = dict(conn.execute(sa.select(AUDIT.c.patient_id, sa.func.max(AUDIT.c.id)).group_by(AUDIT.c.patient_id)).all())
         return {p: (n.get(p, 0), rev.get(p, 0)) for p in set(n) | set(rev)}
 
     def audit(self, patient_id: str | None = None) -> list[dict]:
