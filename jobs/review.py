@@ -163,7 +163,7 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.post("/cell", dependencies=[Depends(require_csrf)])
-    def cell(request: Request, patient: str = Form(...), key: str = Form(...), cls: str = Form(...),
+    def cell(request: Request, patient: str = Form(...), key: str = Form(...), cls: str = Form(""),
              reviewer: str = Form(""), undo: str = Form("")):  # fmt: skip
         known(patient)
         cells = report.patients[patient]
