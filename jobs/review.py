@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+import pipeline.review
 from pipeline.review.cells import CLASS_TITLES, REVIEW_CLASSES, REVIEW_KEYS, ReviewConfig, load_report
 from pipeline.review.counts import count_patient, current_classes, unsure_mask
 from pipeline.review.exports import (remove_signed, reviewed_labels, signed_record, templates, write_audit_csv,
@@ -29,7 +30,8 @@ from pipeline.review.store import ACTION_CORRECT, ACTION_UNDO, ReviewRefused, Re
 TOKEN_COOKIE, SESSION_COOKIE, REVIEWER_COOKIE = "allray_token", "allray_session", "allray_reviewer"
 CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")  # fmt: skip
-STATIC = Path(__file__).resolve().parents[1] / "pipeline" / "review" / "static"
+STATIC = Path(pipeline.review.__file__).resolve().parent / "static"
+AUDIT_SHOWN = 100  # newest audit rows on a patient's page; all of them in --export-audit
 STATUS_NEW, STATUS_IN_REVIEW, STATUS_SIGNED = "not started", "in review", "signed off"
 
 
@@ -135,10 +137,10 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
         n_pages = max(1, -(-max(len(v) for v in galleries.values()) // size))
         page = min(max(0, page), n_pages - 1)
         shown = {k: v[page * size:(page + 1) * size] for k, v in galleries.items()}
-        audit = store.audit(pid)
+        audit = store.audit(pid, newest=AUDIT_SHOWN)
         return render(request, "patient.html", status=status, pid=pid, c=c, before=before, signed=signed,
                       galleries=shown, totals={k: len(v) for k, v in galleries.items()}, revision=revision,
-                      error=error, audit=audit[::-1], keys=REVIEW_KEYS, page=page, n_pages=n_pages,
+                      error=error, audit=audit[::-1], n_audit=store.count_audit(pid), keys=REVIEW_KEYS, page=page, n_pages=n_pages,
                       qs=lambda p: urlencode({"id": pid, "page": p}), config=config, report=report,
                       has_classes=report.has_classes, reviewer=request.cookies.get(REVIEWER_COOKIE, config.reviewer))
 

@@ -50,7 +50,7 @@ class ReviewConfig:
     reviewer: str = ""
     unsure_below: float = 0.8  # confidence under which a cell goes to the "unidentified" bin
     token: str = ""  # required off 127.0.0.1 (generated when empty)
-    page_size: int = 300  # crops per gallery page
+    page_size: int = 200  # crops per gallery and page (a patient's page stays quick with thousands of cells)
 
     def __post_init__(self):
         if not 0.0 <= self.unsure_below <= 1.0:

@@ -122,13 +122,21 @@ class ReviewStore:
             rev = dict(conn.execute(sa.select(AUDIT.c.patient_id, sa.func.max(AUDIT.c.id)).group_by(AUDIT.c.patient_id)).all())
         return {p: (n.get(p, 0), rev.get(p, 0)) for p in set(n) | set(rev)}
 
-    def audit(self, patient_id: str | None = None) -> list[dict]:
-        """Audit rows, oldest first."""
-        q = sa.select(AUDIT).order_by(AUDIT.c.id)
+    def audit(self, patient_id: str | None = None, newest: int | None = None) -> list[dict]:
+        """Audit rows, oldest first (only the `newest` ones when given)."""
+        q = sa.select(AUDIT).order_by(AUDIT.c.id.desc() if newest else AUDIT.c.id)
         if patient_id is not None:
             q = q.where(AUDIT.c.patient_id == patient_id)
+        if newest:
+            q = q.limit(newest)
         with self.engine.begin() as conn:
-            return [dict(r) for r in conn.execute(q).mappings().all()]
+            rows = [dict(r) for r in conn.execute(q).mappings().all()]
+        return rows[::-1] if newest else rows
+
+    def count_audit(self, patient_id: str) -> int:
+        with self.engine.begin() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(AUDIT).where(
+                AUDIT.c.patient_id == patient_id)).scalar() or 0)  # fmt: skip
 
     # --- writes ----------------------------------------------------------------------------------
     def set_class(self, patient_id: str, key: str, to_class: str, reviewer: str, action: str = ACTION_CORRECT,
