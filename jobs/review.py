@@ -10,6 +10,7 @@ puts the server-rendered counts back in the page. Safety, in the order requests 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -45,6 +46,51 @@ def open_review(config: ReviewConfig):
     return report, ReviewStore(config.db_url, report.fingerprint, str(report.path.resolve()))
 
 
+class Guard:
+    """ASGI middleware in front of every request: Host check, token, session cookie, security headers.
+
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which costs milliseconds a request."""
+
+    def __init__(self, app, config: ReviewConfig, token: str, csrf_for, allowed_hosts: set[str]):
+        self.app, self.config, self.token, self.csrf_for, self.allowed_hosts = app, config, token, csrf_for, allowed_hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        if not self.config.needs_token and request.headers.get("host", "") not in self.allowed_hosts:
+            return await PlainTextResponse("unexpected Host header", status_code=400)(scope, receive, send)
+        if self.config.needs_token:
+            given = request.query_params.get("token")
+            if given and hmac.compare_digest(given, self.token) and request.method == "GET":
+                resp = RedirectResponse(request.url.path, status_code=303)
+                resp.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
+                return await resp(scope, receive, send)
+            cookie = request.cookies.get(TOKEN_COOKIE, "")
+            if not (cookie and hmac.compare_digest(cookie, self.token)):
+                return await PlainTextResponse("401: this review server needs its token: open the URL it printed at "
+                                               "start (with ?token=...)", status_code=401)(scope, receive, send)
+        if request.method not in ("GET", "HEAD", "POST"):
+            return await PlainTextResponse("405: method not allowed", status_code=405)(scope, receive, send)
+        session = request.cookies.get(SESSION_COOKIE) or ""
+        new_session = not session
+        session = session or secrets.token_urlsafe(24)
+        scope.setdefault("state", {}).update(session=session, csrf=self.csrf_for(session))
+        extra = Response()
+        if new_session:
+            extra.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict")
+        extra.headers.update({"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                              "Referrer-Policy": "no-referrer"})  # fmt: skip
+        added = [(k, v) for k, v in extra.raw_headers if k not in (b"content-length",)]
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *added]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
     """The review app for one report."""
     if report is None or store is None:
@@ -58,33 +104,7 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
     def csrf_for(session: str) -> str:
         return hmac.new(secret, session.encode(), hashlib.sha256).hexdigest()
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if not config.needs_token and request.headers.get("host", "") not in allowed_hosts:
-            return PlainTextResponse("unexpected Host header", status_code=400)
-        if config.needs_token:
-            given = request.query_params.get("token")
-            if given and hmac.compare_digest(given, token) and request.method == "GET":
-                resp = RedirectResponse(request.url.path, status_code=303)
-                resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
-                return resp
-            cookie = request.cookies.get(TOKEN_COOKIE, "")
-            if not (cookie and hmac.compare_digest(cookie, token)):
-                return PlainTextResponse("401: this review server needs its token: open the URL it printed at "
-                                         "start (with ?token=...)", status_code=401)  # fmt: skip
-        session = request.cookies.get(SESSION_COOKIE) or ""
-        if request.method not in ("GET", "HEAD", "POST"):
-            return PlainTextResponse("405: method not allowed", status_code=405)
-        new_session = not session
-        request.state.session = session or secrets.token_urlsafe(24)
-        request.state.csrf = csrf_for(request.state.session)
-        resp = await call_next(request)
-        if new_session:
-            resp.set_cookie(SESSION_COOKIE, request.state.session, httponly=True, samesite="strict")
-        resp.headers["Content-Security-Policy"] = CSP
-        resp.headers["X-Content-Type-Options"] = "nosniff"
-        resp.headers["Referrer-Policy"] = "no-referrer"
-        return resp
+    app.add_middleware(Guard, config=config, token=token, csrf_for=csrf_for, allowed_hosts=allowed_hosts)
 
     async def require_csrf(request: Request) -> None:
         """Dependency of every POST: the form's (or X-CSRF-Token header's) token must match this browser's session."""
@@ -104,6 +124,10 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
         d = store.decisions(pid) if decisions is None else decisions
         return count_patient(cells, d, config.unsure_below, report.blast_alert_pct, report.min_cells)
 
+    @functools.lru_cache(maxsize=None)
+    def before_review(pid: str):
+        return count_patient(report.patients[pid], {}, config.unsure_below, report.blast_alert_pct, report.min_cells)
+
     def render(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
         html = templates.get_template(name).render(csrf=request.state.csrf, titles=CLASS_TITLES, **ctx)
         return HTMLResponse(html, status_code=status)
@@ -121,11 +145,10 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
 
     def patient_page(request: Request, pid: str, page: int = 0, error: str = "", status: int = 200):
         cells = report.patients[pid]
-        decisions = store.decisions(pid)
-        revision = store.revision(pid)
+        view = store.patient_view(pid, AUDIT_SHOWN)
+        decisions, revision, signed = view["decisions"], view["revision"], view["signed"]
         c = counts(pid, decisions)
-        before = count_patient(cells, {}, config.unsure_below, report.blast_alert_pct, report.min_cells)
-        signed = store.signoffs().get(pid)
+        before = before_review(pid)
         classes = current_classes(cells, decisions)
         unsure = unsure_mask(cells, decisions, config.unsure_below)
         galleries = {"unsure": [], **{k: [] for k in REVIEW_CLASSES}}
@@ -137,10 +160,9 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
         n_pages = max(1, -(-max(len(v) for v in galleries.values()) // size))
         page = min(max(0, page), n_pages - 1)
         shown = {k: v[page * size:(page + 1) * size] for k, v in galleries.items()}
-        audit = store.audit(pid, newest=AUDIT_SHOWN)
         return render(request, "patient.html", status=status, pid=pid, c=c, before=before, signed=signed,
                       galleries=shown, totals={k: len(v) for k, v in galleries.items()}, revision=revision,
-                      error=error, audit=audit[::-1], n_audit=store.count_audit(pid), keys=REVIEW_KEYS, page=page, n_pages=n_pages,
+                      error=error, audit=view["audit"], n_audit=view["n_audit"], keys=REVIEW_KEYS, page=page, n_pages=n_pages,
                       qs=lambda p: urlencode({"id": pid, "page": p}), config=config, report=report,
                       has_classes=report.has_classes, reviewer=request.cookies.get(REVIEWER_COOKIE, config.reviewer))
 
@@ -176,11 +198,11 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
         if not reviewer.strip():
             return JSONResponse({"error": "enter your name (reviewer) first"}, status_code=400)
         try:
-            before, revision = store.set_class(patient, key, cls, reviewer.strip(), ACTION_UNDO if undo else ACTION_CORRECT,
-                                               before=cells.predicted[i])  # fmt: skip
+            before, revision, decisions = store.set_class(patient, key, cls, reviewer.strip(),
+                                                          ACTION_UNDO if undo else ACTION_CORRECT,
+                                                          before=cells.predicted[i])  # fmt: skip
         except ReviewRefused as err:
             return JSONResponse({"error": str(err)}, status_code=409)
-        decisions = store.decisions(patient)
         c = counts(patient, decisions)
         html = templates.get_template("counts.html").render(c=c, titles=CLASS_TITLES, has_classes=report.has_classes)
         now_cls = decisions.get(key, cells.predicted[i])
@@ -202,9 +224,7 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
             if c.n_unsure:
                 raise ReviewRefused(f"{c.n_unsure} cell(s) are still in the unidentified bin: move or confirm each "
                                     "one before signing off")
-            cells = report.patients[patient]
-            before = count_patient(cells, {}, config.unsure_below, report.blast_alert_pct, report.min_cells)
-            record = signed_record(report, patient, before, c, reviewer.strip(), now())
+            record = signed_record(report, patient, before_review(patient), c, reviewer.strip(), now())
             store.sign_off(patient, reviewer.strip(), revision, record)
         except ReviewRefused as err:
             return patient_page(request, patient, error=str(err), status=409)

@@ -33,7 +33,7 @@ def test_corrections_change_counts_and_are_audited_undo_restores(report):
     cells = r.patients["P001"]
     blast = next(k for k, p in zip(cells.keys, cells.predicted) if p == taxonomy.LYMPHOBLAST)
     assert count_patient(cells, store.decisions("P001"), 0.8, 20, 5).row["n_blasts"] == 4
-    before, rev = store.set_class("P001", blast, taxonomy.LYMPHOCYTE, "ann", before=taxonomy.LYMPHOBLAST)
+    before, rev, _ = store.set_class("P001", blast, taxonomy.LYMPHOCYTE, "ann", before=taxonomy.LYMPHOBLAST)
     c = count_patient(cells, store.decisions("P001"), 0.8, 20, 5)
     assert (before, c.row["n_blasts"], c.row["n_cells"], c.blast_pct, c.n_changed) == ("lymphoblast", 3, 10, 30.0, 1)
     store.set_class("P001", blast, "", "ann", action="undo", before=taxonomy.LYMPHOBLAST)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
@@ -46,16 +47,25 @@ AUDIT = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("at", sa.String(40), nullable=False),
     sa.Column("reviewer", sa.Text, nullable=False),
-    sa.Column("patient_id", sa.Text, nullable=False, index=True),
+    sa.Column("patient_id", sa.Text, nullable=False),
     sa.Column("cell_key", sa.String(200)),
     sa.Column("action", sa.String(20), nullable=False),
     sa.Column("from_class", sa.String(40)),
     sa.Column("to_class", sa.String(40)),
     sa.Column("reason", sa.Text),
+    sa.Index("ix_audit_patient_id", "patient_id", "id"),  # a patient's revision: max(id) from the index alone
 )  # fmt: skip
 # SQLite: the audit trail refuses UPDATE and DELETE at the database, not only in this code.
 _SQLITE_TRIGGERS = [f"CREATE TRIGGER IF NOT EXISTS audit_no_{op.lower()} BEFORE {op} ON audit "
                     "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END" for op in ("UPDATE", "DELETE")]
+
+
+class Change(NamedTuple):
+    """What one correction did."""
+
+    from_class: str
+    revision: int
+    decisions: dict[str, str]  # the patient's decisions after it
 
 
 class ReviewRefused(ValueError):
@@ -99,11 +109,20 @@ class ReviewStore:
     # --- reads -----------------------------------------------------------------------------------
     def decisions(self, patient_id: str | None = None) -> dict[str, str]:
         """Reviewed class per cell key (of one patient, or of all)."""
-        q = sa.select(DECISIONS.c.cell_key, DECISIONS.c.cell_class)
-        if patient_id is not None:
-            q = q.where(DECISIONS.c.patient_id == patient_id)
         with self.engine.begin() as conn:
-            return dict(conn.execute(q).all())
+            return _decisions(conn, patient_id)
+
+    def patient_view(self, patient_id: str, newest_audit: int) -> dict:
+        """What a patient's page shows, read in one transaction: decisions, revision, sign-off, audit."""
+        with self.engine.begin() as conn:
+            signed = conn.execute(sa.select(SIGNOFFS).where(SIGNOFFS.c.patient_id == patient_id)).mappings().first()
+            audit = conn.execute(sa.select(AUDIT).where(AUDIT.c.patient_id == patient_id).order_by(AUDIT.c.id.desc())
+                                 .limit(newest_audit)).mappings().all()  # fmt: skip
+            n_audit = conn.execute(sa.select(sa.func.count()).select_from(AUDIT).where(
+                AUDIT.c.patient_id == patient_id)).scalar()  # fmt: skip
+            return {"decisions": _decisions(conn, patient_id), "revision": int(audit[0]["id"]) if audit else 0,
+                    "signed": dict(signed) if signed else None, "audit": [dict(a) for a in audit],
+                    "n_audit": int(n_audit or 0)}  # fmt: skip
 
     def revision(self, patient_id: str) -> int:
         with self.engine.begin() as conn:
@@ -140,8 +159,9 @@ class ReviewStore:
 
     # --- writes ----------------------------------------------------------------------------------
     def set_class(self, patient_id: str, key: str, to_class: str, reviewer: str, action: str = ACTION_CORRECT,
-                  before: str = "") -> tuple[str, int]:  # fmt: skip
-        """Move one cell to `to_class` (UNREVIEWED: back to no decision); returns (its class before, revision).
+                  before: str = "") -> Change:  # fmt: skip
+        """Move one cell to `to_class` (UNREVIEWED: back to no decision): its class before, the patient's new
+        revision and decisions.
 
         `before` is the class the cell had before any review (what "no decision" means in the audit).
         """
@@ -155,10 +175,10 @@ class ReviewStore:
                 conn.execute(DECISIONS.insert().values(cell_key=key, patient_id=patient_id, cell_class=to_class,
                                                        reviewer=reviewer, at=now()))  # fmt: skip
             from_class = old if old is not None else before
-            conn.execute(AUDIT.insert().values(at=now(), reviewer=reviewer, patient_id=patient_id, cell_key=key,
-                                               action=action, from_class=from_class,
-                                               to_class=to_class or before))  # fmt: skip
-            return from_class, _revision(conn, patient_id)
+            row = conn.execute(AUDIT.insert().values(at=now(), reviewer=reviewer, patient_id=patient_id, cell_key=key,
+                                                     action=action, from_class=from_class,
+                                                     to_class=to_class or before))  # fmt: skip
+            return Change(from_class, int(row.inserted_primary_key[0]), _decisions(conn, patient_id))
 
     def sign_off(self, patient_id: str, reviewer: str, revision_seen: int, record: dict) -> int:
         """Record the sign-off of a patient whose counts were computed at `revision_seen`."""
@@ -195,6 +215,13 @@ def _sqlite_connect(dbapi_conn, _record) -> None:
     dbapi_conn.execute("PRAGMA journal_mode=WAL")
     dbapi_conn.execute("PRAGMA synchronous=NORMAL")
     dbapi_conn.execute("PRAGMA busy_timeout=30000")
+
+
+def _decisions(conn, patient_id: str | None) -> dict[str, str]:
+    q = sa.select(DECISIONS.c.cell_key, DECISIONS.c.cell_class)
+    if patient_id is not None:
+        q = q.where(DECISIONS.c.patient_id == patient_id)
+    return dict(conn.execute(q).all())
 
 
 def _revision(conn, patient_id: str) -> int:
