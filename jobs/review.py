@@ -124,6 +124,16 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
         d = store.decisions(pid) if decisions is None else decisions
         return count_patient(cells, d, config.unsure_below, report.blast_alert_pct, report.min_cells)
 
+    counts_cache: dict[str, tuple[int, object]] = {}  # patient -> (revision, counts): the worklist recounts changes only
+
+    def counts_at(pid: str, revision: int):
+        """A patient's counts at `revision` (the database's, so writes of other servers are seen too)."""
+        hit = counts_cache.get(pid)
+        if hit is None or hit[0] != revision:
+            hit = (revision, before_review(pid) if revision == 0 else counts(pid))
+            counts_cache[pid] = hit
+        return hit[1]
+
     @functools.lru_cache(maxsize=None)
     def before_review(pid: str):
         return count_patient(report.patients[pid], {}, config.unsure_below, report.blast_alert_pct, report.min_cells)
@@ -134,11 +144,11 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def worklist(request: Request):
-        decisions, signoffs, states = store.decisions(), store.signoffs(), store.patient_states()
+        signoffs, revisions = store.signoffs(), store.revisions()
         rows = []
         for pid, cells in report.patients.items():
-            c = count_patient(cells, decisions, config.unsure_below, report.blast_alert_pct, report.min_cells)
-            status = STATUS_SIGNED if pid in signoffs else STATUS_IN_REVIEW if pid in states else STATUS_NEW
+            c = counts_at(pid, revisions.get(pid, 0))
+            status = STATUS_SIGNED if pid in signoffs else STATUS_IN_REVIEW if pid in revisions else STATUS_NEW
             rows.append({"id": pid, "url": "/patient?" + urlencode({"id": pid}), "status": status, "c": c,
                          "n": len(cells.keys)})
         return render(request, "worklist.html", rows=rows, report=report, config=config)
