@@ -25,10 +25,10 @@ def main() -> None:
     import uvicorn
     from PIL import Image
     from playwright.sync_api import sync_playwright
+    from review_speed import copy_report, synthetic_base
 
     from jobs.review import create_app
     from pipeline.review.cells import ReviewConfig
-    from review_speed import copy_report, synthetic_base
 
     tmp = Path(tempfile.mkdtemp())
     src = Path(sys.argv[1]) if len(sys.argv) > 1 else synthetic_base(tmp / "base", 150)

@@ -24,8 +24,16 @@ from fastapi.staticfiles import StaticFiles
 import pipeline.review
 from pipeline.review.cells import CLASS_TITLES, REVIEW_CLASSES, REVIEW_KEYS, ReviewConfig, load_report
 from pipeline.review.counts import count_patient, current_classes, unsure_mask
-from pipeline.review.exports import (remove_signed, reviewed_labels, signed_record, templates, write_audit_csv,
-                                     write_labels_csv, write_reviewed_csv, write_signed)  # fmt: skip
+from pipeline.review.exports import (
+    remove_signed,
+    reviewed_labels,
+    signed_record,
+    templates,
+    write_audit_csv,
+    write_labels_csv,  # fmt: skip
+    write_reviewed_csv,
+    write_signed,
+)
 from pipeline.review.store import ACTION_CORRECT, ACTION_UNDO, ReviewRefused, ReviewStore, now
 
 TOKEN_COOKIE, SESSION_COOKIE, REVIEWER_COOKIE = "allray_token", "allray_session", "allray_reviewer"
@@ -52,7 +60,8 @@ class Guard:
     Plain ASGI rather than Starlette's BaseHTTPMiddleware, which costs milliseconds a request."""
 
     def __init__(self, app, config: ReviewConfig, token: str, csrf_for, allowed_hosts: set[str]):
-        self.app, self.config, self.token, self.csrf_for, self.allowed_hosts = app, config, token, csrf_for, allowed_hosts
+        self.app, self.config, self.token = app, config, token
+        self.csrf_for, self.allowed_hosts = csrf_for, allowed_hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -124,7 +133,7 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
         d = store.decisions(pid) if decisions is None else decisions
         return count_patient(cells, d, config.unsure_below, report.blast_alert_pct, report.min_cells)
 
-    counts_cache: dict[str, tuple[int, object]] = {}  # patient -> (revision, counts): the worklist recounts changes only
+    counts_cache: dict[str, tuple[int, object]] = {}  # patient -> (revision, counts): the worklist recounts changes
 
     def counts_at(pid: str, revision: int):
         """A patient's counts at `revision` (the database's, so writes of other servers are seen too)."""
@@ -172,7 +181,8 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
         shown = {k: v[page * size:(page + 1) * size] for k, v in galleries.items()}
         return render(request, "patient.html", status=status, pid=pid, c=c, before=before, signed=signed,
                       galleries=shown, totals={k: len(v) for k, v in galleries.items()}, revision=revision,
-                      error=error, audit=view["audit"], n_audit=view["n_audit"], keys=REVIEW_KEYS, page=page, n_pages=n_pages,
+                      error=error, audit=view["audit"], n_audit=view["n_audit"], keys=REVIEW_KEYS, page=page,
+                      n_pages=n_pages,
                       qs=lambda p: urlencode({"id": pid, "page": p}), config=config, report=report,
                       has_classes=report.has_classes, reviewer=request.cookies.get(REVIEWER_COOKIE, config.reviewer))
 

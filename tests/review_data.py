@@ -67,8 +67,9 @@ def write_report(out: Path, patients: dict[str, list[float]] | None = None, seed
         table = table.append_column(schema.PREDICTED_CLASS, pa.array(names, pa.string()))
         table = table.append_column(schema.CLASS_PROB, pa.array(np.maximum(probs, 1 - probs), pa.float32()))
         # the real writer keeps PREDICTION_SCHEMA's columns only: write the class columns' table directly
-        from pipeline.store import write_table_atomic
         import pyarrow.fs as pafs
+
+        from pipeline.store import write_table_atomic
 
         (out / schema.PREDICTIONS_DIR).mkdir(parents=True, exist_ok=True)
         write_table_atomic(pafs.LocalFileSystem(), str(out / schema.PREDICTIONS_DIR / "testrun-0.parquet"), table)

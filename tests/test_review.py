@@ -212,3 +212,22 @@ def test_sign_off_over_http_writes_signed_files_and_reviewed_csv(report):
     assert "<img" not in (report / "signed" / f"{name}.html").read_text()
     rows = list(csv.DictReader((report / "patients_reviewed.csv").open()))
     assert [(row["patient_id"], row["reviewer"]) for row in rows] == [(XSS_ID, "ann")]
+
+
+def test_cli_refuses_a_folder_without_predictions_in_one_line(tmp_path):
+    res = CliRunner().invoke(__import__("jobs.cli", fromlist=["cli"]).cli, ["review", str(tmp_path)])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [
+        f"error: {tmp_path / 'predictions'}: no predictions (*.parquet): give the folder `allray infer --out` wrote"]
+
+
+def test_any_host_but_127_0_0_1_needs_the_token_and_the_url_carries_it(report):
+    from jobs.review import review_url
+
+    assert not ReviewConfig(report=str(report)).needs_token
+    for host in ("127.0.0.2", "0.0.0.0", "localhost", "192.168.1.5"):
+        assert ReviewConfig(report=str(report), host=host).needs_token
+    assert review_url(ReviewConfig(report=str(report), host="0.0.0.0", port=9000, token="abc")) == \
+        "http://127.0.0.1:9000/?token=abc"
+    with pytest.raises(ValueError, match="unsure-below"):
+        ReviewConfig(report=str(report), unsure_below=1.5)

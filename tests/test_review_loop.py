@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
-
 from conftest import write_truth_cells
+
 from pipeline import schema, taxonomy
 from pipeline.config import IngestConfig, TrainConfig
 from pipeline.store import read_table

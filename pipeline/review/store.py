@@ -201,7 +201,7 @@ class ReviewStore:
         if not reason.strip():
             raise ReviewRefused("reopening a signed patient needs a reason")
         with self.engine.begin() as conn:
-            if conn.execute(sa.select(SIGNOFFS.c.patient_id).where(SIGNOFFS.c.patient_id == patient_id)).first() is None:
+            if not _is_signed(conn, patient_id):
                 raise ReviewRefused(f"patient {patient_id!r} is not signed off")
             conn.execute(SIGNOFFS.delete().where(SIGNOFFS.c.patient_id == patient_id))
             conn.execute(AUDIT.insert().values(at=now(), reviewer=reviewer or "(unnamed)", patient_id=patient_id,
@@ -227,6 +227,11 @@ def _revision(conn, patient_id: str) -> int:
     return int(conn.execute(sa.select(sa.func.max(AUDIT.c.id)).where(AUDIT.c.patient_id == patient_id)).scalar() or 0)
 
 
+def _is_signed(conn, patient_id: str) -> bool:
+    return conn.execute(sa.select(SIGNOFFS.c.patient_id).where(SIGNOFFS.c.patient_id == patient_id)).first() is not None
+
+
 def _refuse_if_signed(conn, patient_id: str) -> None:
-    if conn.execute(sa.select(SIGNOFFS.c.patient_id).where(SIGNOFFS.c.patient_id == patient_id)).first() is not None:
-        raise ReviewRefused(f"patient {patient_id!r} is signed off and read-only; reopen it (with a reason) to change it")
+    if _is_signed(conn, patient_id):
+        raise ReviewRefused(f"patient {patient_id!r} is signed off and read-only; reopen it (with a reason) to change "
+                            "it")
