@@ -1,6 +1,6 @@
 """`allray review` response times on a 20,000-cell report, with a plain HTTP client against the running server.
 
-    .venv/bin/python benchmarks/review_speed.py [REPORT] [--cells 20000] [--patients 20] [--rounds 30]
+    .venv/bin/python benchmarks/review_speed.py [REPORT] [--cells 20000] [--patients 20] [--rounds 40]
 
 REPORT is an `allray infer` output (e.g. demo-out/report after `make demo`); its predictions are
 copied, patients and image hashes renamed, until the copy holds --cells cells. Without REPORT, a
@@ -9,10 +9,11 @@ base of synthetic crops (pipeline.synth smears) is made first. The server runs a
 1. baseline: GET of a static file (the server's floor: routing, middleware, one small response);
 2. the worklist (GET /) and patient pages (GET /patient?id=..., a different patient each time);
 3. a correction round trip (POST /cell: a transaction, the audit row, counts re-rendered).
-Pages are timed twice: before any review and after every cell of the report has a decision (filled
-through the review store directly, then the server restarted), which is the database's largest
-state; its size (review.sqlite with its WAL) is reported then. Targets: pages < 300 ms, a correction
-< 50 ms, the database < 20 MB.
+Each round times all of them in turn, so each has a baseline taken under the same load. Pages
+are timed twice: before any review and after every cell of the report has a decision (filled
+through the review store's tables in bulk, then the server restarted), the database's largest
+state; its size (review.sqlite with its WAL) is reported then. Targets: pages < 300 ms, a
+correction < 50 ms, the database < 20 MB.
 """
 
 from __future__ import annotations
@@ -110,48 +111,48 @@ def start_server(report: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("allray review did not answer within 120 s")
 
 
-def timed(fn, rounds: int) -> list[float]:
-    out = []
-    for i in range(rounds):
-        t0 = time.perf_counter()
-        fn(i)
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
+def once(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000
 
 
-def fmt(name: str, ms: list[float], base: float) -> str:
+def fmt(name: str, ms: list[float], base: list[float]) -> str:
     med = statistics.median(ms)
     p90 = sorted(ms)[int(0.9 * (len(ms) - 1))]
-    return f"{name:<42} median {med:7.1f} ms  p90 {p90:7.1f} ms  ({med / base:5.1f}x the static file)"
+    ratio = statistics.median(m / b for m, b in zip(ms, base))
+    return f"{name:<38} median {med:7.1f} ms  p90 {p90:7.1f} ms  ({ratio:5.1f}x the static file, same round)"
 
 
 def measure(url: str, patients: list[str], keys: list[tuple[str, str]], rounds: int, correct: bool) -> list[str]:
+    """Each round times the static file, the worklist, a patient page and (if `correct`) a correction in turn,
+    so every figure has a baseline taken under the same load (this machine is shared)."""
     import re
 
     import httpx
 
-    lines = []
+    times: dict[str, list[float]] = {k: [] for k in ("static", "worklist", "patient", "correct")}
     with httpx.Client(base_url=url, timeout=60) as client:
         page = client.get("/")
         assert page.status_code == 200, page.status_code
         csrf = re.search(r'name="csrf" content="([0-9a-f]+)"', page.text).group(1)
         for _ in range(3):  # warm up: the first page of a patient reads its crops' index lazily
             client.get("/patient", params={"id": patients[0]})
-        base = timed(lambda i: client.get("/static/review.css"), rounds)
-        b = statistics.median(base)
-        lines.append(fmt("baseline: GET /static/review.css", base, b))
-        lines.append(fmt("worklist GET /", timed(lambda i: client.get("/").raise_for_status(), rounds), b))
-        lines.append(fmt("patient page GET /patient?id=...", timed(
-            lambda i: client.get("/patient", params={"id": patients[i % len(patients)]}).raise_for_status(),
-            rounds), b))  # fmt: skip
-        if correct:
-            def post(i):
-                pid, key = keys[i]
-                r = client.post("/cell", data={"patient": pid, "key": key, "cls": "lymphocyte", "reviewer": "bench"},
-                                headers={"X-CSRF-Token": csrf})  # fmt: skip
-                r.raise_for_status()
-
-            lines.append(fmt("correction round trip POST /cell", timed(post, rounds), b))
+        for i in range(rounds):
+            pid, key = keys[i % len(keys)]
+            times["static"].append(once(lambda: client.get("/static/review.css").raise_for_status()))
+            times["worklist"].append(once(lambda: client.get("/").raise_for_status()))
+            times["patient"].append(once(lambda: client.get("/patient", params={
+                "id": patients[i % len(patients)]}).raise_for_status()))  # fmt: skip
+            if correct:
+                times["correct"].append(once(lambda: client.post("/cell", data={
+                    "patient": pid, "key": key, "cls": "lymphocyte", "reviewer": "bench"},
+                    headers={"X-CSRF-Token": csrf}).raise_for_status()))  # fmt: skip
+    base = times["static"]
+    lines = [fmt("baseline: GET /static/review.css", base, base), fmt("worklist GET /", times["worklist"], base),
+             fmt("patient page GET /patient?id=...", times["patient"], base)]  # fmt: skip
+    if correct:
+        lines.append(fmt("correction round trip POST /cell", times["correct"], base))
     return lines
 
 
@@ -160,7 +161,7 @@ def main() -> None:
     ap.add_argument("report", nargs="?", help="an allray infer output (default: synthetic crops)")
     ap.add_argument("--cells", type=int, default=20000)
     ap.add_argument("--patients", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--port", type=int, default=8799)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
