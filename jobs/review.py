@@ -172,7 +172,7 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
         unsure = unsure_mask(cells, decisions, config.unsure_below)
         galleries = {"unsure": [], **{k: [] for k in REVIEW_CLASSES}}
         for i, key in enumerate(cells.keys):
-            galleries["unsure" if unsure[i] else classes[i]].append(
+            galleries.setdefault("unsure" if unsure[i] else classes[i], []).append(
                 {"key": key, "cls": classes[i], "conf": float(cells.confidence[i]), "pred": cells.predicted[i],
                  "decided": key in decisions})  # fmt: skip
         size = config.page_size

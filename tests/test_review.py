@@ -212,6 +212,9 @@ def test_sign_off_over_http_writes_signed_files_and_reviewed_csv(report):
     assert "<img" not in (report / "signed" / f"{name}.html").read_text()
     rows = list(csv.DictReader((report / "patients_reviewed.csv").open()))
     assert [(row["patient_id"], row["reviewer"]) for row in rows] == [(XSS_ID, "ann")]
+    # its unsure 0.35 cell moved to lymphoblast: 2 blasts of 3, one sample, one cell changed
+    assert (rows[0]["n_samples"], rows[0]["n_cells"], rows[0]["n_blasts"], rows[0]["n_changed"]) == ("1", "3", "2", "1")
+    assert (record["before_review"]["n_blasts"], record["after_review"]["n_blasts"]) == (1, 2)
 
 
 def test_cli_refuses_a_folder_without_predictions_in_one_line(tmp_path):

@@ -80,6 +80,7 @@ class PatientCells:
     predicted: list[str]  # class before review
     confidence: np.ndarray  # (n,) float in [0, 1]
     model_ids: set[str] = field(default_factory=set)
+    n_samples: int = 0
 
     def index(self) -> dict[str, int]:
         return {k: i for i, k in enumerate(self.keys)}
@@ -157,6 +158,7 @@ def load_report(report: str | Path) -> ReviewReport:
     x = t.column(schema.X).to_numpy(zero_copy_only=False).astype(float)
     y = t.column(schema.Y).to_numpy(zero_copy_only=False).astype(float)
     images = t.column(schema.IMAGE).to_pylist()
+    samples = t.column(schema.SAMPLE_ID).to_pylist()
     models = t.column(schema.MODEL_ID).to_pylist()
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(pids):
@@ -167,7 +169,8 @@ def load_report(report: str | Path) -> ReviewReport:
         idx = idx[np.lexsort((np.asarray([keys[i] for i in idx]), confidence[idx]))]  # least confident first
         patients[pid] = PatientCells(pid, [keys[i] for i in idx], [images[i] for i in idx], x[idx], y[idx],
                                      radius[idx], [predicted[i] for i in idx], confidence[idx],
-                                     {str(models[i]) for i in idx if models[i] is not None})  # fmt: skip
+                                     {str(models[i]) for i in idx if models[i] is not None},
+                                     len({samples[i] for i in idx}))  # fmt: skip
     digest = hashlib.sha256()
     for k, m in sorted(zip(keys, models), key=lambda km: km[0]):
         digest.update(f"{k}|{m}\n".encode())

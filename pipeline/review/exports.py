@@ -54,6 +54,7 @@ def signed_record(report: ReviewReport, patient_id: str, before: PatientCounts, 
     """What signed/<patient>.json holds: counts before and after review, who, when, model, cells changed."""
     def counts(c: PatientCounts) -> dict:
         out = {k: c.row[k] for k in PATIENT_COLUMNS if k in c.row}
+        out["n_samples"] = report.patients[patient_id].n_samples
         out["per_class"] = {k: v for k, v in c.per_class.items() if v}
         return out
 
