@@ -234,3 +234,20 @@ def test_any_host_but_127_0_0_1_needs_the_token_and_the_url_carries_it(report):
         "http://127.0.0.1:9000/?token=abc"
     with pytest.raises(ValueError, match="unsure-below"):
         ReviewConfig(report=str(report), unsure_below=1.5)
+
+
+def test_class_model_page_shows_the_differential_live(tmp_path):
+    report = write_report(tmp_path / "creport", class_model=True)
+    cells = load_report(report).patients["P001"]
+    neutrophil = next(k for k, p in zip(cells.keys, cells.predicted) if p == taxonomy.NEUTROPHIL)
+    with _server(report, reviewer="ann") as srv, httpx.Client(base_url=srv.url) as client:
+        page = client.get("/patient", params={"id": "P001"})
+        assert "Differential" in page.text and 'id="g-neutrophil"' in page.text
+        diff = re.search(r'<table class="diff".*?</table>', page.text, re.S).group(0)
+        assert re.search(r"neutrophil</td><td class=\"num\">6</td><td class=\"num\">60.00 %", diff)
+        csrf = re.search(r'name="csrf" content="([0-9a-f]+)"', page.text).group(1)
+        res = client.post("/cell", data={"patient": "P001", "key": neutrophil, "cls": "monocyte", "reviewer": "ann"},
+                          headers={"X-CSRF-Token": csrf}).json()
+        assert re.search(r"neutrophil</td><td class=\"num\">5</td><td class=\"num\">50.00 %", res["counts_html"])
+        assert re.search(r"monocyte</td><td class=\"num\">1</td><td class=\"num\">10.00 %", res["counts_html"])
+        assert res["blast_pct"] == 40.0
