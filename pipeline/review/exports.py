@@ -1,8 +1,7 @@
 """What the review writes: signed reports, patients_reviewed.csv, and the labels and audit CSVs.
 
 CSV cells that a spreadsheet would run as a formula are neutralised (OWASP: a leading = + - @ tab
-or CR gets a leading apostrophe). `neutralise` is this package's own small copy until the shared
-one of pipeline/ lands.
+or CR gets a leading apostrophe) by the project's one rule, pipeline/csvsafe.py.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from pipeline import taxonomy
+from pipeline.csvsafe import neutralise_cell as neutralise
 from pipeline.report import PATIENT_COLUMNS
 from pipeline.review.cells import NOT_A_CELL, REVIEW_CLASSES, ReviewReport
 from pipeline.review.counts import PatientCounts
@@ -27,17 +27,9 @@ REVIEWED_CSV = "patients_reviewed.csv"
 LABEL_COLUMNS = ("image", "x", "y", "r", "label")  # what `allray ingest --labels` reads
 CLASS_COLUMN = "class"
 REVIEWED_EXTRA = ("reviewer", "signed_at", "model_id", "n_changed", "n_reviewed")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 templates = Environment(loader=PackageLoader("pipeline.review", "templates"), autoescape=select_autoescape(["html"]))
-
-
-def neutralise(value):
-    """A CSV cell a spreadsheet shows as text: strings starting with = + - @ tab CR get a leading '."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
 
 
 def safe_filename(patient_id: str) -> str:
