@@ -171,8 +171,9 @@ def test_cached_and_streamed_datasets_hold_exactly_the_selected_cells(ray_sessio
 
     index = read_cell_index([str(truth_cells)])
     keys = index.table.column(KEY).to_pylist()
-    train_keys, val_keys = set(keys[::2]), set(keys[1::2])
     labels = dict(zip(keys, index.table.column(schema.LABEL).to_pylist()))
+    train_keys = {k: labels[k] for k in keys[::2]}
+    val_keys = {k: labels[k] for k in keys[1::2]}
     for cache in (True, False):
         datasets = _datasets(index.files, train_keys, val_keys, cache)
         for side, chosen in (("train", train_keys), ("val", val_keys)):
