@@ -93,6 +93,24 @@ def run_fold(x, bits, train_idx, val_idx, class_names, args, name, size, device)
     return best
 
 
+def summarise(results: list[dict], name: str, args, classes: list[str], class_names, started: float) -> dict:
+    """Mean and sd over the folds run so far."""
+
+    def ms(key):
+        vals = [r[key] for r in results]
+        return {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else None}
+
+    return {
+        "arch": name, "cells": args.cells, "n_cells": len(classes), "class_names": list(class_names),
+        "epochs": args.epochs, "folds": args.folds, "folds_run": [r["fold"] for r in results], "device": args.device,
+        "threads": args.threads, "accuracy": ms("val_acc"), "balanced_accuracy": ms("val_balanced_acc"),
+        "macro_f1": ms("val_macro_f1"), "samples_per_s": ms("samples_per_s_mean"),
+        "per_class_f1": {c: statistics.fmean(r["per_class_f1"][c] or 0.0 for r in results) for c in class_names},
+        "best_epochs": [r["epoch"] for r in results], "per_fold": results,
+        "seconds": round(time.perf_counter() - started, 1),
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import torch
@@ -133,29 +151,15 @@ def main(argv: list[str] | None = None) -> dict:
         r = run_fold(x, bits, train_idx, val_idx, class_names, args, name, size, args.device)
         r["fold"] = f
         results.append(r)
-
-    def ms(key):
-        vals = [r[key] for r in results]
-        return {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else None}
-
-    summary = {
-        "arch": name, "cells": args.cells, "n_cells": len(classes), "class_names": list(class_names),
-        "epochs": args.epochs, "folds": args.folds, "folds_run": chosen, "device": args.device,
-        "threads": args.threads, "accuracy": ms("val_acc"), "balanced_accuracy": ms("val_balanced_acc"),
-        "macro_f1": ms("val_macro_f1"), "samples_per_s": ms("samples_per_s_mean"),
-        "per_class_f1": {c: statistics.fmean(r["per_class_f1"][c] or 0.0 for r in results) for c in class_names},
-        "best_epochs": [r["epoch"] for r in results], "per_fold": results,
-        "seconds": round(time.perf_counter() - started, 1),
-    }  # fmt: skip
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+        summary = summarise(results, name, args, classes, class_names, started)
+        if args.out:  # after every fold: a run cut short keeps what it finished
+            Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
 
     def pm(d, scale=100.0, digits=1):
         return f"{scale * d['mean']:.{digits}f}" + (f" ± {scale * d['sd']:.{digits}f}" if d["sd"] is not None else "")
 
-    print(f"{name}: folds {chosen} of {args.folds}, {args.epochs} epochs: accuracy {pm(summary['accuracy'])}%, "
+    print(f"{name}: folds {summary['folds_run']} of {args.folds}, {args.epochs} epochs: accuracy {pm(summary['accuracy'])}%, "
           f"balanced {pm(summary['balanced_accuracy'])}%, macro F1 {pm(summary['macro_f1'], 1.0, 3)}, "
           f"{summary['samples_per_s']['mean']:.0f} train samples/s", file=sys.stderr)  # fmt: skip
     return summary
