@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
     def pm(d, scale=100.0, digits=1):
         return f"{scale * d['mean']:.{digits}f}" + (f" ± {scale * d['sd']:.{digits}f}" if d["sd"] is not None else "")
 
-    print(f"{name}: folds {summary['folds_run']} of {args.folds}, {args.epochs} epochs: accuracy {pm(summary['accuracy'])}%, "
+    print(f"{name}: folds {summary['folds_run']} of {args.folds}, {args.epochs} epochs: "
+          f"accuracy {pm(summary['accuracy'])}%, "
           f"balanced {pm(summary['balanced_accuracy'])}%, macro F1 {pm(summary['macro_f1'], 1.0, 3)}, "
           f"{summary['samples_per_s']['mean']:.0f} train samples/s", file=sys.stderr)  # fmt: skip
     return summary

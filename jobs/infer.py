@@ -14,7 +14,6 @@ and written through pipeline.locations.
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import sys
 import time

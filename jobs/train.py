@@ -103,8 +103,8 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
         raise ValueError(
             f"need labelled cells of at least two classes to train ({', '.join(class_names)}); found "
             f"{table.num_rows} usable labelled cells ({int((targets == 1).sum()) if class_names == BINARY else '-'} "
-            f"blasts, {n_unfit} fitting none of the classes) in {', '.join(cells)}: ingest with --labels, or an ALL-IDB "
-            "layout, or class folders"
+            f"blasts, {n_unfit} fitting none of the classes) in {', '.join(cells)}: ingest with --labels, or an "
+            "ALL-IDB layout, or class folders"
         )
     patients = table.column(schema.PATIENT_ID).to_pylist()
     images = table.column(schema.IMAGE).to_pylist()
@@ -156,8 +156,8 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
                 how = "kept in Ray's object store" if cache else "streamed from Parquet every epoch"
                 print(f"train {name}: {train_idx.size} train / {val_idx.size} val cells, "
                       f"{crop_bytes / 2**20:.0f} MiB of crops {how}", file=sys.stderr)
-            datasets = _datasets(index.files, _targets_of(keys, targets, train_idx), _targets_of(keys, targets, val_idx),
-                                 cache)  # fmt: skip
+            datasets = _datasets(index.files, _targets_of(keys, targets, train_idx),
+                                 _targets_of(keys, targets, val_idx), cache)  # fmt: skip
             printer = _MetricPrinter(queue, metrics_path, all_metrics, quiet)
             printer.start()
             try:

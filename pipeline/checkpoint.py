@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,8 @@ class CheckpointMeta:
             raise CheckpointError(f"{where}: not usable: {err}") from None
 
 
-def save_checkpoint(directory: Path, model_state: dict, meta: CheckpointMeta, optimizer_state: dict | None = None) -> None:
+def save_checkpoint(directory: Path, model_state: dict, meta: CheckpointMeta,
+                    optimizer_state: dict | None = None) -> None:  # fmt: skip
     """Write model.pt, meta.json and optionally optimizer.pt."""
     if not isinstance(meta, CheckpointMeta):
         raise TypeError(f"meta must be a CheckpointMeta, got {type(meta).__name__}")

@@ -79,7 +79,8 @@ def test_allidb1_labels_from_xyc_and_filename(tmp_path):
     d = discover_images(tmp_path)
     assert d.format == "allidb1"
     by = {t.image: t for t in d.tasks}
-    assert json.loads(by["Im001_1.jpg"].points_json) == [[100.0, 200.0, None, "lymphoblast"], [300.0, 150.0, None, "lymphoblast"]]
+    assert json.loads(by["Im001_1.jpg"].points_json) == [[100.0, 200.0, None, "lymphoblast"],
+                                                         [300.0, 150.0, None, "lymphoblast"]]
     assert by["Im001_1.jpg"].default_label == "other" and by["Im001_1.jpg"].label_source == "xyc"
     assert by["Im002_0.JPG"].default_label == "other" and by["Im002_0.JPG"].points_json is None
     assert by["Im002_0.JPG"].sample_id == "Im002_0" and by["Im002_0.JPG"].patient_id is None

@@ -60,7 +60,8 @@ def make_features(config: list[int | str], batch_norm: bool) -> nn.Sequential:
 class VGG(nn.Module):
     """(N, 3, S, S) float -> (N,) logits; any S >= 32 (global average pooling)."""
 
-    def __init__(self, features: nn.Module, width: int = 512, head_width: int = HEAD_WIDTH, num_classes: int = 1) -> None:
+    def __init__(self, features: nn.Module, width: int = 512, head_width: int = HEAD_WIDTH,
+                 num_classes: int = 1) -> None:  # fmt: skip
         super().__init__()
         self.num_classes = num_classes
         self.features = features
@@ -94,7 +95,8 @@ def build_vgg(name: str = "vgg16_bn", image_size: int | None = None, num_classes
         raise ValueError(f"unknown VGG name {name!r}; allowed: {', '.join(NAMES)}")
     if image_size is not None and image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"{name}: image_size {image_size} is too small; need >= {MIN_IMAGE_SIZE}")
-    return VGG(make_features(CONFIGS[name.removesuffix("_bn")], batch_norm=name.endswith("_bn")), num_classes=num_classes)
+    features = make_features(CONFIGS[name.removesuffix("_bn")], batch_norm=name.endswith("_bn"))
+    return VGG(features, num_classes=num_classes)
 
 
 def backbone_state_dict(imagenet_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
