@@ -97,7 +97,8 @@ def synth(out, patients, images_per_patient, samples_per_patient, seed, size, ve
 @click.argument("src", type=click.Path(), default="slides")
 @click.option("--out", default="cells", show_default=True, help="Output folder (local path or s3://, gs:// URI).")
 @click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "folders", "manifest", "allidb1", "allidb2"]), help="Source layout.")
+              type=click.Choice(["auto", "folders", "manifest", "allidb1", "allidb2", "classfolders"]),
+              help="Source layout.")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="CSV image,patient_id,sample_id[,label].")
 @click.option("--labels", type=click.Path(dir_okay=False), help="CSV image,x,y[,r],label of known cells.")
 @click.option("--crop-um", default=24.0, show_default=True, help="Crop window side in micrometres.")
@@ -174,11 +175,14 @@ def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, im
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "yes", "no"]),
               help="Keep the crops in Ray's object store across epochs (auto: when they fit in a quarter of it).")
+@click.option("--classes", default="auto", show_default=True,
+              help="auto (the classes in the labels; blast vs other where labels are only 0/1) | binary | "
+                   "NAME,NAME,...")
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--verbose", is_flag=True, help="Show Ray's logs and tracebacks.")
 @friendly_errors
 def train(cells, arch, out, epochs, batch_size, lr, workers, gpu, cpus_per_worker, split, val_fraction, folds, seed,
-          weights, image_size, resume, cache, address, verbose) -> None:
+          weights, image_size, resume, cache, classes, address, verbose) -> None:
     """Train lymphoblast classifiers on the crops in CELLS (ingest outputs, local paths or URIs; default ./cells)."""
     from pipeline.config import ARCH_ALL, TrainConfig
     from pipeline.models import resolve_name
@@ -190,7 +194,7 @@ def train(cells, arch, out, epochs, batch_size, lr, workers, gpu, cpus_per_worke
     config = TrainConfig(
         cells=tuple(cells) or ("cells",), out=out, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
         workers=workers, gpu=gpu, cpus_per_worker=cpus_per_worker, split=split, val_fraction=val_fraction,
-        folds=folds, seed=seed, weights=weights, image_size=image_size, resume=resume, cache=cache,
+        folds=folds, seed=seed, weights=weights, image_size=image_size, resume=resume, cache=cache, classes=classes,
     )
     summary = run_train(config, address=address, verbose=verbose)
     _echo(comparison_table(summary))
@@ -211,7 +215,8 @@ def train(cells, arch, out, epochs, batch_size, lr, workers, gpu, cpus_per_worke
 @click.option("--min-cells", default=50, show_default=True, help="Fewer cells than this: flag too_few_cells.")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="CSV image,patient_id,sample_id.")
 @click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "folders", "manifest", "allidb1", "allidb2"]), help="Slides layout.")
+              type=click.Choice(["auto", "folders", "manifest", "allidb1", "allidb2", "classfolders"]),
+              help="Slides layout.")
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--verbose", is_flag=True, help="Show Ray's logs and tracebacks.")
 @friendly_errors

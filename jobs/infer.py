@@ -14,7 +14,6 @@ and written through pipeline.locations.
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import sys
 import time
@@ -128,10 +127,7 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
     check_slides(slides)
     ckpt = find_model(model)
     _, meta = load_checkpoint(ckpt)  # refuses a damaged or mismatched checkpoint before any work
-    try:
-        settings = CropSettings.from_json(json.dumps(meta["crop_settings"]))
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{ckpt}: crop settings in meta.json are not usable: {err}") from None
+    settings = meta.crop_settings
     out_dir = absolute(out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     _out_lock = claim_empty_output(out_dir, "infer")  # one writer per report folder, held until the run ends
     src = absolute(slides)
@@ -140,10 +136,10 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
     if from_cells:
         ledger = read_table(src, schema.IMAGES_DIR)
         cell_settings = read_table(src, columns=[schema.INGEST_SETTINGS]).column(0).unique().to_pylist()
-        if any(json.loads(text) != meta["crop_settings"] for text in cell_settings):
+        if any(CropSettings.from_json(text) != settings for text in cell_settings):
             raise CheckpointError(
                 f"the cells in {src} were cut with other settings than model {ckpt} was trained on "
-                f"(model: {json.dumps(meta['crop_settings'], sort_keys=True)}); run `allray infer` on the slides "
+                f"(model: {settings.to_json()}); run `allray infer` on the slides "
                 "themselves instead")
         ingest_src = _ingest_source(src)
         if ingest_src is not None:
@@ -247,10 +243,10 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
     resolved = {"slides": src, "model": ckpt, "out": out_dir, "gpu": gpu, "workers": n_actors, "batch_size": batch_size,
                 "threshold": threshold, "blast_alert": blast_alert, "min_cells": min_cells,
                 "manifest": absolute(manifest) if manifest else None, "format": fmt}  # fmt: skip
-    identities = {"model_id": model_id, "model_data_id": meta.get("data_id"), "input": src,
+    identities = {"model_id": model_id, "model_data_id": meta.data_id, "input": src,
                   "input_data_id": ledger_identity(src) if from_cells else images_identity(inputs)}  # fmt: skip
     return _write_outputs(out_dir, acc, gallery, overlay_pick, image_paths, quarantine, {
-        "model": ckpt, "model_id": model_id, "arch": meta.get("arch"), "threshold": threshold,
+        "model": ckpt, "model_id": model_id, "arch": meta.arch, "threshold": threshold,
         "blast_alert_pct": blast_alert, "min_cells": min_cells, "slides": src,
         "input": "ingest output (no detection)" if from_cells else "slides", "n_images": len(image_paths) or n_images,
         "n_quarantined": len(quarantine), "elapsed_s": round(seconds, 2),

@@ -21,7 +21,10 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
+import pyarrow as pa
+
 from pipeline import schema
+from pipeline.taxonomy import BINARY_CLASSES as BINARY
 from pipeline.cellsets import KEY, read_cell_index, select_cells
 from pipeline.config import TrainConfig
 from pipeline.locations import (absolute, is_file, join_uri, list_names, read_text, remove_dir, resolve, upload_dir,
@@ -47,7 +50,10 @@ CACHE_SHARE = 0.25
 START_RETRIES_ENV, START_RETRIES = "ALLRAY_TRAIN_START_RETRIES", 2
 PREEMPTION_RETRIES_ENV, PREEMPTION_RETRIES = "ALLRAY_TRAIN_PREEMPTION_RETRIES", 10
 METRIC_KEYS = ("arch", "fold", "epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_sensitivity",
-               "val_specificity", "val_auc", "seconds", "samples_per_s")  # fmt: skip
+               "val_specificity", "val_auc", "val_balanced_acc", "val_macro_f1", "val_per_class", "seconds",
+               "samples_per_s")  # fmt: skip
+# Averaged over folds (mean and sd) in a cross-validated run's summary.
+FOLD_KEYS = ("val_acc", "val_sensitivity", "val_specificity", "val_auc", "val_balanced_acc", "val_macro_f1")
 
 
 def default_run_dir() -> str:
@@ -81,7 +87,12 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
     from ray.util.queue import Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from pipeline.checkpoint import CheckpointMeta
+    from pipeline.config import parse_classes
+    from pipeline.models import default_image_size, resolve_name
+    from pipeline.multiclass import resolve_model_classes, training_targets
     from pipeline.splits import cell_groups, kfold_groups, split_cells
+    from pipeline.training import MEAN, STD
 
     check_train_folders(config)
     run_dir = absolute(config.out or default_run_dir())
@@ -92,7 +103,21 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
     cells = [absolute(c) for c in config.cells]
     index = read_cell_index(cells)
     table = index.table
-    labels = table.column(schema.LABEL).to_numpy().astype(np.int64)
+    cell_classes = table.column(schema.CELL_CLASS).to_pylist()
+    class_names = resolve_model_classes(parse_classes(config.classes), cell_classes)
+    targets, usable = training_targets(cell_classes, class_names)
+    n_unfit = int((~usable).sum())
+    table, targets = table.filter(pa.array(usable)), targets[usable]
+    cell_classes = [c for c, u in zip(cell_classes, usable) if u]
+    # Strata of the split: the binary label, or the cell's class label (a coarse label its own stratum).
+    labels = targets if class_names == BINARY else np.unique(cell_classes, return_inverse=True)[1].astype(np.int64)
+    if table.num_rows == 0 or len(np.unique(labels)) < 2:
+        raise ValueError(
+            f"need labelled cells of at least two classes to train ({', '.join(class_names)}); found "
+            f"{table.num_rows} usable labelled cells ({int((targets == 1).sum()) if class_names == BINARY else '-'} "
+            f"blasts, {n_unfit} fitting none of the classes) in {', '.join(cells)}: ingest with --labels, or an "
+            "ALL-IDB layout, or class folders"
+        )
     patients = table.column(schema.PATIENT_ID).to_pylist()
     images = table.column(schema.IMAGE).to_pylist()
     keys = np.asarray(table.column(KEY).to_pylist(), dtype=object)
@@ -128,11 +153,13 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
         fold_results = []
         for fold, (train_idx, val_idx) in enumerate(folds):
             name = arch if len(folds) == 1 else f"{arch}-fold{fold}"
-            meta = {
-                "arch": arch, "fold": fold, "crop_settings": index.crop_settings, "data_id": index.data_id,
-                "cells": cells, "split": {**base_split.summary(), "fold": fold,
+            model_name = resolve_name(arch)
+            meta = CheckpointMeta(
+                arch=arch, model_name=model_name, image_size=config.image_size or default_image_size(model_name),
+                mean=MEAN, std=STD, crop_settings=index.crop_settings, class_names=class_names,
+                data_id=index.data_id, fold=fold, cells=tuple(cells), split={**base_split.summary(), "fold": fold,
                 "n_train": int(train_idx.size), "n_val": int(val_idx.size)},
-            }  # fmt: skip
+            )  # fmt: skip
             loop_config = {
                 "arch": arch, "fold": fold, "epochs": config.epochs, "batch_size": config.batch_size,
                 "lr": config.lr, "seed": config.seed, "weights": config.weights, "image_size": config.image_size,
@@ -142,7 +169,8 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
                 how = "kept in Ray's object store" if cache else "streamed from Parquet every epoch"
                 print(f"train {name}: {train_idx.size} train / {val_idx.size} val cells, "
                       f"{crop_bytes / 2**20:.0f} MiB of crops {how}", file=sys.stderr)
-            datasets = _datasets(index.files, set(keys[train_idx]), set(keys[val_idx]), cache)
+            datasets = _datasets(index.files, _targets_of(keys, targets, train_idx),
+                                 _targets_of(keys, targets, val_idx), cache)  # fmt: skip
             printer = _MetricPrinter(queue, metrics_path, all_metrics, quiet)
             printer.start()
             try:
@@ -154,7 +182,8 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
     summary = {
         "archs": results, "split": base_split.summary(), "folds": config.folds, "data_id": index.data_id,
         "n_cells_trainable": table.num_rows, "n_cells_unlabelled": index.n_unlabelled,
-        "n_cells_smudge_excluded": index.n_smudge, "workers": config.workers, "gpu": config.gpu,
+        "n_cells_smudge_excluded": index.n_smudge, "n_cells_unfit_classes": n_unfit, "class_names": list(class_names),
+        "classes_option": config.classes, "workers": config.workers, "gpu": config.gpu,
         "cpus_per_worker": cpus_per_worker, "ray_startup_seconds": round(startup_s, 2), "run_dir": run_dir,
         "crops_cached": cache,
     }  # fmt: skip
@@ -162,8 +191,14 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
     write_json(run_dir, "summary.json", summary)
     from pipeline.plots import plot_curves
 
-    plot_curves(all_metrics, {a: r.get("confusion") for a, r in results.items()}, join_uri(run_dir, "curves.png"))
+    plot_curves(all_metrics, {a: r.get("confusion") for a, r in results.items()}, join_uri(run_dir, "curves.png"),
+                class_names=class_names)  # fmt: skip
     return summary
+
+
+def _targets_of(keys, targets, idx) -> dict[str, int]:
+    """{cell key: training target} of the cells at `idx` (what select_cells keeps and labels)."""
+    return {str(k): int(t) for k, t in zip(keys[idx], targets[idx])}
 
 
 def _should_cache(mode: str, crop_bytes: float) -> bool:
@@ -175,17 +210,17 @@ def _should_cache(mode: str, crop_bytes: float) -> bool:
     return crop_bytes <= CACHE_SHARE * ray.available_resources().get("object_store_memory", 0)
 
 
-def _datasets(files: list[str], train_keys: set[str], val_keys: set[str], cache: bool) -> dict:
+def _datasets(files: list[str], train_keys: dict[str, int], val_keys: dict[str, int], cache: bool) -> dict:
     """The train and val Datasets of {crop, label} rows; materialized once when `cache`."""
     import ray
 
     from pipeline.store import PATH_COLUMN
 
-    def side(keys: set[str]):
+    def side(keys: dict[str, int]):
         # Tasks, not actors: a task frees its CPU share when done, an actor would hold it for good
         # and starve the reads (seen hanging on 2 cores).
         ds = ray.data.from_items([{PATH_COLUMN: f} for f in files], override_num_blocks=len(files))
-        ds = ds.map_batches(select_cells, fn_kwargs={"keys": frozenset(keys)}, batch_size=1,
+        ds = ds.map_batches(select_cells, fn_kwargs={"targets": keys}, batch_size=1,
                             num_cpus=READ_TASK_CPUS, batch_format="numpy")
         # Cached blocks are owned by this driver: one lost with a node is rebuilt from its lineage.
         return ds.materialize() if cache else ds
@@ -236,7 +271,7 @@ def _fit(name: str, run_dir: str, loop_config: dict, datasets: dict, config: Tra
 
 def _best_of(result, arch_dir: str, all_metrics: list[dict], arch: str, fold: int) -> dict:
     """Copy the best checkpoint to arch_dir/best and return its metrics and the final epoch's."""
-    from pipeline.checkpoint import META_FILE, OPTIMIZER_FILE
+    from pipeline.checkpoint import OPTIMIZER_FILE, read_meta
 
     if result.error is not None:
         raise RuntimeError(f"training {arch} failed: {result.error}")
@@ -246,13 +281,13 @@ def _best_of(result, arch_dir: str, all_metrics: list[dict], arch: str, fold: in
     remove_dir(best_dir)
     with checkpoint.as_directory() as d:  # a local copy when the checkpoint lives on remote storage
         upload_dir(d, best_dir, skip=(OPTIMIZER_FILE,))
-        meta = json.loads(Path(d, META_FILE).read_text())
+        meta = read_meta(d)
     rows = [m for m in all_metrics if m["arch"] == arch and m.get("fold", 0) == fold]
     final = max(rows, key=lambda m: m["epoch"]) if rows else {}
     return {
         "best_epoch": best_metrics.get("epoch"), "best": {k: best_metrics.get(k) for k in METRIC_KEYS[3:]},
         "final": {k: final.get(k) for k in METRIC_KEYS[2:]}, "checkpoint": best_dir,
-        "params": meta.get("params"), "confusion": meta.get("confusion"),
+        "params": meta.params, "confusion": meta.confusion, "class_names": list(meta.class_names),
         "seconds": round(sum(m.get("seconds") or 0 for m in rows), 1),
     }  # fmt: skip
 
@@ -262,8 +297,9 @@ def _combine_folds(fold_results: list[dict]) -> dict:
         return fold_results[0]
     import statistics
 
-    out = {"folds": fold_results, "params": fold_results[0]["params"], "confusion": fold_results[0]["confusion"]}
-    for key in ("val_acc", "val_sensitivity", "val_specificity", "val_auc"):
+    out = {"folds": fold_results, "params": fold_results[0]["params"], "confusion": fold_results[0]["confusion"],
+           "class_names": fold_results[0].get("class_names")}  # fmt: skip
+    for key in FOLD_KEYS:
         values = [f["best"][key] for f in fold_results if f["best"].get(key) is not None]
         out[f"{key}_mean"] = statistics.fmean(values) if values else None
         out[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else None
@@ -323,24 +359,29 @@ def _progress_line(m: dict) -> str:
     return (
         f"train {m['arch']}{fold} epoch {m['epoch'] + 1}: loss {_fmt(m['train_loss'])}/{_fmt(m['val_loss'])} "
         f"acc {_fmt(m['train_acc'], True)}/{_fmt(m['val_acc'], True)} (train/val) "
-        f"AUC {_fmt(m['val_auc'])}  {m['samples_per_s']:.0f} samples/s  {m['seconds']:.1f} s"
+        f"macro F1 {_fmt(m.get('val_macro_f1'))} AUC {_fmt(m['val_auc'])}  {m['samples_per_s']:.0f} samples/s  "
+        f"{m['seconds']:.1f} s"
     )
 
 
 def comparison_table(summary: dict) -> str:
-    """The study's result as a terminal table: arch, params, best val acc, sens, spec, AUC, time."""
-    lines = [f"{'arch':<8} {'params':>10} {'best ep':>7} {'val acc':>8} {'sens':>7} {'spec':>7} {'AUC':>6} {'time':>7}"]
+    """The study's result as a terminal table: arch, params, best val acc, macro F1, blast sens, spec, AUC, time."""
+    lines = [f"{'arch':<8} {'params':>10} {'best ep':>7} {'val acc':>10} {'macro F1':>11} {'sens':>7} {'spec':>7} "
+             f"{'AUC':>6} {'time':>7}"]  # fmt: skip
     for arch, r in summary["archs"].items():
         if "folds" in r:
             acc = f"{100 * (r['val_acc_mean'] or 0):.1f}±{100 * (r['val_acc_sd'] or 0):.1f}"
-            lines.append(f"{arch:<8} {r['params'] or 0:>10,} {'-':>7} {acc:>8} {_fmt(r['val_sensitivity_mean'], True):>7} "
-                         f"{_fmt(r['val_specificity_mean'], True):>7} {_fmt(r['val_auc_mean']):>6} {r['seconds']:>6.0f}s")
+            f1 = "  -  " if r.get("val_macro_f1_mean") is None else \
+                f"{r['val_macro_f1_mean']:.3f}±{r.get('val_macro_f1_sd') or 0:.3f}"
+            lines.append(f"{arch:<8} {r['params'] or 0:>10,} {'-':>7} {acc:>10} {f1:>11} "
+                         f"{_fmt(r['val_sensitivity_mean'], True):>7} {_fmt(r['val_specificity_mean'], True):>7} "
+                         f"{_fmt(r['val_auc_mean']):>6} {r['seconds']:>6.0f}s")  # fmt: skip
             continue
         b = r["best"]
         lines.append(
-            f"{arch:<8} {r['params'] or 0:>10,} {(r['best_epoch'] or 0) + 1:>7} {_fmt(b['val_acc'], True):>8} "
-            f"{_fmt(b['val_sensitivity'], True):>7} {_fmt(b['val_specificity'], True):>7} {_fmt(b['val_auc']):>6} "
-            f"{r['seconds']:>6.0f}s"
+            f"{arch:<8} {r['params'] or 0:>10,} {(r['best_epoch'] or 0) + 1:>7} {_fmt(b['val_acc'], True):>10} "
+            f"{_fmt(b.get('val_macro_f1')):>11} {_fmt(b['val_sensitivity'], True):>7} "
+            f"{_fmt(b['val_specificity'], True):>7} {_fmt(b['val_auc']):>6} {r['seconds']:>6.0f}s"
         )
     return "\n".join(lines)
 

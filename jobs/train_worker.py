@@ -24,25 +24,28 @@ def _batches(iterator, batch_size: int, image_size: int, shuffle_seed: int | Non
 
 
 def train_worker(cfg: dict) -> None:
-    """Train cfg["arch"] for cfg["epochs"] epochs, reporting metrics and a checkpoint every epoch."""
+    """Train cfg["meta"] (a CheckpointMeta: model, input size, classes) for cfg["epochs"] epochs,
+    reporting metrics and a checkpoint every epoch."""
     import ray.train
     import ray.train.torch
     import torch
     import torch.distributed as dist
 
     from pipeline.checkpoint import load_training_state, save_checkpoint
-    from pipeline.models import build_model, count_parameters, resolve_name
-    from pipeline.models import default_image_size
-    from pipeline.training import MEAN, STD, augment, evaluate, train_one_epoch
+    from pipeline.models import build_model, count_parameters
+    from pipeline.multiclass import PartialLabelCriterion, class_metrics, evaluate_multiclass
+    from pipeline.training import augment, evaluate, train_one_epoch
 
     torch.set_num_threads(cfg["threads"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg["seed"] * 1000 + rank)
-    model_name = resolve_name(cfg["arch"])
-    image_size = cfg["image_size"] or default_image_size(model_name)
-    model = build_model(model_name, image_size, cfg["weights"])
+    base_meta = cfg["meta"]
+    image_size, class_names = base_meta.image_size, base_meta.class_names
+    model = build_model(base_meta.model_name, image_size, cfg["weights"], num_classes=base_meta.n_outputs)
+    # One logit: binary cross-entropy as ever; K classes: softmax with partial labels (bit-mask targets).
+    criterion = None if base_meta.is_binary else PartialLabelCriterion(len(class_names))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     start_epoch, resumed_from = 0, None
     checkpoint = ray.train.get_checkpoint()  # Ray: set when resuming or restarting after a failure
@@ -50,7 +53,7 @@ def train_worker(cfg: dict) -> None:
         with checkpoint.as_directory() as d:
             state, opt_state, meta = load_training_state(d)
         model.load_state_dict(state)
-        start_epoch = resumed_from = meta["epoch"] + 1
+        start_epoch = resumed_from = meta.epoch + 1
     params = count_parameters(model)
     model = ray.train.torch.prepare_model(model)  # Ray: device placement + DDP
     if checkpoint is not None and opt_state is not None:
@@ -71,7 +74,7 @@ def train_worker(cfg: dict) -> None:
             group["lr"] = cfg["lr"] * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg["epochs"]))
         batches = _batches(train_shard, cfg["batch_size"], image_size, shuffle_seed=cfg["seed"] + epoch * 131 + rank)
         stats = train_one_epoch(model, batches, optimizer, device, scaler=scaler,
-                                transform=lambda x: augment(x, generator))  # fmt: skip
+                                transform=lambda x: augment(x, generator), criterion=criterion)  # fmt: skip
         # On the worker's device: nccl (--gpu) reduces CUDA tensors only.
         totals = torch.tensor([(stats.loss or 0.0) * stats.n, (stats.acc or 0.0) * stats.n, stats.n, stats.seconds],
                               dtype=torch.float64, device=device)  # fmt: skip
@@ -82,18 +85,23 @@ def train_worker(cfg: dict) -> None:
         n = int(totals[2])
         result = None
         if rank == 0:
-            result = evaluate(plain, _batches(val_data, 256, image_size, None), device)
+            val_batches = _batches(val_data, 256, image_size, None)
+            result = evaluate(plain, val_batches, device) if criterion is None else \
+                evaluate_multiclass(plain, val_batches, device, class_names)
         shared = [result.metrics() if result is not None else None,
                   result.confusion() if result is not None else None]  # fmt: skip
         if world > 1:
             dist.broadcast_object_list(shared, src=0)
         val, confusion = shared
+        per_class = class_metrics(confusion, class_names)
         seconds = time.perf_counter() - started
         metrics = {
             "arch": cfg["arch"], "fold": cfg["fold"], "epoch": epoch,
             "train_loss": totals[0].item() / n if n else None, "train_acc": totals[1].item() / n if n else None,
             "val_loss": val["loss"], "val_acc": val["acc"], "val_sensitivity": val["sensitivity"],
             "val_specificity": val["specificity"], "val_auc": val["auc"],
+            "val_balanced_acc": per_class["balanced_accuracy"], "val_macro_f1": per_class["macro_f1"],
+            "val_per_class": per_class["per_class"],
             "val_score": val["acc"] if val["acc"] is not None else -1.0,
             "seconds": seconds, "samples_per_s": n / stats.seconds if stats.seconds > 0 else 0.0,
             "n_train": n, "n_val": val["n"], "resumed_from": resumed_from,
@@ -101,9 +109,7 @@ def train_worker(cfg: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                meta = {**cfg["meta"], "model_name": model_name, "image_size": image_size, "mean": list(MEAN),
-                        "std": list(STD), "epoch": epoch, "metrics": metrics, "params": params,
-                        "confusion": confusion}  # fmt: skip
+                meta = base_meta.replace(epoch=epoch, metrics=metrics, params=params, confusion=confusion)
                 save_checkpoint(tmp, plain.state_dict(), meta, optimizer.state_dict())
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
                 cfg["queue"].put(metrics)

@@ -7,17 +7,17 @@ the key sets to `SelectCells`, a batch callable that keeps one side's rows as th
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import schema
+from pipeline import schema, taxonomy
+from pipeline.config import CropSettings
 from pipeline.store import column_bytes, read_shards, read_table, shard_files
 
-INDEX_COLUMNS = [schema.PATIENT_ID, schema.IMAGE, schema.CELL_ID, schema.LABEL, schema.KIND,
+INDEX_COLUMNS = [schema.PATIENT_ID, schema.IMAGE, schema.CELL_ID, schema.LABEL, schema.CELL_CLASS, schema.KIND,
                  schema.SOURCE_SHA256, schema.INGEST_SETTINGS]  # fmt: skip
 KEY = "key"
 
@@ -29,11 +29,15 @@ def cell_key(sha: str, cell_id: int) -> str:
 
 @dataclass(frozen=True)
 class CellIndex:
-    """The trainable cells of one or more ingest outputs (labelled, not smudge), without crops."""
+    """The trainable cells of one or more ingest outputs (with a class, not smudge), without crops.
 
-    table: pa.Table  # INDEX_COLUMNS + KEY, one row per trainable cell
+    CELL_CLASS is filled for every row: an ingest output written before the column existed gets it
+    from its binary LABEL (1 lymphoblast, 0 other).
+    """
+
+    table: pa.Table  # INDEX_COLUMNS + KEY, one row per trainable cell; CELL_CLASS as plain strings
     files: list[str]  # every committed cell shard file, for the Dataset to read
-    crop_settings: dict  # the single ingest setting all these crops were cut with
+    crop_settings: CropSettings  # the single ingest setting all these crops were cut with
     data_id: str  # a hash of what was trained on (keys and labels), for the checkpoint
     n_unlabelled: int
     n_smudge: int
@@ -56,7 +60,10 @@ def read_cell_index(cell_dirs: list[str]) -> CellIndex:
             f"the cells of {', '.join(cell_dirs)} were cut with {len(settings)} different ingest settings; "
             "train on cells ingested with one setting (same --crop-um, --crop-size, detector)"
         )
-    labelled = pc.is_valid(table.column(schema.LABEL))
+    classes = cell_classes(table)
+    table = table.set_column(table.schema.get_field_index(schema.CELL_CLASS), schema.CELL_CLASS,
+                             pa.array(classes, pa.string()))  # fmt: skip
+    labelled = pc.is_valid(table.column(schema.CELL_CLASS))
     smudge = pc.equal(table.column(schema.KIND), schema.KIND_SMUDGE)
     keep = pc.and_(labelled, pc.invert(smudge))
     n_unlabelled = int(table.num_rows - pc.sum(labelled).as_py()) if table.num_rows else 0
@@ -65,28 +72,40 @@ def read_cell_index(cell_dirs: list[str]) -> CellIndex:
     keys = [cell_key(s, c) for s, c in zip(table.column(schema.SOURCE_SHA256).to_pylist(),
                                            table.column(schema.CELL_ID).to_pylist())]  # fmt: skip
     table = table.append_column(KEY, pa.array(keys, pa.string()))
-    labels = table.column(schema.LABEL).to_numpy()
-    if table.num_rows == 0 or len(np.unique(labels)) < 2:
+    if table.num_rows == 0:
         raise ValueError(
-            f"need labelled cells of both classes to train; found {table.num_rows} labelled cells "
-            f"({int((labels == 1).sum())} blasts) in {', '.join(cell_dirs)}: ingest with --labels, or an "
-            "ALL-IDB layout"
+            f"found no labelled cells in {', '.join(cell_dirs)}: ingest with --labels, a manifest with a label or "
+            "class column, an ALL-IDB layout or class folders (SRC/<class>/<image>)"
         )
     digest = hashlib.sha256()
-    for key, label in sorted(zip(keys, labels.tolist())):
-        digest.update(f"{key}:{label}\n".encode())
+    for key, cls in sorted(zip(keys, table.column(schema.CELL_CLASS).to_pylist())):
+        digest.update(f"{key}:{_digest_label(cls)}\n".encode())
     crop_bytes, n_rows = column_bytes(files, schema.CROP)
-    return CellIndex(table, files, json.loads(settings.pop()), digest.hexdigest()[:16], n_unlabelled, n_smudge,
-                     crop_bytes / max(1, n_rows))  # fmt: skip
+    return CellIndex(table, files, CropSettings.from_json(settings.pop()), digest.hexdigest()[:16], n_unlabelled,
+                     n_smudge, crop_bytes / max(1, n_rows))  # fmt: skip
 
 
-def select_cells(batch: dict[str, np.ndarray], keys: frozenset[str]) -> dict[str, np.ndarray]:
-    """Batch function: of the shard files in batch["path"], the rows whose cell key is in `keys`,
-    as {crop, label} columns."""
-    table = read_shards(batch, [schema.SOURCE_SHA256, schema.CELL_ID, schema.CROP, schema.LABEL])
+def cell_classes(table: pa.Table) -> list[str | None]:
+    """Each row's class name: CELL_CLASS where set, else the class of its binary LABEL (old outputs)."""
+    classes = table.column(schema.CELL_CLASS).to_pylist()
+    labels = table.column(schema.LABEL).to_pylist()
+    return [c if c is not None else taxonomy.class_of_binary(b) for c, b in zip(classes, labels)]
+
+
+def _digest_label(cls: str) -> str:
+    """What a cell's label adds to data_id: its binary label where the class is blast/other (so a binary
+    data set keeps the identity it had before classes), else the class name."""
+    return str(taxonomy.binary_label(cls)) if cls in taxonomy.BINARY_CLASSES else cls
+
+
+def select_cells(batch: dict[str, np.ndarray], targets: dict[str, int]) -> dict[str, np.ndarray]:
+    """Batch function: of the shard files in batch["path"], the rows whose cell key is in `targets`,
+    as {crop, label} columns; label is the cell's training target from `targets` (the binary label of
+    a one-logit model, or the bit mask of the classes a cell's label allows, see pipeline.multiclass)."""
+    table = read_shards(batch, [schema.SOURCE_SHA256, schema.CELL_ID, schema.CROP])
     keyed = [cell_key(s, c) for s, c in zip(table.column(schema.SOURCE_SHA256).to_pylist(),
                                             table.column(schema.CELL_ID).to_pylist())]  # fmt: skip
-    mask = np.fromiter((k in keys for k in keyed), dtype=bool, count=len(keyed))
+    mask = np.fromiter((k in targets for k in keyed), dtype=bool, count=len(keyed))
     kept = table.filter(pa.array(mask))
-    return {schema.CROP: kept.column(schema.CROP).to_numpy(zero_copy_only=False),
-            schema.LABEL: kept.column(schema.LABEL).to_numpy(zero_copy_only=False).astype(np.int64)}  # fmt: skip
+    labels = np.fromiter((targets[k] for k, m in zip(keyed, mask) if m), dtype=np.int64, count=int(mask.sum()))
+    return {schema.CROP: kept.column(schema.CROP).to_numpy(zero_copy_only=False), schema.LABEL: labels}

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import schema
-from pipeline.checkpoint import MODEL_FILE, load_checkpoint
+from pipeline.checkpoint import MODEL_FILE, CheckpointMeta, load_checkpoint
 from pipeline.locations import join_uri, read_bytes
 
 
-def model_identity(checkpoint_dir: str | Path, meta: dict) -> str:
+def model_identity(checkpoint_dir: str | Path, meta: CheckpointMeta) -> str:
     """'<model name>@<first 12 hex of the weights' sha256>': which model labelled a cell."""
     digest = hashlib.sha256(read_bytes(join_uri(checkpoint_dir, MODEL_FILE))).hexdigest()[:12]
-    return f"{meta['model_name']}@{digest}"
+    return f"{meta.model_name}@{digest}"
 
 
 class CellClassifier:
@@ -35,7 +35,7 @@ class CellClassifier:
         self.device = torch.device(device)
         self.model, self.meta = load_checkpoint(checkpoint_dir)
         self.model.to(self.device)
-        self.image_size = int(self.meta["image_size"])
+        self.image_size = int(self.meta.image_size)
         self.threshold = float(threshold)
         self.model_id = model_identity(checkpoint_dir, self.meta)
         # fp16 autocast on GPU: inference is memory-bound there; CPU stays float32.

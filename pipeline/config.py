@@ -10,6 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from pipeline import taxonomy
 from pipeline.detect import DetectConfig
 from pipeline.sources import FORMATS
 
@@ -97,6 +98,22 @@ ARCH_ALL = "all"
 STUDY_ARCHS = ("lenet", "vgg", "resnet")  # the originating study's three families
 SPLIT_MODES = ("patient", "image", "random")
 CACHE_MODES = ("auto", "yes", "no")
+CLASS_MODES = ("auto", "binary")  # or NAME,NAME,... (taxonomy classes)
+
+
+def parse_classes(text: str) -> str | tuple[str, ...]:
+    """`--classes` as meant: "auto", "binary" or a checked tuple of class names (in the order given).
+
+    Names are taxonomy names or synonyms; "other,lymphoblast" in any order is "binary" (one logit).
+    Raises ValueError naming the bad value and the known classes.
+    """
+    text = (text or "").strip()
+    if text.lower() in CLASS_MODES:
+        return text.lower()
+    names = tuple(taxonomy.parse_class(v, "--classes") for v in text.split(",") if v.strip())
+    if set(names) == set(taxonomy.BINARY_CLASSES) and len(names) == 2:
+        return "binary"
+    return taxonomy.check_model_classes(names)
 
 
 @dataclass(frozen=True)
@@ -126,9 +143,13 @@ class TrainConfig:
     # Keep the selected crops in Ray's object store across epochs ("auto": when they take at most
     # a quarter of its free memory), or stream them from Parquet every epoch.
     cache: str = "auto"
+    # The model's classes: "auto" (those in the labels; binary where they are only blast/other),
+    # "binary" (blast vs other, one logit) or NAME,NAME,... (one softmax head over these).
+    classes: str = "auto"
 
     def __post_init__(self) -> None:
         _check(len(self.cells) >= 1, "give at least one ingest output folder (CELLS)")
+        parse_classes(self.classes)  # raises ValueError naming a bad class
         _check(1 <= self.epochs <= 100_000, f"epochs={self.epochs!r} must be at least 1")
         _check(1 <= self.batch_size <= 65_536, f"batch_size={self.batch_size!r} must be at least 1")
         _check(0 < self.lr < 10, f"lr={self.lr!r} must be in (0, 10)")

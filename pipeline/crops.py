@@ -73,21 +73,21 @@ def resize_whole(image: np.ndarray, out_size: int) -> np.ndarray:
 def assign_labels(
     centres: list[tuple[float, float]],
     points: list[list] | None,
-    default_label: int | None,
+    default_label: str | None,
     fallback_radius_px: float,
-) -> list[int | None]:
-    """The label of each detected cell centre from known labelled points.
+) -> list[str | None]:
+    """The class (a taxonomy name) of each detected cell centre from known labelled points.
 
     A detection takes the label of the nearest listed point whose radius (or `fallback_radius_px`
     when the point has none) reaches it; a detection with none near gets `default_label`.
-    `points` rows are [x, y, r_or_None, label] in source pixels.
+    `points` rows are [x, y, r_or_None, class] in source pixels.
     """
     if not points:
         return [default_label] * len(centres)
     pts = np.asarray([[p[0], p[1]] for p in points], dtype=np.float64)
     radii = np.asarray([p[2] if p[2] is not None else fallback_radius_px for p in points], dtype=np.float64)
-    labels = [int(p[3]) for p in points]
-    out: list[int | None] = []
+    labels = [p[3] for p in points]
+    out: list[str | None] = []
     for cx, cy in centres:
         dist = np.hypot(pts[:, 0] - cx, pts[:, 1] - cy)
         within = dist <= radii

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from pipeline import locations, schema
+from pipeline import locations, schema, taxonomy
 from pipeline.config import CropSettings
 from pipeline.crops import assign_labels, background_colour, cut_crop, resize_whole, window_pixels
 from pipeline.detect import detect_cells
@@ -38,6 +38,22 @@ STATUS_COLUMNS = (schema.IMAGE, schema.STATUS, schema.N_CELLS, "n_labelled", "n_
 # Workers that may die on one image (killed for memory, a crash in a decoder) before it is
 # quarantined instead of tried again: each attempt leaves a marker file until its shard commits.
 MAX_ATTEMPTS = 2
+
+
+def as_class(value: str | int | None) -> str | None:
+    """A label as a class name: class names stay, ALL-IDB's 0/1 (int or text) become other/lymphoblast."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) or str(value) in ("0", "1"):
+        return taxonomy.class_of_binary(int(value))
+    return str(value)
+
+
+def label_columns(value: str | int | None, label_source: str | None) -> dict:
+    """The CELL_CLASS, LABEL (derived: taxonomy.binary_label) and LABEL_SOURCE of a cell row."""
+    cls = as_class(value)
+    return {schema.CELL_CLASS: cls, schema.LABEL: taxonomy.binary_label(cls),
+            schema.LABEL_SOURCE: label_source if cls is not None else None}  # fmt: skip
 
 
 @dataclass
@@ -83,8 +99,7 @@ def ingest_image(task: ImageTask, data: bytes, settings: CropSettings, sha: str,
                 schema.KIND: schema.KIND_SINGLE_CELL,
                 schema.AT_BORDER: False,
                 schema.CROP: encode_png(crop),
-                schema.LABEL: task.default_label,
-                schema.LABEL_SOURCE: task.label_source if task.default_label is not None else None,
+                **label_columns(task.default_label, task.label_source),
                 schema.UM_PER_PIXEL: None,
                 schema.SCALE_SOURCE: "whole_image",
             },
@@ -118,8 +133,7 @@ def ingest_image(task: ImageTask, data: bytes, settings: CropSettings, sha: str,
                     schema.KIND: cell.kind,
                     schema.AT_BORDER: cell.at_border,
                     schema.CROP: encode_png(crop),
-                    schema.LABEL: label,
-                    schema.LABEL_SOURCE: task.label_source if label is not None else None,
+                    **label_columns(label, task.label_source),
                     schema.UM_PER_PIXEL: upp,
                     schema.SCALE_SOURCE: detection.scale_source,
                 },
@@ -194,7 +208,7 @@ class IngestStage:
                     schema.SUPERSEDES: older,
                 }
             )
-            labelled = sum(r[schema.LABEL] is not None for r in outcome.cells)
+            labelled = sum(r.get(schema.CELL_CLASS) is not None for r in outcome.cells)
             smudge = sum(r[schema.KIND] == schema.KIND_SMUDGE for r in outcome.cells)
             replaced = bool(older) and status == schema.STATUS_INGESTED
             statuses.append((task.image, status, len(outcome.cells), labelled, smudge, outcome.reason, replaced))

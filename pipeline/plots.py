@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.locations import write_bytes
 
 
-def plot_curves(metrics: list[dict], confusions: dict[str, list[list[int]]], path: str | Path) -> None:
+def plot_curves(metrics: list[dict], confusions: dict[str, list[list[int]]], path: str | Path,
+                class_names: Sequence[str] = ("other", "lymphoblast")) -> None:  # fmt: skip
     """Write `path` (PNG, a local path or URI): per arch, loss and accuracy (train and validation) per epoch, and the
-    best epoch's confusion matrix. `metrics` are metrics.jsonl rows (arch, epoch, train_loss, ...)."""
+    best epoch's N x N confusion matrix over `class_names` (rows true, columns predicted). `metrics` are
+    metrics.jsonl rows (arch, epoch, train_loss, ...)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
@@ -18,11 +21,16 @@ def plot_curves(metrics: list[dict], confusions: dict[str, list[list[int]]], pat
     from matplotlib.ticker import MaxNLocator
 
     archs = list(dict.fromkeys(m["arch"] for m in metrics))
-    fig, axes = plt.subplots(3, len(archs), figsize=(4.2 * len(archs), 10.5), squeeze=False)
+    k = len(class_names)
+    width = 4.2 if k <= 3 else 0.55 * k + 1.5
+    fig, axes = plt.subplots(3, len(archs), figsize=(width * len(archs), 7 + width), squeeze=False,
+                             gridspec_kw={"height_ratios": [1, 1, width / 3.5]})  # fmt: skip
+    labels = ["blast" if c == "lymphoblast" else c for c in class_names]
     for col, arch in enumerate(archs):
         rows = sorted((m for m in metrics if m["arch"] == arch and m.get("fold", 0) == 0), key=lambda m: m["epoch"])
         epochs = [m["epoch"] + 1 for m in rows]
-        for row, (key, title) in enumerate((("loss", "loss (BCE)"), ("acc", "accuracy"))):
+        loss_title = "loss (BCE)" if k == 2 and tuple(class_names) == ("other", "lymphoblast") else "loss (partial CE)"
+        for row, (key, title) in enumerate((("loss", loss_title), ("acc", "accuracy"))):
             ax = axes[row][col]
             for side, style in (("train", "-o"), ("val", "-s")):
                 values = [m.get(f"{side}_{key}") for m in rows]
@@ -40,12 +48,13 @@ def plot_curves(metrics: list[dict], confusions: dict[str, list[list[int]]], pat
         cm = confusions.get(arch)
         if cm:
             ax.imshow(cm, cmap="Blues")
-            for i in range(2):
-                for j in range(2):
-                    ax.text(j, i, str(cm[i][j]), ha="center", va="center", fontsize=14,
+            for i in range(len(cm)):
+                for j in range(len(cm)):
+                    ax.text(j, i, str(cm[i][j]), ha="center", va="center", fontsize=14 if k <= 3 else 8,
                             color="white" if cm[i][j] > max(map(max, cm)) / 2 else "black")
-            ax.set_xticks([0, 1], ["other", "blast"])
-            ax.set_yticks([0, 1], ["other", "blast"])
+            ticks = list(range(len(cm)))
+            ax.set_xticks(ticks, labels[: len(cm)], rotation=0 if k <= 3 else 60, ha="center" if k <= 3 else "right")
+            ax.set_yticks(ticks, labels[: len(cm)])
             ax.set_xlabel("predicted")
             ax.set_ylabel("true")
             ax.set_title(f"{arch}: validation, best epoch")

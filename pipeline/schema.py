@@ -47,7 +47,7 @@ KIND_SMUDGE = "smudge"  # ruptured cell: kept as a row, left out of counts
 KIND_SINGLE_CELL = "single_cell"  # the image is one centred cell (ALL-IDB2): no detection ran
 CELL_KINDS = (KIND_WBC, KIND_SMUDGE, KIND_SINGLE_CELL)
 
-LABEL_SOURCES = ("labels_csv", "xyc", "filename", "manifest")
+LABEL_SOURCES = ("labels_csv", "xyc", "filename", "manifest", "class_folder")
 SCALE_SOURCES = ("red_cells", "user", "default", "whole_image")
 
 CELL_SCHEMA = pa.schema(
@@ -69,6 +69,7 @@ CELL_SCHEMA = pa.schema(
         pa.field(CROP, pa.binary()),
         pa.field(CROP_SIZE, pa.int16()),
         pa.field(LABEL, pa.int8()),
+        pa.field(CELL_CLASS, pa.dictionary(pa.int8(), pa.string())),
         pa.field(LABEL_SOURCE, pa.string()),
         pa.field(UM_PER_PIXEL, pa.float32()),
         pa.field(SCALE_SOURCE, pa.string()),

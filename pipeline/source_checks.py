@@ -44,7 +44,7 @@ def _binary_label(text: str) -> str | None:
 
 
 def check_label_row(row: dict[str, str]) -> str | None:
-    """What is wrong with a labels row (image, x, y[, r], label), or None."""
+    """What is wrong with a labels row (image, x, y[, r], label and/or class), or None."""
     if not row.get("image"):
         return "no image named"
     for name in ("x", "y"):
@@ -55,6 +55,8 @@ def check_label_row(row: dict[str, str]) -> str | None:
         problem = _number(row["r"], "r", positive=True)
         if problem:
             return problem
+    if row.get("class") and not row.get("label"):
+        return None  # the class column labels the cell (checked against the taxonomy by the reader)
     return _binary_label(row.get("label", ""))
 
 

@@ -6,7 +6,12 @@ Layouts (see ../shared/docs/data-formats.md):
 - allidb1:  ImNNN_L.jpg full smears, L = 1 (ALL patient) / 0 (healthy), optional xyc/ImNNN_L.xyc
             blast centroids (whitespace separated x y).
 - allidb2:  ImNNN_L.* single-cell images, L = 1 lymphoblast / 0 healthy: no detection.
-Cell labels for any smear layout may come from a labels CSV `image,x,y[,r],label`.
+- classfolders: SRC/<class>/<image> (CellaVision exports, torchvision's ImageFolder): each image one
+            centred cell of the folder's class (a name of pipeline/taxonomy.py); auto-detected when
+            there are at least two top folders and every one is a known class.
+Cell labels for any smear layout may come from a labels CSV `image,x,y[,r],label[,class]`; the
+manifest may carry `label` and/or `class` too. A `class` (a taxonomy name) takes precedence over
+`label` (0/1 = other/lymphoblast). Every label travels as a class name (points, default_label).
 
 The source folder and the CSVs may be local paths or URIs (s3://, gs://, file://): they are listed
 and read through pipeline.locations, and each task's `path` is a location a Ray worker can read.
@@ -22,12 +27,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from pipeline import taxonomy
 from pipeline.io import has_image_extension
 from pipeline.locations import absolute, is_dir, is_file, join_uri, read_bytes, resolve, walk_tree
 from pipeline.source_checks import (LINE, RowReport, check_label_row, check_manifest_row, match_rows,
                                     normalise_image_path)
 
-FORMATS = ("auto", "folders", "manifest", "allidb1", "allidb2")
+FORMATS = ("auto", "folders", "manifest", "allidb1", "allidb2", "classfolders")
+CLASS_COLUMN = "class"  # optional column of --labels and the manifest: a taxonomy class name
+LABEL_SOURCE_CLASS_FOLDER = "class_folder"
 _ALLIDB_NAME = re.compile(r"^Im(\d{3})_([01])\.[A-Za-z]+$")
 
 SMEAR = "smear"  # full smear image: detect cells
@@ -42,9 +50,9 @@ class SourceError(ValueError):
 class ImageTask:
     """One input image and everything known about it before it is read.
 
-    `points_json` lists known cells as [[x, y, r_or_null, label], ...] (source pixels);
-    `default_label` is the label of a detected cell that matches no point (0 for images of healthy
-    patients, else None = unknown).
+    `points_json` lists known cells as [[x, y, r_or_null, class], ...] (source pixels, class a
+    taxonomy name); `default_label` is the class of a detected cell that matches no point ("other"
+    for images of healthy patients, the folder's class for a class-folder image, else None = unknown).
     """
 
     path: str  # absolute path or URI of the file (pipeline.locations)
@@ -54,7 +62,7 @@ class ImageTask:
     kind: str = SMEAR
     points_json: str | None = None
     label_source: str | None = None
-    default_label: int | None = None
+    default_label: str | None = None  # a taxonomy class name
 
     def to_json(self) -> str:
         """This task as a JSON object (how tasks travel through a Ray Dataset)."""
@@ -110,6 +118,8 @@ def discover_images(
         fmt = _detect_format(root, listing, manifest)
     if fmt == "allidb2":
         tasks = [_allidb2_task(root, rel) for rel in files]
+    elif fmt == "classfolders":
+        tasks = [_classfolder_task(root, rel) for rel in files]
     elif fmt == "allidb1":
         others = set(listing.others)
         tasks = [_allidb1_task(root, rel, others) for rel in files]
@@ -161,6 +171,8 @@ def _list_source(root: str, follow_links: bool = False) -> _Listing:
 def _detect_format(root: str, listing: _Listing, manifest: str | Path | None) -> str:
     if manifest is not None:
         return "manifest"
+    if _looks_like_classfolders(listing):
+        return "classfolders"
     names = [PurePosixPath(f).name for f in listing.images]
     if all(_ALLIDB_NAME.match(n) for n in names):
         if "xyc" in listing.folders:
@@ -171,6 +183,35 @@ def _detect_format(root: str, listing: _Listing, manifest: str | Path | None) ->
         # Re-encoded copies: ALL-IDB2 cells are small single-cell images, ALL-IDB1 full smears.
         return "allidb2" if _max_side(join_uri(root, listing.images[0])) <= 400 else "allidb1"
     return "folders"
+
+
+def _looks_like_classfolders(listing: _Listing) -> bool:
+    """Every image sits in a top folder, there are at least two, and each is named after a known class."""
+    tops = {f.split("/", 1)[0] for f in listing.images}
+    if any("/" not in f for f in listing.images) or len(tops) < 2:
+        return False
+    return all(taxonomy.lookup(t) not in (None, taxonomy.ROOT) for t in tops)
+
+
+def _classfolder_task(src: str, rel: str) -> ImageTask:
+    """SRC/<class>/[...]/<image>: one centred cell of the folder's class (no detection)."""
+    parts = PurePosixPath(rel).parts
+    if len(parts) < 2:
+        raise SourceError(f"{join_uri(src, rel)}: a class-folder layout wants SRC/<class>/<image>; move it into "
+                          "its class folder")  # fmt: skip
+    try:
+        cls = taxonomy.parse_class(parts[0], where=f"class folder {join_uri(src, parts[0])}")
+    except taxonomy.UnknownClassError as err:
+        raise SourceError(str(err)) from None
+    return ImageTask(
+        path=join_uri(src, rel),
+        image=rel,
+        patient_id=None,
+        sample_id=PurePosixPath(rel).stem,
+        kind=SINGLE_CELL,
+        label_source=LABEL_SOURCE_CLASS_FOLDER,
+        default_label=cls,
+    )
 
 
 def _max_side(location: str) -> int:
@@ -211,7 +252,7 @@ def _allidb1_task(src: str, rel: str, other_files: set[str]) -> ImageTask:
         beside = (PurePosixPath(rel).parent / "xyc" / f"{stem}.xyc").as_posix()
         for xyc in (beside, f"xyc/{stem}.xyc"):
             if xyc in other_files:
-                points = [[x, y, None, 1] for x, y in read_xyc(join_uri(src, xyc))]
+                points = [[x, y, None, taxonomy.LYMPHOBLAST] for x, y in read_xyc(join_uri(src, xyc))]
                 break
     if image_label == 1 and points is None:
         # An ALL image without its centroid file: which cells are blasts is unknown.
@@ -223,7 +264,7 @@ def _allidb1_task(src: str, rel: str, other_files: set[str]) -> ImageTask:
         sample_id=stem,
         points_json=json.dumps(points) if points else None,
         label_source="xyc",
-        default_label=0,
+        default_label=taxonomy.OTHER,
     )
 
 
@@ -236,7 +277,7 @@ def _allidb2_task(src: str, rel: str) -> ImageTask:
         sample_id=PurePosixPath(rel).stem,
         kind=SINGLE_CELL,
         label_source="filename",
-        default_label=label,
+        default_label=taxonomy.class_of_binary(label),
     )
 
 
@@ -282,9 +323,10 @@ def _read_csv(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str
 
 
 def read_manifest(path: str | Path) -> dict[str, dict[str, str]]:
-    """Manifest rows keyed by image path (relative to the source, POSIX; Windows '\\' accepted)."""
+    """Manifest rows keyed by image path (relative to the source, POSIX; Windows '\\' accepted), each
+    with its class name (or "") under CLASS_COLUMN."""
     rows = _read_csv(path, ("image", "patient_id", "sample_id"))
-    return {normalise_image_path(r["image"]): r for r in rows}
+    return {normalise_image_path(r["image"]): _with_class(r, path) for r in rows}
 
 
 def read_manifest_checked(path: str | Path, images: set[str]) -> tuple[dict[str, dict[str, str]], RowReport]:
@@ -292,34 +334,82 @@ def read_manifest_checked(path: str | Path, images: set[str]) -> tuple[dict[str,
     report = RowReport(str(path), "manifest")
     valid = []
     for row in _read_csv(path, ("image", "patient_id", "sample_id")):
-        problem = check_manifest_row(row)
+        problem = check_manifest_row(row) or _class_problem(row, path)
         if problem:
             report.add(row, problem)
         else:
             valid.append(row)
-    return {normalise_image_path(r["image"]): r for r in match_rows(valid, images, report)}, report
+    matched = match_rows(valid, images, report)
+    return {normalise_image_path(r["image"]): _with_class(r, path) for r in matched}, report
 
 
-def _label_points(rows: list[dict[str, str]]) -> dict[str, list[list]]:
+def row_class(row: dict[str, str], where: str) -> str | None:
+    """The class name a CSV row gives: its `class` (a taxonomy name) if set, else its `label`
+    (0 -> other, 1 -> lymphoblast), else None; SourceError naming `where` and the value."""
+    value = row.get(CLASS_COLUMN) or row.get("label") or ""
+    if not value:
+        return None
+    if value.replace(".", "", 1).isdigit() and not row.get(CLASS_COLUMN):
+        try:
+            value = str(int(float(value)))  # "1.0" -> "1"
+        except ValueError:
+            pass
+    try:
+        return taxonomy.parse_class(value, where)
+    except taxonomy.UnknownClassError as err:
+        raise SourceError(str(err)) from None
+
+
+def _where(row: dict[str, str], path: str | Path) -> str:
+    return f"{path}:{row.get(LINE, '?')}"
+
+
+def _with_class(row: dict[str, str], path: str | Path) -> dict[str, str]:
+    row[CLASS_COLUMN] = row_class(row, _where(row, path)) or ""
+    return row
+
+
+def _class_problem(row: dict[str, str], path: str | Path) -> str | None:
+    """What is wrong with a row's class column (an unknown class), or None."""
+    if not row.get(CLASS_COLUMN):
+        return None
+    name = taxonomy.lookup(row[CLASS_COLUMN])
+    if name is None or name == taxonomy.ROOT:
+        return f"unknown cell class {row[CLASS_COLUMN]!r}; known classes: {', '.join((*taxonomy.CLASSES, 'other', 'wbc'))}"
+    return None
+
+
+def _require_label_or_class(path: str | Path, rows: list[dict[str, str]]) -> None:
+    if rows and "label" not in rows[0] and CLASS_COLUMN not in rows[0]:
+        raise SourceError(f"{path}: needs a label (0/1) or a class column; header is {','.join(k for k in rows[0] if k != LINE)}")
+
+
+def _label_points(rows: list[dict[str, str]], path: str | Path) -> dict[str, list[list]]:
     out: dict[str, list[list]] = defaultdict(list)
     for row in rows:
         r = float(row["r"]) if row.get("r") else None
-        point = [float(row["x"]), float(row["y"]), r, int(float(row["label"]))]
-        out[normalise_image_path(row["image"])].append(point)
+        cls = row_class(row, _where(row, path))
+        if cls is None:
+            raise SourceError(f"{_where(row, path)}: the row has neither a label nor a class")
+        out[normalise_image_path(row["image"])].append([float(row["x"]), float(row["y"]), r, cls])
     return dict(out)
 
 
+def _labels_rows(path: str | Path) -> list[dict[str, str]]:
+    rows = _read_csv(path, ("image", "x", "y"))
+    _require_label_or_class(path, rows)
+    return rows
+
+
 def read_labels(path: str | Path) -> dict[str, list[list]]:
-    """Labelled cell centres per image: {image: [[x, y, r_or_None, label], ...]}; SourceError
-    naming the line of the first invalid row."""
-    rows = _read_csv(path, ("image", "x", "y", "label"))
-    report = RowReport(str(path), "labels")
+    """Labelled cell centres per image: {image: [[x, y, r_or_None, class], ...]} (class a taxonomy name);
+    SourceError naming the line of the first invalid row."""
+    rows = _labels_rows(path)
     for row in rows:
-        problem = check_label_row(row)
+        problem = check_label_row(row) or _class_problem(row, path)
         if problem:
-            report.add(row, problem)
-            raise SourceError(f"{report.problems[0]} (x, y, r finite numbers; label 0 or 1)")
-    return _label_points(rows)
+            raise SourceError(f"{_where(row, path)}: {problem} (x, y, r finite numbers; label 0 or 1, or a class)")
+    return _label_points(rows, path)
 
 
 def read_labels_checked(path: str | Path, images: set[str]) -> tuple[dict[str, list[list]], RowReport]:
@@ -327,13 +417,13 @@ def read_labels_checked(path: str | Path, images: set[str]) -> tuple[dict[str, l
     report of the others (a row whose image exists but whose cell is not detected is matched)."""
     report = RowReport(str(path), "labels")
     valid = []
-    for row in _read_csv(path, ("image", "x", "y", "label")):
-        problem = check_label_row(row)
+    for row in _labels_rows(path):
+        problem = check_label_row(row) or _class_problem(row, path)
         if problem:
             report.add(row, problem)
         else:
             valid.append(row)
-    return _label_points(match_rows(valid, images, report)), report
+    return _label_points(match_rows(valid, images, report), path), report
 
 
 def _apply_manifest(tasks: list[ImageTask], manifest: dict[str, dict[str, str]]) -> list[ImageTask]:
@@ -344,13 +434,13 @@ def _apply_manifest(tasks: list[ImageTask], manifest: dict[str, dict[str, str]])
             out.append(task)
             continue
         changes = dict(task.__dict__, patient_id=row["patient_id"] or None, sample_id=row["sample_id"] or None)
-        label = row.get("label", "")
-        if label in ("0", "1"):
+        cls = row.get(CLASS_COLUMN) or None
+        if cls is not None:
             if task.kind == SINGLE_CELL:
-                changes.update(default_label=int(label), label_source="manifest")
-            elif label == "0" and task.points_json is None:
+                changes.update(default_label=cls, label_source="manifest")
+            elif cls == taxonomy.OTHER and task.points_json is None:
                 # A healthy patient's smear: every white cell in it is a healthy cell.
-                changes.update(default_label=0, label_source="manifest")
+                changes.update(default_label=taxonomy.OTHER, label_source="manifest")
         out.append(ImageTask(**changes))
     return out
 

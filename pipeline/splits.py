@@ -1,5 +1,8 @@
 """Train/validation splits that keep every patient (or image) on one side, stratified by label.
 
+Labels are stratum codes 0..K-1 (the binary label, or the index of a cell's class): every class is
+balanced over the sides and folds.
+
 A split that puts cells of one patient into both training and validation leaks and inflates
 accuracy, so the default is a patient split; without patient ids it falls back to images and says
 so. Everything is deterministic for a seed and independent of the order of the input rows.
@@ -53,30 +56,31 @@ def _check_labels(labels: Sequence[int], n: int) -> np.ndarray:
     y = np.asarray(labels)
     if y.shape != (n,):
         raise ValueError(f"labels has shape {y.shape}, expected ({n},) like the groups")
-    bad = sorted({repr(v) for v in y.tolist() if v not in (0, 1)})
+    bad = sorted({repr(v) for v in y.tolist() if isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                  or v < 0})  # fmt: skip
     if bad:
-        raise ValueError(f"labels must be 0 or 1; got {', '.join(bad[:5])} (drop unlabelled cells)")
+        raise ValueError(f"labels must be class codes 0, 1, ...; got {', '.join(bad[:5])} (drop unlabelled cells)")
     return y.astype(np.int64)
 
 
 def _group_counts(
     groups: Sequence[str], labels: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(names (G,), inverse (N,), counts (G, 2) cells of class 0 and 1 per group)."""
+    """(names (G,), inverse (N,), counts (G, K) cells of each class per group; K >= 2)."""
     g = np.asarray([str(v) for v in groups])
     y = _check_labels(labels, g.size)
     names, inverse = np.unique(g, return_inverse=True)
-    counts = np.zeros((names.size, 2), dtype=np.int64)
+    counts = np.zeros((names.size, max(2, int(y.max()) + 1 if y.size else 2)), dtype=np.int64)
     np.add.at(counts, (inverse, y), 1)
     return names, inverse, counts
 
 
 def _cost(val: np.ndarray, val_has: np.ndarray, train_has: np.ndarray, totals: np.ndarray,
           possible: np.ndarray, f: float) -> np.ndarray:  # fmt: skip
-    """Badness of candidate splits: (..., 2) val cell counts and class presence -> (...,)."""
+    """Badness of candidate splits: (..., K) val cell counts and class presence -> (...,)."""
     n = totals.sum()
     dev = ((val.sum(-1) / n - f) ** 2).astype(np.float64)
-    for c in (0, 1):
+    for c in range(totals.size):
         if totals[c]:
             dev = dev + (val[..., c] / totals[c] - f) ** 2
     missing = ((val_has == 0) & possible).sum(-1) + ((train_has == 0) & possible).sum(-1)
@@ -115,7 +119,7 @@ def _improve(in_val: np.ndarray, counts: np.ndarray, f: float) -> tuple[np.ndarr
 def _split_singletons(y: np.ndarray, f: float, rng: np.random.Generator) -> np.ndarray:
     """(N,) bool val mask: a stratified random split of individual cells."""
     in_val = np.zeros(y.size, dtype=bool)
-    for c in (0, 1):
+    for c in range(max(2, int(y.max()) + 1)):
         idx = rng.permutation(np.flatnonzero(y == c))
         k = round(f * idx.size)
         if idx.size >= 2:
@@ -139,7 +143,7 @@ def split_groups(
         raise ValueError(f"need at least 2 groups to split without leaking, got {names.size}")
     rng = np.random.default_rng(seed)
     if (counts.sum(1) == 1).all():
-        group_val = _split_singletons(counts[:, 1], f, rng)
+        group_val = _split_singletons(counts.argmax(1), f, rng)
     else:
         sizes, best = counts.sum(1), (math.inf, None)
         for _ in range(_RESTARTS):
@@ -166,7 +170,7 @@ def kfold_groups(
     sizes, totals = counts.sum(1), np.maximum(counts.sum(0), 1)
     order = rng.permutation(names.size)
     order = order[np.argsort(-sizes[order], kind="stable")]  # big groups first, ties at random
-    fold_counts = np.zeros((k, 2), dtype=np.int64)
+    fold_counts = np.zeros((k, counts.shape[1]), dtype=np.int64)
     fold_of = np.empty(names.size, dtype=np.int64)
     for placed, g in enumerate(order):
         # candidates[j] = fold counts (k, 2) if g went to fold j

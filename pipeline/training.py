@@ -144,12 +144,15 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     max_grad_norm: float | None = None,
+    criterion: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> EpochStats:
     """Train `model` on one pass over `batches` of (images (N,3,S,S) float, labels (N,) 0/1).
 
     amp: mixed precision (float16 autocast + GradScaler); None = on for CUDA, off elsewhere (CPU
     always runs float32). Pass one `scaler` across epochs to keep its loss scale. `transform` is
-    applied to images on the device (e.g. `lambda x: augment(x, generator)`).
+    applied to images on the device (e.g. `lambda x: augment(x, generator)`). `criterion(logits,
+    labels) -> (mean loss, correct count)` replaces binary cross-entropy (e.g. a softmax model's
+    pipeline.multiclass.PartialLabelCriterion); labels then pass through as they are.
     """
     device = torch.device(device)
     use_amp = _use_amp(device, amp)
@@ -162,12 +165,18 @@ def train_one_epoch(
     start = time.perf_counter()
     for images, labels in batches:
         images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True).float().view(-1)
+        labels = labels.to(device, non_blocking=True).view(-1)
+        if criterion is None:
+            labels = labels.float()
         if transform is not None:
             images = transform(images)
         with _autocast(use_amp):
             logits = model(images)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+        if criterion is None:
+            loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+            n_correct = ((logits.detach() >= 0) == (labels >= 0.5)).sum()
+        else:
+            loss, n_correct = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if max_grad_norm is not None:
@@ -177,7 +186,7 @@ def train_one_epoch(
         scaler.update()
         # Accumulate on the device: .item() per step would stall a GPU pipeline.
         loss_sum += loss.detach() * labels.numel()
-        correct += ((logits.detach() >= 0) == (labels >= 0.5)).sum()
+        correct += n_correct
         n += labels.numel()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

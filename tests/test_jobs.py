@@ -147,6 +147,9 @@ def test_train_two_workers_writes_every_output(tiny_run):
     meta = json.loads((best / "meta.json").read_text())
     assert meta["model_name"] == "lenet" and meta["image_size"] == 126 and meta["crop_settings"]["crop_size"] == 128
     assert any(k.endswith("weight") for k in state)
+    # --classes auto on 0/1 labels: today's binary model, one logit
+    assert meta["class_names"] == ["other", "lymphoblast"] and state["classifier.weight"].shape[0] == 1
+    assert summary["class_names"] == ["other", "lymphoblast"] and "val_macro_f1" in rows[0]
     split = json.loads((run / "split.json").read_text())
     assert not set(split["train_groups"]) & set(split["val_groups"])  # no patient on both sides
     assert summary["split"]["split_mode_used"] == "patient"
@@ -171,8 +174,9 @@ def test_cached_and_streamed_datasets_hold_exactly_the_selected_cells(ray_sessio
 
     index = read_cell_index([str(truth_cells)])
     keys = index.table.column(KEY).to_pylist()
-    train_keys, val_keys = set(keys[::2]), set(keys[1::2])
     labels = dict(zip(keys, index.table.column(schema.LABEL).to_pylist()))
+    train_keys = {k: labels[k] for k in keys[::2]}
+    val_keys = {k: labels[k] for k in keys[1::2]}
     for cache in (True, False):
         datasets = _datasets(index.files, train_keys, val_keys, cache)
         for side, chosen in (("train", train_keys), ("val", val_keys)):
@@ -279,3 +283,39 @@ def test_kfold_reports_mean_and_sd(ray_session, truth_cells, tmp_path):
     assert result["val_acc_mean"] is not None and 0.0 <= result["val_acc_mean"] <= 1.0
     rows = [json.loads(line) for line in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()]
     assert sorted(r["fold"] for r in rows) == [0, 1]
+
+
+def test_train_auto_classes_on_class_folders_gives_a_softmax_head(ray_session, tmp_path):
+    """Class folders -> ingest -> `--classes auto`: one output per class present, per-class metrics."""
+    from PIL import Image
+
+    from jobs.ingest import run_ingest
+    from jobs.train import run_train
+    from pipeline.checkpoint import load_checkpoint
+
+    rng = np.random.default_rng(0)
+    colours = {"neutrophil": (200, 120, 160), "lymphocyte": (90, 60, 160), "platelet": (230, 200, 210)}
+    for cls, colour in colours.items():
+        for i in range(6):
+            pixels = np.clip(np.asarray(colour) + rng.normal(0, 10, (90, 90, 3)), 0, 255).astype(np.uint8)
+            (tmp_path / "src" / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(tmp_path / "src" / cls / f"{cls[:2]}{i}.png")
+    s = run_ingest(IngestConfig(src=str(tmp_path / "src"), out=str(tmp_path / "cells")), quiet=True)
+    assert s["source_format"] == "classfolders" and s["cells_labelled"] == 18
+    summary = run_train(TrainConfig(cells=(str(tmp_path / "cells"),), out=str(tmp_path / "run"), arch="lenet",
+                                    epochs=1, split="random", batch_size=8), quiet=True)  # fmt: skip
+    assert summary["class_names"] == ["neutrophil", "lymphocyte", "platelet"]  # taxonomy order
+    assert summary["n_cells_trainable"] == 18 and summary["n_cells_unfit_classes"] == 0
+    model, meta = load_checkpoint(tmp_path / "run" / "lenet" / "best")
+    assert meta.n_outputs == 3 and model(torch_zeros(126)).shape == (2, 3)
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(row["val_per_class"]) == set(colours)
+    assert sum(v["n"] for v in row["val_per_class"].values()) == meta.split["n_val"] > 0
+    assert row["val_sensitivity"] is None  # no lymphoblast class: no blast metrics
+    assert len(meta.confusion) == 3 and sum(map(sum, meta.confusion)) == meta.split["n_val"]
+
+
+def torch_zeros(size: int):
+    import torch
+
+    return torch.zeros(2, 3, size, size)

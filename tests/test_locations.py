@@ -69,13 +69,14 @@ def test_checkpoint_loads_from_a_uri(tmp_path, request, where):
     """A checkpoint saved locally, read back through a URI: same weights, same model identity."""
     import torch
 
-    from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from pipeline.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
     from pipeline.classify import model_identity
+    from pipeline.config import CropSettings
     from pipeline.models import build_model
 
     model = build_model("lenet", 126)
-    meta = {"arch": "lenet", "model_name": "lenet", "image_size": 126, "mean": [0.5] * 3, "std": [0.5] * 3,
-            "crop_settings": {}}  # fmt: skip
+    meta = CheckpointMeta(arch="lenet", model_name="lenet", image_size=126, mean=(0.5,) * 3, std=(0.5,) * 3,
+                          crop_settings=CropSettings())  # fmt: skip
     save_checkpoint(tmp_path / "ckpt", model.state_dict(), meta, optimizer_state={"state": {}})
     if where == "s3":
         uri = join_uri(request.getfixturevalue("s3_bucket"), "checkpoints", "lenet best")
@@ -83,7 +84,7 @@ def test_checkpoint_loads_from_a_uri(tmp_path, request, where):
     else:
         uri = (tmp_path / "ckpt").as_uri()
     loaded, loaded_meta = load_checkpoint(uri)
-    assert loaded_meta["model_name"] == "lenet"
+    assert loaded_meta == meta
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     assert model_identity(uri, loaded_meta) == model_identity(tmp_path / "ckpt", loaded_meta)

@@ -358,7 +358,7 @@ def _calibrated_model(cohort: Path, out: Path) -> Path:
     evenly: any count that differs between two runs is then a cell lost or doubled, not float noise."""
     import torch
 
-    from pipeline.checkpoint import save_checkpoint
+    from pipeline.checkpoint import CheckpointMeta, save_checkpoint
     from pipeline.config import CropSettings
     from pipeline.ingest import process_task
     from pipeline.models import build_model, default_image_size
@@ -377,9 +377,8 @@ def _calibrated_model(cohort: Path, out: Path) -> Path:
         model.classifier.bias -= model(decode_crops(crops, size)).median()
         model.classifier.weight.mul_(1000.0)
         model.classifier.bias.mul_(1000.0)
-    save_checkpoint(out, model.state_dict(), {"arch": "lenet", "model_name": "lenet", "image_size": size,
-                    "mean": list(MEAN), "std": list(STD), "crop_settings": json.loads(settings.to_json()),
-                    "epoch": 0})  # fmt: skip
+    save_checkpoint(out, model.state_dict(), CheckpointMeta(arch="lenet", model_name="lenet", image_size=size,
+                    mean=MEAN, std=STD, crop_settings=settings, epoch=0))  # fmt: skip
     return out
 
 

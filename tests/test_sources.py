@@ -42,7 +42,7 @@ def test_manifest_overrides_folders(tmp_path):
     d = discover_images(tmp_path, manifest=manifest)
     by = {t.image: t for t in d.tasks}
     assert (by["imgs/a.png"].patient_id, by["imgs/a.png"].sample_id) == ("PX", "SX")
-    assert by["imgs/a.png"].default_label == 0  # a healthy patient's smear: all its cells healthy
+    assert by["imgs/a.png"].default_label == "other"  # a healthy patient's smear: all its cells healthy
     assert by["imgs/b.png"].patient_id == "imgs"
 
 
@@ -59,7 +59,7 @@ def test_labels_csv_attaches_points(tmp_path):
     labels = tmp_path / "cells.csv"
     labels.write_text("image,x,y,r,label\nP/S/a.png,10,12,5,1\nP/S/a.png,30,20,,0\n")
     (t,) = discover_images(tmp_path / "P" / "..", labels=labels).tasks
-    assert json.loads(t.points_json) == [[10.0, 12.0, 5.0, 1], [30.0, 20.0, None, 0]]
+    assert json.loads(t.points_json) == [[10.0, 12.0, 5.0, "lymphoblast"], [30.0, 20.0, None, "other"]]
     assert t.label_source == "labels_csv" and t.default_label is None
 
 
@@ -79,9 +79,10 @@ def test_allidb1_labels_from_xyc_and_filename(tmp_path):
     d = discover_images(tmp_path)
     assert d.format == "allidb1"
     by = {t.image: t for t in d.tasks}
-    assert json.loads(by["Im001_1.jpg"].points_json) == [[100.0, 200.0, None, 1], [300.0, 150.0, None, 1]]
-    assert by["Im001_1.jpg"].default_label == 0 and by["Im001_1.jpg"].label_source == "xyc"
-    assert by["Im002_0.JPG"].default_label == 0 and by["Im002_0.JPG"].points_json is None
+    assert json.loads(by["Im001_1.jpg"].points_json) == [[100.0, 200.0, None, "lymphoblast"],
+                                                         [300.0, 150.0, None, "lymphoblast"]]
+    assert by["Im001_1.jpg"].default_label == "other" and by["Im001_1.jpg"].label_source == "xyc"
+    assert by["Im002_0.JPG"].default_label == "other" and by["Im002_0.JPG"].points_json is None
     assert by["Im002_0.JPG"].sample_id == "Im002_0" and by["Im002_0.JPG"].patient_id is None
 
 
@@ -91,7 +92,7 @@ def test_allidb2_single_cells_labelled_by_suffix(tmp_path):
     d = discover_images(tmp_path)
     assert d.format == "allidb2"
     assert {(t.image, t.default_label, t.kind) for t in d.tasks} == {
-        ("Im001_1.tif", 1, SINGLE_CELL), ("Im131_0.tif", 0, SINGLE_CELL)}
+        ("Im001_1.tif", "lymphoblast", SINGLE_CELL), ("Im131_0.tif", "other", SINGLE_CELL)}
 
 
 def test_allidb2_reencoded_small_jpegs_detected_by_size(tmp_path):
@@ -149,7 +150,7 @@ def test_allidb1_xyc_read_through_a_uri(tmp_path):
     (tmp_path / "xyc" / "Im001_1.xyc").write_text("100\t200\n")
     d = discover_images(tmp_path.as_uri())
     assert d.format == "allidb1"
-    assert json.loads(d.tasks[0].points_json) == [[100.0, 200.0, None, 1]]
+    assert json.loads(d.tasks[0].points_json) == [[100.0, 200.0, None, "lymphoblast"]]
 
 
 def test_discovery_on_s3(s3_bucket, tmp_path):
@@ -168,7 +169,7 @@ def test_discovery_on_s3(s3_bucket, tmp_path):
     by = {t.image: t for t in d.tasks}
     assert sorted(by) == ["P1/S1/a.png", "P1/S1/odd name?.png", "P2/S1/c.tif"]
     assert (by["P2/S1/c.tif"].patient_id, by["P2/S1/c.tif"].sample_id) == ("P2", "S1")
-    assert json.loads(by["P1/S1/a.png"].points_json) == [[5.0, 6.0, None, 1]]
+    assert json.loads(by["P1/S1/a.png"].points_json) == [[5.0, 6.0, None, "lymphoblast"]]
     for task in d.tasks:
         assert task.path.startswith("s3://allray-test/discovery/slides/") and "endpoint_override=" in task.path
         assert read_bytes(task.path) == (tmp_path / "slides" / task.image).read_bytes()

@@ -1,6 +1,7 @@
-"""The model registry: `build_model(name, image_size, weights)`: (N, 3, S, S) -> (N,) logits.
+"""The model registry: `build_model(name, image_size, weights, num_classes)`: (N, 3, S, S) -> logits.
 
-Every model gives one logit per crop (lymphoblast vs other) for binary cross-entropy. Models know
+num_classes=1 (every binary model): one logit per crop (lymphoblast vs other), shape (N,), for
+binary cross-entropy; num_classes=K >= 2: (N, K) logits of a softmax head over K cell classes. Models know
 nothing about Ray or DDP; the training job wraps them.
 
 weights:
@@ -28,7 +29,7 @@ ARCH_FAMILIES = {
     "vgg": "vgg16_bn",  # plain VGG16 (no batch norm) stalls when trained from scratch
     "resnet": "resnet18",  # enough capacity for 128 px crops; resnet50 is the study's but 2x slower
 }
-_BUILDERS: dict[str, Callable[[str, int | None], nn.Module]] = {
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     **{n: lenet.build_lenet for n in lenet.NAMES},
     **{n: vgg.build_vgg for n in vgg.NAMES},
     **{n: resnet.build_resnet for n in resnet.NAMES},
@@ -66,11 +67,14 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def build_model(name: str, image_size: int | None = None, weights: str = "none") -> nn.Module:
-    """Model `name` (or a family alias) for square `image_size` inputs, weights per `weights`."""
+def build_model(name: str, image_size: int | None = None, weights: str = "none", num_classes: int = 1) -> nn.Module:
+    """Model `name` (or a family alias) for square `image_size` inputs, weights per `weights`;
+    num_classes=1 gives (N,) logits, K >= 2 gives (N, K)."""
     resolved = resolve_name(name)
+    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
+        raise ValueError(f"num_classes={num_classes!r} must be 1 (one logit) or the number of classes (>= 2)")
     size = default_image_size(resolved) if image_size is None else int(image_size)
-    model = _BUILDERS[resolved](resolved, size)
+    model = _BUILDERS[resolved](resolved, size, num_classes=int(num_classes))
     if weights == "none":
         return model
     if weights == "imagenet":

@@ -27,7 +27,7 @@ def feature_size(image_size: int) -> int:
 class LeNet(nn.Module):
     """(N, 3, S, S) float -> (N,) logits of the lymphoblast class."""
 
-    def __init__(self, image_size: int = DEFAULT_IMAGE_SIZE, dropout: float = DROPOUT) -> None:
+    def __init__(self, image_size: int = DEFAULT_IMAGE_SIZE, dropout: float = DROPOUT, num_classes: int = 1) -> None:
         super().__init__()
         side = feature_size(image_size)
         if side < 1:
@@ -44,15 +44,18 @@ class LeNet(nn.Module):
         self.image_size = image_size
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(in_channels * side * side, 1)
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(in_channels * side * side, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.features(x), 1)
-        return self.classifier(self.dropout(x)).squeeze(1)
+        x = self.classifier(self.dropout(x))
+        return x.squeeze(1) if self.num_classes == 1 else x
 
 
-def build_lenet(name: str = "lenet", image_size: int | None = None) -> LeNet:
-    """A randomly initialised LeNet for square inputs of `image_size` (default 126)."""
+def build_lenet(name: str = "lenet", image_size: int | None = None, num_classes: int = 1) -> LeNet:
+    """A randomly initialised LeNet for square inputs of `image_size` (default 126): (N,) logits for
+    num_classes=1, else (N, num_classes)."""
     if name not in NAMES:
         raise ValueError(f"unknown LeNet name {name!r}; allowed: {', '.join(NAMES)}")
-    return LeNet(DEFAULT_IMAGE_SIZE if image_size is None else image_size)
+    return LeNet(DEFAULT_IMAGE_SIZE if image_size is None else image_size, num_classes=num_classes)

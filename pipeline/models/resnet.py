@@ -24,15 +24,19 @@ IMAGENET_WEIGHTS = {
 }
 
 
-def build_resnet(name: str = "resnet18", image_size: int | None = None) -> tvm.ResNet:
-    """A randomly initialised ResNet `name` mapping (N, 3, S, S) -> (N,) logits; S >= 32."""
+def build_resnet(name: str = "resnet18", image_size: int | None = None, num_classes: int = 1) -> tvm.ResNet:
+    """A randomly initialised ResNet `name` mapping (N, 3, S, S) -> (N,) logits (num_classes=1) or
+    (N, num_classes); S >= 32."""
     if name not in NAMES:
         raise ValueError(f"unknown ResNet name {name!r}; allowed: {', '.join(NAMES)}")
     if image_size is not None and image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"{name}: image_size {image_size} is too small; need >= {MIN_IMAGE_SIZE}")
     model = _BUILDERS[name](weights=None)
     # Flatten(0) turns (N, 1) into (N,) inside the module, so the class stays torchvision's own.
-    model.fc = nn.Sequential(nn.Linear(model.fc.in_features, 1), nn.Flatten(0))
+    if num_classes == 1:
+        model.fc = nn.Sequential(nn.Linear(model.fc.in_features, 1), nn.Flatten(0))
+    else:  # same module layout (fc.0), so state-dict keys match across heads
+        model.fc = nn.Sequential(nn.Linear(model.fc.in_features, num_classes))
     return model
 
 

@@ -60,15 +60,17 @@ def make_features(config: list[int | str], batch_norm: bool) -> nn.Sequential:
 class VGG(nn.Module):
     """(N, 3, S, S) float -> (N,) logits; any S >= 32 (global average pooling)."""
 
-    def __init__(self, features: nn.Module, width: int = 512, head_width: int = HEAD_WIDTH) -> None:
+    def __init__(self, features: nn.Module, width: int = 512, head_width: int = HEAD_WIDTH,
+                 num_classes: int = 1) -> None:  # fmt: skip
         super().__init__()
+        self.num_classes = num_classes
         self.features = features
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
             nn.Linear(width, head_width),
             nn.ReLU(inplace=True),
             nn.Dropout(DROPOUT),
-            nn.Linear(head_width, 1),
+            nn.Linear(head_width, num_classes),
         )
         for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv2d):
@@ -83,16 +85,18 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.avgpool(self.features(x)), 1)
-        return self.classifier(x).squeeze(1)
+        x = self.classifier(x)
+        return x.squeeze(1) if self.num_classes == 1 else x
 
 
-def build_vgg(name: str = "vgg16_bn", image_size: int | None = None) -> VGG:
+def build_vgg(name: str = "vgg16_bn", image_size: int | None = None, num_classes: int = 1) -> VGG:
     """A randomly initialised VGG `name` (e.g. vgg16_bn); `image_size` is only checked."""
     if name not in NAMES:
         raise ValueError(f"unknown VGG name {name!r}; allowed: {', '.join(NAMES)}")
     if image_size is not None and image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"{name}: image_size {image_size} is too small; need >= {MIN_IMAGE_SIZE}")
-    return VGG(make_features(CONFIGS[name.removesuffix("_bn")], batch_norm=name.endswith("_bn")))
+    features = make_features(CONFIGS[name.removesuffix("_bn")], batch_norm=name.endswith("_bn"))
+    return VGG(features, num_classes=num_classes)
 
 
 def backbone_state_dict(imagenet_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
