@@ -139,8 +139,7 @@ def save_checkpoint(directory: Path, model_state: dict, meta: CheckpointMeta,
     directory.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in model_state.items()}, directory / MODEL_FILE)
     # no URI credentials in a checkpoint (pipeline/redact.py)
-    (directory / META_FILE).write_text(json.dumps(redact(json.loads(meta.to_json())), indent=2) + "
-")
+    (directory / META_FILE).write_text(json.dumps(redact(json.loads(meta.to_json())), indent=2) + "\n")
     if optimizer_state is not None:
         torch.save(optimizer_state, directory / OPTIMIZER_FILE)
 
