@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -25,7 +26,7 @@ def neutralise_cell(value):
     single quote; NaN becomes None (an empty cell); numbers, None and other values are returned unchanged."""
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, numbers.Real) and math.isnan(value):  # float, and numpy's float32 too
         return None  # written as an empty cell: a missing number, never "nan"
     return value
 

@@ -7,6 +7,9 @@ every image ends in exactly one summary row (ingested, possibly with zero cells,
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 import pyarrow as pa
 
@@ -112,7 +115,7 @@ class PredictionWriter:
 
 def _text_or_none(value) -> str | None:
     """A head value as text; None for a missing one: numpy batches turn a null id into NaN, which str() makes "nan"."""
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):  # np.float32 is no float
         return None
     return str(value)
 

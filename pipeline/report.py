@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,8 +261,8 @@ def _run_facts(patients: list[dict], info: dict) -> dict[str, str]:
 
 
 def _name(value) -> str:
-    """An id as reported: str, with None / NaN (pandas' null) as UNKNOWN."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """An id as reported: str, with None / NaN (pandas' null; numpy's float32 NaN from a Ray batch) as UNKNOWN."""
+    if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):
         return UNKNOWN
     return str(value)
 
@@ -273,7 +274,7 @@ def _to_arrow(column) -> pa.Array:
 
 
 def _show(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):
         return UNKNOWN  # a missing value is never shown as "None" or "nan"
     if isinstance(value, float):
         return f"{value:,.3g}" if abs(value) < 10 else f"{value:,.1f}"

@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import math
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def _data_uri(data: bytes) -> str:
 
 def _e(value) -> str:
     """`value` escaped for HTML; a missing one (None, NaN) shown as UNKNOWN, never as "None" or "nan"."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):
         value = UNKNOWN
     return html.escape(redact_text(str(value)), quote=True)  # no credentials of a location on the page
 

@@ -124,13 +124,15 @@ def test_json_records_reports_and_terminal_hold_no_credentials(tmp_path):
 
 
 def test_prediction_writer_keeps_a_null_patient_null(tmp_path):
-    """Numpy batches turn a null id into NaN; it must come back as None, never as the text "nan"."""
+    """Ray's numpy batches turn an all-null id column into float32 NaN (np.float32 is no Python float); it must
+    come back as None, never as the text "nan"."""
     from pipeline.predictions import CELLS_IPC, PredictionWriter, pack_cells
 
     cells = {f.name: [None] for f in schema.PREDICTION_SCHEMA} | {
         schema.IMAGE: ["flat.png"], schema.CELL_ID: [0], schema.KIND: [schema.KIND_WBC], schema.CROP: [b"png"],
         schema.BLAST_PROB: [0.9], schema.PREDICTED: [1], schema.MODEL_ID: ["lenet@x"]}  # fmt: skip
-    batch = {schema.PATIENT_ID: np.array([np.nan], dtype=object), schema.SAMPLE_ID: np.array([np.nan], dtype=object),
+    batch = {schema.PATIENT_ID: np.array([np.nan], dtype=np.float32),
+             schema.SAMPLE_ID: np.array([np.nan], dtype=object),
              schema.IMAGE: np.array(["flat.png"], dtype=object), schema.STATUS: np.array([schema.STATUS_INGESTED]),
              schema.REASON: np.array([None], dtype=object), schema.SOURCE_SHA256: np.array(["abc"], dtype=object),
              CELLS_IPC: np.array([pack_cells(pa.table(cells, schema=schema.PREDICTION_SCHEMA))], dtype=object)}
@@ -141,11 +143,21 @@ def test_prediction_writer_keeps_a_null_patient_null(tmp_path):
     assert [r["patient_id"] for r in acc.patients()] == [UNKNOWN]
 
 
+def test_ray_turns_a_null_id_column_into_float32_nan():
+    """The conversion the test above stands for, as Ray Data does it between two map_batches (no Ray started)."""
+    from ray.data.block import BlockAccessor
+
+    block = BlockAccessor.batch_to_block({schema.PATIENT_ID: [None, None], schema.IMAGE: ["a.png", "b.png"]})
+    ids = BlockAccessor.for_block(block).to_batch_format("numpy")[schema.PATIENT_ID]
+    assert ids.dtype == np.float32 and np.isnan(ids).all()
+
+
 def test_missing_values_never_show_as_nan_or_none(tmp_path):
     from pipeline.report_html import write_html_report
 
     acc = _cohort_with_hostile_ids()
-    info = {"model": "m", "first_result_s": float("nan"), "elapsed_s": 2.0}
+    info = {"model": "m", "first_result_s": float("nan"), "cells_per_s_after_first_result": np.float32("nan"),
+            "elapsed_s": 2.0}
     write_html_report(tmp_path, acc.patients(), {}, {}, [{schema.IMAGE: "x.png", schema.REASON: None}], info)
     html = (tmp_path / "report.html").read_text()
     assert ">nan<" not in html.lower() and ">None<" not in html and UNKNOWN in html
