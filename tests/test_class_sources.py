@@ -79,7 +79,7 @@ def test_unknown_label_refused_with_file_line_and_value(tmp_path):
         discover_images(tmp_path, labels=labels)
     manifest = tmp_path / "m.csv"
     manifest.write_text("image,patient_id,sample_id,label\na.png,P,S,2\n")
-    with pytest.raises(SourceError, match=r"m\.csv:2: unknown cell class '2'"):
+    with pytest.raises(SourceError, match=r"m\.csv:2: label '2' must be 0 or 1"):
         discover_images(tmp_path, manifest=manifest)
 
 
@@ -118,9 +118,12 @@ def test_cell_table_stores_the_class_dictionary_encoded(tmp_path):
         row = {f.name: None for f in schema.CELL_SCHEMA}
         row.update({schema.IMAGE: f"{i}.png", schema.CELL_ID: 0, schema.CELL_CLASS: cls})
         rows.append(row)
+    ledger = [{schema.IMAGE: f"{i}.png", schema.STATUS: schema.STATUS_INGESTED, schema.SHARD: "s0"} for i in range(4)]
+    for row in rows:
+        row[schema.SHARD] = "s0"
     open_output(tmp_path)
     write_shard(tmp_path, "s0", pa.Table.from_pylist(rows, schema=schema.CELL_SCHEMA),
-                schema.QUARANTINE_SCHEMA.empty_table(), schema.IMAGE_SCHEMA.empty_table())  # fmt: skip
+                schema.QUARANTINE_SCHEMA.empty_table(), pa.Table.from_pylist(ledger, schema=schema.IMAGE_SCHEMA))  # fmt: skip
     col = read_table(tmp_path, columns=[schema.CELL_CLASS]).column(0)
     assert pa.types.is_dictionary(col.type)
     assert col.to_pylist() == ["neutrophil", "platelet", "neutrophil", None]

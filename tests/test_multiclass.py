@@ -168,11 +168,15 @@ def test_old_ingest_output_without_cell_class_still_trains(tmp_path):
         row = {f.name: None for f in schema.CELL_SCHEMA if f.name != schema.CELL_CLASS}
         row.update({schema.IMAGE: f"im{i}.png", schema.CELL_ID: 0, schema.LABEL: label, schema.KIND: schema.KIND_WBC,
                     schema.SOURCE_SHA256: f"s{i}", schema.INGEST_SETTINGS: CropSettings().to_json(),
-                    schema.CROP: b"png"})  # fmt: skip
+                    schema.CROP: b"png", schema.SHARD: "old"})  # fmt: skip
         rows.append(row)
     old_schema = pa.schema([f for f in schema.CELL_SCHEMA if f.name != schema.CELL_CLASS])
     (tmp_path / schema.CELLS_DIR).mkdir()
     pq.write_table(pa.Table.from_pylist(rows, schema=old_schema), tmp_path / schema.CELLS_DIR / "old.parquet")
+    # the shard's ledger (written last: it commits the shard), as an old output has it
+    ledger = [{schema.IMAGE: f"im{i}.png", schema.STATUS: schema.STATUS_INGESTED, schema.SHARD: "old"} for i in range(4)]
+    (tmp_path / schema.IMAGES_DIR).mkdir()
+    pq.write_table(pa.Table.from_pylist(ledger, schema=schema.IMAGE_SCHEMA), tmp_path / schema.IMAGES_DIR / "old.parquet")
     index = read_cell_index([str(tmp_path)])
     assert index.table.column(schema.CELL_CLASS).to_pylist() == ["other", "lymphoblast", "lymphoblast"]
     assert index.n_unlabelled == 1 and index.crop_settings == CropSettings()

@@ -142,8 +142,9 @@ def test_exported_labels_are_what_ingest_reads(report, tmp_path):
     labels = read_labels(out)
     assert list(labels) == [cells.image[blast]]  # the image path as the predictions (and ingest) name it
     got = sorted((round(x, 2), round(y, 2), lab) for x, y, _, lab in labels[cells.image[blast]])
-    want = sorted([(round(float(cells.x[blast]), 2), round(float(cells.y[blast]), 2), 0),
-                   (round(float(cells.x[other]), 2), round(float(cells.y[other]), 2), 1)])
+    # a binary model's export: the lymphocyte goes out as label 0 (other), the new blast as label 1
+    want = sorted([(round(float(cells.x[blast]), 2), round(float(cells.y[blast]), 2), taxonomy.OTHER),
+                   (round(float(cells.x[other]), 2), round(float(cells.y[other]), 2), taxonomy.LYMPHOBLAST)])
     assert got == want
 
 
