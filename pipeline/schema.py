@@ -148,7 +148,10 @@ PREDICTION_SCHEMA = pa.schema(
     + [
         pa.field(BLAST_PROB, pa.float32()),
         pa.field(PREDICTED, pa.int8()),
+        pa.field(PREDICTED_CLASS, pa.string()),
+        pa.field(CLASS_PROB, pa.float32()),
         pa.field(LABEL, pa.int8()),  # known label where the input had one (for evaluation), else null
+        pa.field(KNOWN_CLASS, pa.string()),
         pa.field(MODEL_ID, pa.string()),
         CELL_SCHEMA.field(SOURCE_SHA256),
     ]
