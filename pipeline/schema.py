@@ -129,7 +129,7 @@ QUARANTINE_DIR = "quarantine"
 SUMMARY_FILE = "summary.json"
 
 # Ground-truth CSV columns (written by `allray synth`, read by `ingest --labels`).
-TRUTH_COLUMNS = ("image", "x", "y", "r", "label")
+TRUTH_COLUMNS = ("image", "x", "y", "r", "label", "class")  # class: a taxonomy name (label empty if not white)
 PATIENT_TRUTH_COLUMNS = ("patient_id", "n_wbc", "n_blast", "blast_pct")
 MANIFEST_COLUMNS = ("image", "patient_id", "sample_id")  # optional 4th: label
 

@@ -248,6 +248,8 @@ def read_labels(path: str | Path) -> dict[str, list[list]]:
     """Labelled cell centres per image: {image: [[x, y, r_or_None, label], ...]}."""
     out: dict[str, list[list]] = defaultdict(list)
     for n, row in enumerate(_read_csv(path, ("image", "x", "y", "label")), start=2):
+        if not row["label"].strip() and (row.get("class") or "").strip():
+            continue  # a cell known only by class (synth's erythroblasts): no binary label to match
         try:
             r = float(row["r"]) if row.get("r") else None
             label = int(float(row["label"]))
