@@ -393,3 +393,50 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert pixels.shape == (1600, 1200, 3)
     assert pixels.std() > 20  # not a blank page
     assert ((pixels[..., 0] > 150) & (pixels[..., 1] < 80)).sum() > 500  # red flags and blast boxes drawn
+
+
+# --- the differential section ---------------------------------------------------------------------
+
+DIFF_CLASSES = ("lymphoblast", "neutrophil", "lymphocyte", "erythroblast")
+
+
+def differential_page(tmp_path) -> tuple[Path, str]:
+    acc = CountAccumulator(min_cells=1, classes=DIFF_CLASSES)
+    acc.add_cells("A", "s", "a.png", [1, 0, 0, 0], [WBC] * 4, ["lymphoblast", "neutrophil", "neutrophil", "lymphocyte"])
+    acc.add_cells(HOSTILE, "s", "h.png", [0, 0, 0], [WBC, WBC, SMUDGE], ["lymphocyte", "erythroblast", "neutrophil"])
+    strips = {"neutrophil": [(png((1, 1, 1)), 0.97, "A: a.png"), (png((2, 2, 2)), 0.61, f"{HOSTILE}: h.png")],
+              "lymphocyte": [(png((3, 3, 3)), 0.88, "A: a.png")], "erythroblast": [(png((4, 4, 4)), 0.7, "h.png")]}
+    info = {"model": "resnet-1", "threshold": 0.5, "blast_alert_pct": 20.0, "min_cells": 1}
+    path = write_html_report(tmp_path, acc.patients(), {}, {}, [], info, class_gallery=strips, classes=DIFF_CLASSES)
+    return path, path.read_text(encoding="utf-8")
+
+
+def test_html_differential_table_and_class_strips(tmp_path):
+    path, page = differential_page(tmp_path)
+    parser = PageParser()
+    parser.feed(page)
+    parser.close()
+    assert parser.errors == [] and parser.stack == [] and "script" not in parser.tags
+    section = page[page.index("id='differential'"):page.index("id='classes'")]
+    rows = section.split("<tbody>")[1].split("</tbody>")[0].split("<tr>")[1:]
+    assert len(rows) == 2  # one row per patient, highest blast % first (A: 1 of 4)
+    assert "&gt;A&lt;" not in rows[0] and ">A</a>" in rows[0]
+    # A: 4 white cells, 25 % blasts (Wilson 4.6-69.9), 50 % neutrophils, 25 % lymphocytes, no erythroblasts
+    assert "<b>25.0</b> <small>(4.6&ndash;69.9)</small>" in rows[0] and "<b>50.0</b>" in rows[0]
+    assert html_escape(HOSTILE) in rows[1] and HOSTILE not in page
+    # the hostile patient: 1 lymphocyte the only white cell; 1 erythroblast and 1 smudge cell per 1 white cell
+    assert rows[1].count("<b>100.0</b>") == 3
+    headers = section.split("<thead>")[1].split("</thead>")[0]
+    assert [h for h in ("lymphoblast", "neutrophil", "lymphocyte", "erythroblast", "smudge") if h in headers] == [
+        "lymphoblast", "neutrophil", "lymphocyte", "erythroblast", "smudge"]
+    strips = page[page.index("id='classes'"):]
+    order = [strips.index(f"<h3>{t}") for t in ("neutrophil", "lymphocyte", "erythroblast")]
+    assert order == sorted(order)  # strips in differential order
+    assert strips.index("p = 0.97") < strips.index("p = 0.61")  # most confident first
+    assert len(parser.imgs) == 4
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)
