@@ -209,8 +209,8 @@ def _differential_table(rows: list[dict], classes: Sequence[str]) -> str:
     if not rows or N_WBC not in rows[0]:
         return ""
     head = "<tr><th>Patient</th><th class='n'>White cells</th>" + "".join(
-        f"<th class='n'>{_e(_title(c))} %</th>" for c in whites) + "".join(
-        f"<th class='n'>{_e(_title(c))} /100 WBC</th>" for c in apart) + "</tr>"
+        f"<th class='n' title='{_e(_title(c))}, % of white cells'>{_e(c)} %</th>" for c in whites) + "".join(
+        f"<th class='n' title='{_e(_title(c))}, per 100 white cells'>{_e(c)} /100</th>" for c in apart) + "</tr>"
     body = []
     for i, r in enumerate(rows):
         cells = [f"<td><a href='#p{i}'>{_e(r[schema.PATIENT_ID])}</a></td>",
