@@ -101,6 +101,7 @@ def run_infer(config: InferConfig | str, model: str | None = None, out: str | No
             settings["format"] = settings.pop("fmt")
         config = InferConfig(slides=config, model=model, out=out, **settings)
     ckpt = find_model(config.model)
+    # Checks of --model and --out that must run before any work belong here (after find_model).
     _, meta = load_checkpoint(ckpt)  # refuses a damaged or mismatched checkpoint before any work
     settings_obj = model_crop_settings(ckpt, meta)
     classes = model_classes(meta)
