@@ -103,14 +103,14 @@ def run_infer(config: InferConfig | str, model: str | None = None, out: str | No
     ckpt = find_model(config.model)
     # Checks of --model and --out that must run before any work belong here (after find_model).
     _, meta = load_checkpoint(ckpt)  # refuses a damaged or mismatched checkpoint before any work
-    settings_obj = model_crop_settings(ckpt, meta)
+    crop_settings = model_crop_settings(ckpt, meta)
     classes = model_classes(meta)
     out_dir = absolute(config.out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     if list_names(out_dir):
         raise ValueError(f"report folder {out_dir} is not empty: choose a new --out")
     src = absolute(config.slides)
-    source = (CellsSource.open(src, ckpt, settings_obj) if _is_ingest_output(src)
-              else SlidesSource.open(src, config, settings_obj))
+    source = (CellsSource.open(src, ckpt, crop_settings) if _is_ingest_output(src)
+              else SlidesSource.open(src, config, crop_settings))
     from_cells = isinstance(source, CellsSource)
 
     startup_s = start_ray(address, verbose)

@@ -243,7 +243,8 @@ def test_infer_on_an_ingest_output_labels_every_cell_once(ray_session, tiny_run,
     assert predicted.num_rows == cells.num_rows  # every cell labelled, none twice
     # the known class of an old (binary-labelled) ingest output: what its label stands for
     want = {1: "lymphoblast", 0: "other", None: None}
-    assert predicted.column(schema.KNOWN_CLASS).to_pylist() == [want[v] for v in predicted.column(schema.LABEL).to_pylist()]
+    labels = predicted.column(schema.LABEL).to_pylist()
+    assert predicted.column(schema.KNOWN_CLASS).to_pylist() == [want[v] for v in labels]
     assert set(predicted.column(schema.KNOWN_CLASS).to_pylist()) >= {"lymphoblast", "other"}
     keys = set(zip(predicted.column(schema.IMAGE).to_pylist(), predicted.column(schema.CELL_ID).to_pylist()))
     assert len(keys) == cells.num_rows

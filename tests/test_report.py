@@ -166,7 +166,8 @@ def test_count_tables_round_trip(tmp_path):
     write_count_tables(tmp_path, patients, samples, meta)
     doc = json.loads((tmp_path / "patients.json").read_text())
     assert doc["patients"] == patients and doc["meta"] == {**meta, "out": str(tmp_path)}
-    for name, columns, rows in (("patients.csv", patient_columns(), patients), ("samples.csv", sample_columns(), samples)):
+    for name, columns, rows in (("patients.csv", patient_columns(), patients),
+                                ("samples.csv", sample_columns(), samples)):
         with open(tmp_path / name, newline="") as f:
             reader = csv.DictReader(f)
             assert tuple(reader.fieldnames) == columns
