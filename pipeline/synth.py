@@ -3,8 +3,9 @@
 A cohort is a set of patients; each patient gets a "microscope and staining" (`SmearStyle`: the
 magnification, stain hue and strength, illumination, noise and blur) and a blast fraction
 (about a third of patients are healthy). Each image is a smear of red cells, platelets and 2-6
-white cells (lymphoblasts, lymphocytes, neutrophils, monocytes), some touching, some cut by the
-image border. The cells are drawn in `pipeline.synth_cells`; this module composes smears and
+white cells (lymphoblasts, lymphocytes, neutrophils, monocytes, eosinophils, basophils), now and
+then a nucleated red cell (erythroblast) where the patient has blasts, some touching, some cut by
+the image border. The cells are drawn in `pipeline.synth_cells`; this module composes smears and
 writes cohorts:
 
     OUT/slides/<patient>/<sample>/<image>.png   e.g. P000/S0/img000.png
