@@ -57,7 +57,7 @@ def sample_columns(classes: Sequence[str] = taxonomy.BINARY_CLASSES) -> tuple[st
     """samples.csv columns: SAMPLE_COLUMNS, then the differential of a model with `classes`."""
     return (*SAMPLE_COLUMNS, *(c for c in differential_columns(classes) if c not in SAMPLE_COLUMNS))
 
-INFO_LABELS = {"model": "Model", "threshold": "Blast probability threshold", "blast_alert_pct": "Alert at blast %",
+INFO_LABELS = {"model": "Model", "classes": "Model classes", "threshold": "Blast probability threshold", "blast_alert_pct": "Alert at blast %",
                "min_cells": "Minimum cells per patient", "started": "Run started", "elapsed_s": "Run time (s)",
                "cells_per_s": "Cells / s", "n_images": "Images read", "n_quarantined": "Files quarantined",
                "run_id": "Run id"}
