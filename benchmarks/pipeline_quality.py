@@ -7,7 +7,14 @@ demo-out/new) and prints, with the issue's targets:
 - the model's validation accuracy and AUC (split by patient);
 - per patient: true and reported blast %, the 95% interval, white-cell counts;
 - mean absolute error of blast % (<= 3 points), healthy patients reported at <= 2%, every true
-  fraction inside or within 2 points of its interval, white-cell counts within 3% on average.
+  fraction inside or within 2 points of its interval, white-cell counts within 3% on average;
+- where the truth has classes (synth's n_<class>/<class>_pct) and the report a differential: per
+  class the mean absolute error of the per-patient percentage (target: each white class <= 3
+  points), with the per-patient errors; nucleated red and smudge cells per 100 white cells apart.
+
+Any other layout: --truth new/truth/patients.csv --report REPORT_DIR (--run RUN, optional), e.g. the
+issue-11 check: train ResNet-18 8 epochs `--classes auto` on 24 patients x 6 images, infer 9 other
+patients x 8 images, then `pipeline_quality.py --truth ... --report ...`.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ import argparse
 import csv
 import json
 import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _rows(path: Path) -> dict[str, dict]:
@@ -26,17 +36,23 @@ def _rows(path: Path) -> dict[str, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("demo", type=Path)
+    ap.add_argument("demo", type=Path, nargs="?", help="a `make demo` output (run/, new/truth/, report/)")
+    ap.add_argument("--truth", type=Path, help="truth/patients.csv of the inferred cohort (default DEMO/new/...)")
+    ap.add_argument("--report", type=Path, help="the `allray infer` output folder (default DEMO/report)")
+    ap.add_argument("--run", type=Path, help="the training run folder (default DEMO/run; skipped if absent)")
     args = ap.parse_args()
-    d = args.demo
-    run = json.loads((d / "run" / "summary.json").read_text())
-    for arch, r in run["archs"].items():
-        b = r["best"]
-        print(f"model {arch}: best val acc {b['val_acc']:.3f}, AUC {b['val_auc']:.3f}, sensitivity "
-              f"{b['val_sensitivity']:.3f}, specificity {b['val_specificity']:.3f} (split by "
-              f"{run['split']['split_mode_used']}; targets for resnet: acc >= 0.97, AUC >= 0.99)")
-    truth = _rows(d / "new" / "truth" / "patients.csv")
-    report = _rows(d / "report" / "patients.csv")
+    d = args.demo or Path("demo-out")
+    run_dir = args.run or d / "run"
+    if (run_dir / "summary.json").is_file():
+        run = json.loads((run_dir / "summary.json").read_text())
+        for arch, r in run["archs"].items():
+            b = r.get("best") or {}
+            facts = ", ".join(f"{k} {b[k]:.3f}" for k in ("val_acc", "val_auc", "val_sensitivity", "val_specificity",
+                                                           "val_macro_f1", "val_balanced_acc") if k in b)
+            print(f"model {arch}: best {facts} (split by {run.get('split', {}).get('split_mode_used')}; "
+                  "targets for resnet: acc >= 0.97, AUC >= 0.99)")
+    truth = _rows(args.truth or d / "new" / "truth" / "patients.csv")
+    report = _rows((args.report or d / "report") / "patients.csv")
     errors, count_err, outside = [], [], []
     healthy_ok = True
     print(f"{'patient':<8} {'true %':>7} {'reported %':>10} {'95% CI':>13} {'true WBC':>8} {'found':>6}")
@@ -61,6 +77,35 @@ def main() -> None:
     print(f"true fraction inside or within 2 points of the interval: {len(errors) - len(outside)}/{len(errors)}"
           + (f" (not: {', '.join(outside)})" if outside else ""))
     print(f"white-cell count error: {100 * statistics.fmean(count_err):.2f}% on average (target <= 3%)")
+    class_errors(truth, report)
+
+
+def class_errors(truth: dict[str, dict], report: dict[str, dict]) -> dict[str, float]:
+    """Print and return the mean absolute error of each class's per-patient percentage (classes in both)."""
+    from pipeline import taxonomy
+
+    t_cols = next(iter(truth.values()), {})
+    r_cols = next(iter(report.values()), {})
+    classes = [c for c in (*taxonomy.WHITE_CLASSES, *taxonomy.APART_CLASSES) if f"{c}_pct" in t_cols
+               and f"{c}_pct" in r_cols]
+    if not classes:
+        print("differential: the truth or the report has no class columns (binary model or old cohort)")
+        return {}
+    print("differential: per-patient error of each class's percentage (white classes: % of white cells; "
+          "erythroblast, smudge: per 100 white cells)")
+    pids = [pid for pid in sorted(truth) if pid in report]
+    print(f"{'class':<13} {'MAE':>6} {'max':>6}  " + " ".join(f"{pid:>7}" for pid in pids))
+    out = {}
+    for c in classes:
+        errs = [float(report[pid][f"{c}_pct"]) - float(truth[pid][f"{c}_pct"]) for pid in pids]
+        out[c] = statistics.fmean(abs(e) for e in errs)
+        print(f"{c:<13} {out[c]:6.2f} {max(abs(e) for e in errs):6.2f}  " + " ".join(f"{e:+7.2f}" for e in errs))
+    white = {c: v for c, v in out.items() if taxonomy.is_white(c)}
+    worst = max(white.items(), key=lambda kv: kv[1]) if white else None
+    if worst:
+        print(f"white classes within 3 points on average: {all(v <= 3 for v in white.values())} "
+              f"(worst {worst[0]}: {worst[1]:.2f})")
+    return out
 
 
 if __name__ == "__main__":

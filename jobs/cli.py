@@ -225,13 +225,16 @@ def infer(slides, model, out, gpu, workers, batch_size, threshold, blast_alert, 
     """Label the white cells of SLIDES (folders, manifest, or an ingest output) and report blasts per patient.
 
     SLIDES, --model and --out may be local paths or URIs (s3://, gs://, file://)."""
+    from pipeline.config import InferConfig
+
     from jobs.infer import run_infer
 
-    summary = run_infer(slides, model, out, gpu=gpu, workers=workers, batch_size=batch_size, threshold=threshold,
-                        blast_alert=blast_alert, min_cells=min_cells, manifest=manifest, fmt=fmt, address=address,
-                        verbose=verbose)
+    config = InferConfig(slides=slides, model=model, out=out, gpu=gpu, workers=workers, batch_size=batch_size,
+                         threshold=threshold, blast_alert=blast_alert, min_cells=min_cells, manifest=manifest,
+                         format=fmt)  # validated here, before Ray starts
+    summary = run_infer(config, address=address, verbose=verbose)
     _echo(summary["terminal"])
-    _echo(f"report: {summary['report']}")
+    click.echo(f"report: {summary['report']}")
 
 
 @cli.command()

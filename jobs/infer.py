@@ -18,12 +18,14 @@ import math
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from pipeline import schema
 from pipeline.checkpoint import META_FILE, CheckpointError, load_checkpoint
-from pipeline.config import CropSettings
+from pipeline.classify import meta_value
+from pipeline.config import CropSettings, InferConfig
 from pipeline.locations import (absolute, is_dir, is_file, join_uri, list_names, make_dir, read_bytes, read_json,
                                 resolve, write_json)  # fmt: skip
 from pipeline.redact import REDACTED, redact_text
@@ -33,6 +35,7 @@ from jobs.runtime import ClusterTooSmallError, check_fits, cluster_cpus_gpus, ru
 
 OVERLAYS_PER_PATIENT = 3
 GALLERY_PER_PATIENT = 24
+GALLERY_PER_CLASS = 16  # crops per predicted class in the report's class strips, most confident first
 LIGHT_TASK_CPUS = 0.1  # Parquet reads and shard writes: I/O, never worth holding a whole core
 
 
@@ -107,85 +110,57 @@ def _is_ingest_output(location: str) -> bool:
     return is_dir(join_uri(location, schema.IMAGES_DIR)) and is_dir(join_uri(location, schema.CELLS_DIR))
 
 
-def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool = False, workers: int | None = None,
-              batch_size: int = 64, threshold: float = 0.5, blast_alert: float = 20.0, min_cells: int = 50,
-              manifest: str | None = None, fmt: str = "auto", address: str | None = None, verbose: bool = False,
-              quiet: bool = False) -> dict:  # fmt: skip
-    """Run inference; returns the run summary (also written to OUT/summary.json)."""
+def run_infer(config: InferConfig | str, model: str | None = None, out: str | None = None, *,
+              address: str | None = None, verbose: bool = False, quiet: bool = False, **settings) -> dict:
+    """Run inference; returns the run summary (also written to OUT/summary.json).
+
+    config: the InferConfig, or (as before it existed) SLIDES with `model`, `out` and any other
+    InferConfig field as keywords (fmt= for format).
+    """
     import ray
 
-    from pipeline.classify import CellClassifier, ImageClassifier
-    from pipeline.ingest import TASK_COLUMN
-    from pipeline.predictions import PredictionWriter, SlideStage
+    from pipeline.classify import model_classes
+    from pipeline.predictions import PredictionWriter
     from pipeline.report import CountAccumulator
-    from pipeline.sources import discover_images
     from pipeline.lock import claim_empty_output
-    from pipeline.store import PATH_COLUMN, images_identity, ledger_identity, read_shards, read_table, shard_files
+    from pipeline.store import images_identity, ledger_identity
 
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"--threshold {threshold!r} must be between 0 and 1")
-    check_slides(slides)
-    ckpt = find_model(model)
+    if not isinstance(config, InferConfig):
+        if "fmt" in settings:
+            settings["format"] = settings.pop("fmt")
+        config = InferConfig(slides=config, model=model, out=out, **settings)
+    check_slides(config.slides)
+    ckpt = find_model(config.model)
     _, meta = load_checkpoint(ckpt)  # refuses a damaged or mismatched checkpoint before any work
-    settings = meta.crop_settings
-    out_dir = absolute(out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    crop_settings = model_crop_settings(ckpt, meta)
+    classes = model_classes(meta)
+    out_dir = absolute(config.out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     _out_lock = claim_empty_output(out_dir, "infer")  # one writer per report folder, held until the run ends
-    src = absolute(slides)
-    from_cells = _is_ingest_output(src)
-    tasks, image_paths, ledger = [], {}, None
-    if from_cells:
-        ledger = read_table(src, schema.IMAGES_DIR)
-        cell_settings = read_table(src, columns=[schema.INGEST_SETTINGS]).column(0).unique().to_pylist()
-        if any(CropSettings.from_json(text) != settings for text in cell_settings):
-            raise CheckpointError(
-                f"the cells in {src} were cut with other settings than model {ckpt} was trained on "
-                f"(model: {settings.to_json()}); run `allray infer` on the slides "
-                "themselves instead")
-        ingest_src = _ingest_source(src)
-        if ingest_src is not None:
-            image_paths = {im: join_uri(ingest_src, im) for im in ledger.column(schema.IMAGE).to_pylist()}
-    else:
-        discovery = discover_images(src, fmt, manifest)
-        tasks = discovery.tasks
-        image_paths = {t.image: t.path for t in tasks}
+    src = absolute(config.slides)
+    source = (CellsSource.open(src, ckpt, crop_settings) if _is_ingest_output(src)
+              else SlidesSource.open(src, config, crop_settings))
+    from_cells = isinstance(source, CellsSource)
 
     startup_s = start_ray(address, verbose)
     cpus, gpus = cluster_cpus_gpus()
     reserve = LIGHT_TASK_CPUS * 2 + (0.0 if from_cells else 1.0)  # detection needs a whole core
-    files = shard_files(src) if from_cells else []
-    n_actors = workers or default_classifiers(cpus, gpus, gpu, from_cells, reserve, shards=len(files))
-    actor_cpus = 1.0 if gpu else min(1.0, (cpus - reserve) / n_actors)
+    n_actors = config.workers or default_classifiers(cpus, gpus, config.gpu, from_cells, reserve,
+                                                     shards=len(source.files) if from_cells else None)
+    actor_cpus = 1.0 if config.gpu else min(1.0, (cpus - reserve) / n_actors)
     if actor_cpus < 0.25:
         raise ClusterTooSmallError(
             f"allray infer asks for {n_actors} classifier worker(s) beside {reserve:g} CPU for detection and I/O, "
             f"but the cluster has {cpus:g} CPUs: use --workers {max(1, int((cpus - reserve) / 0.5))} or a bigger cluster")
-    check_fits(n_actors, actor_cpus, 1.0 if gpu else 0.0, reserve, "allray infer")
+    check_fits(n_actors, actor_cpus, 1.0 if config.gpu else 0.0, reserve, "allray infer")
 
     run_id = datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     make_dir(out_dir)
     started = time.perf_counter()
-    classifier_kwargs = {"checkpoint_dir": ckpt, "device": "cuda" if gpu else "cpu",
-                         "threshold": threshold, "threads": max(1, int(actor_cpus))}  # fmt: skip
-    pool = ray.data.ActorPoolStrategy(size=n_actors)
-    if from_cells:
-        ds = ray.data.from_items([{PATH_COLUMN: f} for f in files], override_num_blocks=len(files))
-        # A few reads at a time keep the classifiers fed; uncapped, a 0.1-CPU task lets Ray start a
-        # worker process per shard at once (seen: 8+ on 2 cores), which takes CPU from the classifiers.
-        ds = ds.map_batches(read_shards, batch_size=1, num_cpus=LIGHT_TASK_CPUS, batch_format="pyarrow",
-                            compute=ray.data.TaskPoolStrategy(size=max(1, min(2, len(files)))))
-        ds = ds.map_batches(CellClassifier, fn_constructor_kwargs=classifier_kwargs, compute=pool,
-                            num_cpus=actor_cpus, num_gpus=1 if gpu else 0, batch_size=batch_size,
-                            batch_format="pyarrow")
-        total = sum(n or 0 for n in ledger.column(schema.N_CELLS).to_pylist())
-    else:
-        items = [{TASK_COLUMN: t.to_json()} for t in tasks]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * int(cpus))))
-        ds = ds.map_batches(SlideStage, fn_constructor_kwargs={"settings_json": settings.to_json()},
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus - reserve + 1))),
-                            num_cpus=1, batch_size=4, batch_format="numpy")  # fmt: skip
-        ds = ds.map_batches(ImageClassifier, fn_constructor_kwargs=classifier_kwargs, compute=pool,
-                            num_cpus=actor_cpus, num_gpus=1 if gpu else 0, batch_size=8, batch_format="numpy")
-        total = len(tasks)
+    classify = ClassifyStage(
+        kwargs={"checkpoint_dir": ckpt, "device": "cuda" if config.gpu else "cpu", "threshold": config.threshold,
+                "threads": max(1, int(actor_cpus))},
+        pool=ray.data.ActorPoolStrategy(size=n_actors), cpus=actor_cpus, gpus=1 if config.gpu else 0)
+    ds, total = source.build(classify, config, cpus, reserve)
     # The one writer lives on the driver's node and holds no CPU: lost with a worker node, it would be
     # restarted and rewrite shards; holding a share, the pools it joins no longer fit what is left.
     ds = ds.map_batches(PredictionWriter, fn_constructor_kwargs={"out": out_dir, "run_id": run_id},
@@ -193,18 +168,11 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
                         label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()},
                         batch_format="pyarrow" if from_cells else "numpy")
 
-    acc = CountAccumulator(blast_alert_pct=blast_alert, min_cells=min_cells)
-    if from_cells:
-        ok = ledger.filter(ledger.column(schema.STATUS).to_numpy(zero_copy_only=False) == schema.STATUS_INGESTED)
-        for p, s, im in zip(*(ok.column(c).to_pylist() for c in (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE))):
-            acc.add_image(p, s, im)
-    quarantine: list[dict] = []
+    acc = CountAccumulator(blast_alert_pct=config.blast_alert, min_cells=config.min_cells, classes=classes)
+    quarantine: list[dict] = source.known_images(acc)
     inputs: list[tuple[str, str | None]] = []  # (image, content sha256) of every slide image read
-    if from_cells:
-        q = read_table(src, schema.QUARANTINE_DIR)
-        quarantine = [{schema.IMAGE: i, schema.REASON: r} for i, r in
-                      zip(q.column(schema.IMAGE).to_pylist(), q.column(schema.REASON).to_pylist())]  # fmt: skip
     gallery: dict[str, list] = {}
+    class_gallery: dict[str, list] = {}
     overlay_pick: dict[str, dict[str, int]] = {}  # patient -> image -> blasts called (one int per image)
     n_cells = n_images = 0
     progress = None if quiet else ProgressLine("infer", total, unit="images" if not from_cells else "cells")
@@ -223,11 +191,13 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
             if row[schema.STATUS] == schema.STATUS_INGESTED:
                 acc.add_image(p, s, im)
                 n_images += 1
-            acc.add_cells(p, s, im, row["predicted"], row["kinds"])
+            acc.add_cells(p, s, im, row["predicted"], row["kinds"], row["classes"])
             n_cells += row[schema.N_CELLS]
             key = p or "(unknown)"
             for crop, prob in zip(row["blast_crops"], row["blast_probs"]):
                 _push(gallery.setdefault(key, []), (prob, crop, im), GALLERY_PER_PATIENT)
+            for crop, name, prob in zip(row["class_crops"], row["class_picks"], row["class_probs"]):
+                _push(class_gallery.setdefault(name, []), (prob, crop, f"{key}: {im}"), GALLERY_PER_CLASS)
             blasts_in_image = overlay_pick.setdefault(key, {})
             blasts_in_image[im] = blasts_in_image.get(im, 0) + sum(row["predicted"])
         if first_cells is None:
@@ -237,25 +207,145 @@ def run_infer(slides: str, model: str | None, out: str | None = None, gpu: bool 
     if progress:
         progress.close()
     seconds = time.perf_counter() - started
-    if not from_cells and n_images != len(tasks):  # every slide image is reported exactly once
-        raise RuntimeError(f"infer accounted for {n_images} of {len(tasks)} images: this is a bug, please report it")
+    if not from_cells and n_images != len(source.tasks):  # every slide image is reported exactly once
+        raise RuntimeError(f"infer accounted for {n_images} of {len(source.tasks)} images: this is a bug, please "
+                           "report it")
     model_id = _model_id(ckpt, meta)
-    resolved = {"slides": src, "model": ckpt, "out": out_dir, "gpu": gpu, "workers": n_actors, "batch_size": batch_size,
-                "threshold": threshold, "blast_alert": blast_alert, "min_cells": min_cells,
-                "manifest": absolute(manifest) if manifest else None, "format": fmt}  # fmt: skip
-    identities = {"model_id": model_id, "model_data_id": meta.data_id, "input": src,
+    resolved = {**config.to_dict(), "slides": src, "model": ckpt, "out": out_dir, "workers": n_actors,
+                "manifest": absolute(config.manifest) if config.manifest else None}  # fmt: skip
+    identities = {"model_id": model_id, "model_data_id": meta_value(meta, "data_id"), "input": src,
                   "input_data_id": ledger_identity(src) if from_cells else images_identity(inputs)}  # fmt: skip
-    return _write_outputs(out_dir, acc, gallery, overlay_pick, image_paths, quarantine, {
-        "model": ckpt, "model_id": model_id, "arch": meta.arch, "threshold": threshold,
-        "blast_alert_pct": blast_alert, "min_cells": min_cells, "slides": src,
-        "input": "ingest output (no detection)" if from_cells else "slides", "n_images": len(image_paths) or n_images,
+    galleries = {"blasts": gallery, "classes": class_gallery}
+    return _write_outputs(out_dir, acc, galleries, overlay_pick, source.image_paths, quarantine, {
+        "model": ckpt, "model_id": model_id, "arch": meta_value(meta, "arch"), "classes": ", ".join(classes),
+        "threshold": config.threshold, "blast_alert_pct": config.blast_alert, "min_cells": config.min_cells,
+        "slides": src, "input": "ingest output (no detection)" if from_cells else "slides",
+        "n_images": len(source.image_paths) or n_images,
         "n_quarantined": len(quarantine), "elapsed_s": round(seconds, 2),
         "cells_per_s": round(n_cells / seconds, 1) if seconds > 0 else None, "ray_startup_seconds": round(startup_s, 2),
         "first_result_s": round(first_s, 2) if first_s is not None else None,
         "cells_per_s_after_first_result": round((n_cells - first_cells) / (seconds - first_s), 1)
         if first_s is not None and seconds > first_s and n_cells > first_cells else None,
-        "workers": n_actors, "gpu": gpu, "run_id": run_id, "command": " ".join(sys.argv),
+        "workers": n_actors, "gpu": config.gpu, "run_id": run_id, "command": " ".join(sys.argv),
     }, run_record(resolved, identities))  # fmt: skip
+
+
+def model_crop_settings(ckpt: str, meta) -> CropSettings:
+    """The CropSettings a model's training crops were cut with (an object in CheckpointMeta, a dict in
+    an older meta.json); CheckpointError when they are not usable."""
+    stored = meta_value(meta, "crop_settings")
+    if isinstance(stored, CropSettings):
+        return stored
+    try:
+        return CropSettings.from_json(json.dumps(stored))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{ckpt}: crop settings in meta.json are not usable: {err}") from None
+
+
+@dataclass(frozen=True)
+class ClassifyStage:
+    """How the classifier runs: its constructor arguments, actor pool and resources per actor."""
+
+    kwargs: dict
+    pool: object  # ray.data.ActorPoolStrategy
+    cpus: float
+    gpus: float
+
+
+@dataclass
+class SlidesSource:
+    """Slide images to detect and crop exactly as ingest does, then classify."""
+
+    tasks: list
+    image_paths: dict[str, str]
+    settings: CropSettings  # the model's: slides are cut exactly as its training crops were
+    files: tuple = ()
+
+    @classmethod
+    def open(cls, src: str, config: InferConfig, settings: CropSettings) -> SlidesSource:
+        from pipeline.sources import discover_images
+
+        tasks = discover_images(src, config.format, config.manifest).tasks
+        return cls(tasks=tasks, image_paths={t.image: t.path for t in tasks}, settings=settings)
+
+    def known_images(self, acc) -> list[dict]:
+        """Nothing is known before the run: every image reports itself (returns the quarantine so far)."""
+        return []
+
+    def build(self, classify: ClassifyStage, config: InferConfig, cpus: float, reserve: float):
+        """(dataset of one classified row per image, images to expect): tasks -> SlideStage -> ImageClassifier."""
+        import ray
+
+        from pipeline.classify import ImageClassifier
+        from pipeline.ingest import TASK_COLUMN
+        from pipeline.predictions import SlideStage
+
+        items = [{TASK_COLUMN: t.to_json()} for t in self.tasks]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * int(cpus))))
+        ds = ds.map_batches(SlideStage, fn_constructor_kwargs={"settings_json": self.settings.to_json()},
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus - reserve + 1))),
+                            num_cpus=1, batch_size=4, batch_format="numpy")  # fmt: skip
+        ds = ds.map_batches(ImageClassifier, fn_constructor_kwargs=classify.kwargs, compute=classify.pool,
+                            num_cpus=classify.cpus, num_gpus=classify.gpus, batch_size=8, batch_format="numpy")
+        return ds, len(self.tasks)
+
+
+@dataclass
+class CellsSource:
+    """An ingest output: its crops are classified as they are (no detection redone)."""
+
+    src: str
+    files: list
+    ledger: object  # pyarrow Table of the image ledger
+    image_paths: dict[str, str]
+    tasks: tuple = ()
+
+    @classmethod
+    def open(cls, src: str, ckpt: str, settings: CropSettings) -> CellsSource:
+        from pipeline.store import read_table, shard_files
+
+        ledger = read_table(src, schema.IMAGES_DIR)
+        cell_settings = read_table(src, columns=[schema.INGEST_SETTINGS]).column(0).unique().to_pylist()
+        wanted = json.loads(settings.to_json())
+        if any(json.loads(text) != wanted for text in cell_settings):
+            raise CheckpointError(
+                f"the cells in {src} were cut with other settings than model {ckpt} was trained on "
+                f"(model: {settings.to_json()}); run `allray infer` on the slides themselves instead")
+        ingest_src = _ingest_source(src)
+        image_paths = {}
+        if ingest_src is not None:
+            image_paths = {im: join_uri(ingest_src, im) for im in ledger.column(schema.IMAGE).to_pylist()}
+        return cls(src=src, files=shard_files(src), ledger=ledger, image_paths=image_paths)
+
+    def known_images(self, acc) -> list[dict]:
+        """Count every ingested image of the ledger (with or without cells); the stored quarantine."""
+        from pipeline.store import read_table
+
+        ledger = self.ledger
+        ok = ledger.filter(ledger.column(schema.STATUS).to_numpy(zero_copy_only=False) == schema.STATUS_INGESTED)
+        for p, s, im in zip(*(ok.column(c).to_pylist() for c in (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE))):
+            acc.add_image(p, s, im)
+        q = read_table(self.src, schema.QUARANTINE_DIR)
+        return [{schema.IMAGE: i, schema.REASON: r} for i, r in
+                zip(q.column(schema.IMAGE).to_pylist(), q.column(schema.REASON).to_pylist())]  # fmt: skip
+
+    def build(self, classify: ClassifyStage, config: InferConfig, cpus: float, reserve: float):
+        """(dataset of classified cells, cells to expect): shard paths -> read_shards -> CellClassifier."""
+        import ray
+
+        from pipeline.classify import CellClassifier
+        from pipeline.store import PATH_COLUMN, read_shards
+
+        files = self.files
+        ds = ray.data.from_items([{PATH_COLUMN: f} for f in files], override_num_blocks=max(1, len(files)))
+        # A few reads at a time keep the classifiers fed; uncapped, a 0.1-CPU task lets Ray start a
+        # worker process per shard at once (seen: 8+ on 2 cores), which takes CPU from the classifiers.
+        ds = ds.map_batches(read_shards, batch_size=1, num_cpus=LIGHT_TASK_CPUS, batch_format="pyarrow",
+                            compute=ray.data.TaskPoolStrategy(size=max(1, min(2, len(files)))))
+        ds = ds.map_batches(CellClassifier, fn_constructor_kwargs=classify.kwargs, compute=classify.pool,
+                            num_cpus=classify.cpus, num_gpus=classify.gpus, batch_size=config.batch_size,
+                            batch_format="pyarrow")
+        return ds, sum(n or 0 for n in self.ledger.column(schema.N_CELLS).to_pylist())
 
 
 def _push(heap: list, item: tuple, k: int) -> None:
@@ -285,7 +375,7 @@ def _ingest_source(cells_dir: str) -> str | None:
         return None
 
 
-def _write_outputs(out_dir: str, acc, gallery: dict, overlay_pick: dict, image_paths: dict, quarantine: list,
+def _write_outputs(out_dir: str, acc, galleries: dict, overlay_pick: dict, image_paths: dict, quarantine: list,
                    info: dict, record: dict) -> dict:  # fmt: skip
     import pyarrow.dataset as pads
 
@@ -294,7 +384,7 @@ def _write_outputs(out_dir: str, acc, gallery: dict, overlay_pick: dict, image_p
     from pipeline.report_html import draw_overlay, write_html_report
 
     patients, samples = acc.patients(), acc.samples()
-    write_count_tables(out_dir, patients, samples, info)
+    write_count_tables(out_dir, patients, samples, info, classes=acc.classes)
     # The images with the most blasts called are the ones a reviewer should see first.
     chosen = {p: heapq.nlargest(OVERLAYS_PER_PATIENT, ((n, im) for im, n in images.items()))
               for p, images in overlay_pick.items()}  # fmt: skip
@@ -321,9 +411,10 @@ def _write_outputs(out_dir: str, acc, gallery: dict, overlay_pick: dict, image_p
                     continue
                 caption = f"{im}: {len(by_image.get(im, []))} cells, {n_blasts} called blasts"
                 overlays.setdefault(patient, []).append((caption, draw_overlay(pixels, by_image.get(im, []))))
-    gallery_items = {p: [(crop, prob, im) for prob, crop, im in sorted(items, reverse=True)]
-                     for p, items in gallery.items()}  # fmt: skip
-    write_html_report(out_dir, patients, overlays, gallery_items, quarantine, info)
+    gallery_items, class_items = ({k: [(crop, prob, im) for prob, crop, im in sorted(items, reverse=True)]
+                                   for k, items in galleries[name].items()} for name in ("blasts", "classes"))
+    write_html_report(out_dir, patients, overlays, gallery_items, quarantine, info, class_gallery=class_items,
+                      classes=acc.classes)
     summary = {**info, "patients": len(patients), "n_blasts": sum(p["n_blasts"] for p in patients),
                "flags": {f: sum(p["flag"] == f for p in patients) for f in {p["flag"] for p in patients}},
                "report": join_uri(out_dir, "report.html"), "quarantined": quarantine, "run": record}  # fmt: skip

@@ -171,3 +171,36 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """Plain dict of every field, for config.json."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Settings of `allray infer`."""
+
+    slides: str = "slides"  # slide folders, a manifest's images, or an ingest output (crops reused)
+    model: str | None = None  # a checkpoint or a run (its best arch); None = the newest run in ./runs
+    out: str | None = None  # None = a new reports/<date-time>
+    gpu: bool = False
+    workers: int | None = None  # classifier actors; None = fit them to the cluster and the input
+    batch_size: int = 64  # cells per classifier batch: large enough to keep a core (or GPU) busy
+    threshold: float = 0.5  # blast probability at which a cell is called a blast
+    blast_alert: float = 20.0  # WHO's 20% blast threshold for acute leukaemia
+    min_cells: int = 50  # fewer counted cells: the count is flagged too_few_cells
+    manifest: str | None = None
+    format: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(bool(str(self.slides).strip()), "give the slides to label (SLIDES)")
+        _check(0.0 < self.threshold < 1.0, f"threshold={self.threshold!r} must be between 0 and 1")
+        _check(0.0 < self.blast_alert <= 100.0, f"blast_alert={self.blast_alert!r} must be in (0, 100]")
+        _check(int(self.min_cells) == self.min_cells and self.min_cells >= 0,
+               f"min_cells={self.min_cells!r} must be a whole number >= 0")
+        _check(1 <= self.batch_size <= 65_536, f"batch_size={self.batch_size!r} must be between 1 and 65536")
+        _check(self.workers is None or self.workers >= 1, f"workers={self.workers!r} must be at least 1")
+        _check(self.format in FORMATS, f"format={self.format!r}: choose one of {', '.join(FORMATS)}")
+        _check(self.format != "manifest" or self.manifest is not None,
+               "format=manifest needs a manifest CSV (columns image,patient_id,sample_id)")
+
+    def to_dict(self) -> dict:
+        """Plain dict of every field, for the run record."""
+        return dataclasses.asdict(self)

@@ -13,7 +13,7 @@ import numbers
 import numpy as np
 import pyarrow as pa
 
-from pipeline import schema
+from pipeline import schema, taxonomy
 from pipeline.config import CropSettings
 from pipeline.ingest import process_task
 from pipeline.locations import join, resolve
@@ -22,11 +22,29 @@ from pipeline.store import new_shard_id, write_table_atomic
 
 CELLS_IPC = "cells_ipc"
 TOP_BLASTS = 12  # crops called blasts kept per image for the report's gallery
+TOP_PER_CLASS = 3  # crops kept per image and predicted class for the report's class gallery
 # The per-image head columns, then what the driver aggregates (source_sha256 names the input images).
 _HEAD_COLUMNS = (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE, schema.STATUS, schema.REASON, schema.SOURCE_SHA256)
-SUMMARY_COLUMNS = (*_HEAD_COLUMNS, schema.N_CELLS, "predicted", "kinds", "blast_crops", "blast_probs")
-_CELL_COLUMNS = [f.name for f in schema.PREDICTION_SCHEMA if f.name not in
-                 (schema.BLAST_PROB, schema.PREDICTED, schema.MODEL_ID)]  # fmt: skip
+SUMMARY_COLUMNS = (*_HEAD_COLUMNS, schema.N_CELLS, "predicted", "kinds", "blast_crops", "blast_probs", "classes",
+                   "class_crops", "class_picks", "class_probs")
+_CLASSIFIER_COLUMNS = (schema.BLAST_PROB, schema.PREDICTED, schema.PREDICTED_CLASS, schema.CLASS_PROB, schema.MODEL_ID)
+_CELL_COLUMNS = [f.name for f in schema.PREDICTION_SCHEMA if f.name not in _CLASSIFIER_COLUMNS]
+
+
+def known_class(cell_class: str | None, label: int | None) -> str | None:
+    """The class a cell is known to be: its cell_class, else what its binary label stands for."""
+    return cell_class if cell_class is not None else taxonomy.class_of_binary(label)
+
+
+def with_known_class(cells: pa.Table) -> pa.Table:
+    """`cells` with KNOWN_CLASS filled from CELL_CLASS (where the cell table has it) or LABEL."""
+    if schema.KNOWN_CLASS in cells.column_names:
+        return cells
+    n = cells.num_rows
+    classes = cells.column(schema.CELL_CLASS).to_pylist() if schema.CELL_CLASS in cells.column_names else [None] * n
+    labels = cells.column(schema.LABEL).to_pylist() if schema.LABEL in cells.column_names else [None] * n
+    return cells.append_column(schema.KNOWN_CLASS, pa.array([known_class(c, lb) for c, lb in zip(classes, labels)],
+                                                            pa.string()))
 
 
 def pack_cells(table: pa.Table) -> bytes:
@@ -57,7 +75,9 @@ class SlideStage:
         for text in batch[TASK_COLUMN]:
             task = ImageTask.from_json(str(text))
             outcome, sha = process_task(task, self.settings, self.settings_json)
-            cells = [{k: r.get(k) for k in _CELL_COLUMNS} for r in outcome.cells]
+            cells = [{**{k: r.get(k) for k in _CELL_COLUMNS},
+                      schema.KNOWN_CLASS: known_class(r.get(schema.CELL_CLASS), r.get(schema.LABEL))}
+                     for r in outcome.cells]
             rows[schema.PATIENT_ID].append(task.patient_id)
             rows[schema.SAMPLE_ID].append(task.sample_id)
             rows[schema.IMAGE].append(task.image)
@@ -85,7 +105,7 @@ class PredictionWriter:
 
     def __call__(self, batch) -> dict[str, list]:
         if isinstance(batch, pa.Table):  # one row per cell, from an ingest output
-            tables, heads = _group_by_image(batch)
+            tables, heads = _group_by_image(with_known_class(batch))
         else:
             tables = [unpack_cells(b) for b in batch[CELLS_IPC]]
             heads = [{k: batch[k][i] for k in _HEAD_COLUMNS} for i in range(len(tables))]
@@ -110,6 +130,12 @@ class PredictionWriter:
             summary["kinds"].append(kinds)
             summary["blast_crops"].append([crops[i] for i in top])
             summary["blast_probs"].append([float(probs[i]) for i in top])
+            classes = t.column(schema.PREDICTED_CLASS).to_pylist()
+            summary["classes"].append(classes)
+            picks = top_per_class(classes, t.column(schema.CLASS_PROB).to_numpy(), kinds, TOP_PER_CLASS)
+            summary["class_crops"].append([crops[i] for i in picks])
+            summary["class_picks"].append([classes[i] for i in picks])
+            summary["class_probs"].append([float(t.column(schema.CLASS_PROB)[i].as_py()) for i in picks])
         return summary
 
 
@@ -118,6 +144,16 @@ def _text_or_none(value) -> str | None:
     if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):  # np.float32 is no float
         return None
     return str(value)
+
+
+def top_per_class(classes: list, probs: np.ndarray, kinds: list, k: int) -> list[int]:
+    """Indices of up to `k` cells per predicted class, most confident first (smudge cells left out)."""
+    picks: dict[str, list[int]] = {}
+    for i in np.argsort(-np.asarray(probs), kind="stable"):
+        i = int(i)
+        if kinds[i] != schema.KIND_SMUDGE and classes[i] is not None and len(picks.setdefault(classes[i], [])) < k:
+            picks[classes[i]].append(i)
+    return [i for idx in picks.values() for i in idx]
 
 
 def _group_by_image(cells: pa.Table) -> tuple[list[pa.Table], list[dict]]:

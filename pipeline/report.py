@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import schema
+from pipeline import schema, taxonomy
 from pipeline.csvsafe import csv_text
+from pipeline.differential import count_class, differential_columns, differential_row
 from pipeline.locations import join_uri, write_text
 from pipeline.redact import redact, redact_text
 
@@ -46,7 +48,17 @@ PATIENT_COLUMNS = (schema.PATIENT_ID, N_SAMPLES, N_IMAGES, schema.N_CELLS, N_BLA
 SAMPLE_COLUMNS = (schema.PATIENT_ID, schema.SAMPLE_ID, N_IMAGES, schema.N_CELLS, N_BLASTS, BLAST_PCT, CI_LOW,
                   CI_HIGH, FLAG, N_SMUDGE)
 
-INFO_LABELS = {"model": "Model", "threshold": "Blast probability threshold", "blast_alert_pct": "Alert at blast %",
+
+def patient_columns(classes: Sequence[str] = taxonomy.BINARY_CLASSES) -> tuple[str, ...]:
+    """patients.csv columns: PATIENT_COLUMNS, then the differential of a model with `classes`."""
+    return (*PATIENT_COLUMNS, *(c for c in differential_columns(classes) if c not in PATIENT_COLUMNS))
+
+
+def sample_columns(classes: Sequence[str] = taxonomy.BINARY_CLASSES) -> tuple[str, ...]:
+    """samples.csv columns: SAMPLE_COLUMNS, then the differential of a model with `classes`."""
+    return (*SAMPLE_COLUMNS, *(c for c in differential_columns(classes) if c not in SAMPLE_COLUMNS))
+
+INFO_LABELS = {"model": "Model", "classes": "Model classes", "threshold": "Blast probability threshold", "blast_alert_pct": "Alert at blast %",
                "min_cells": "Minimum cells per patient", "started": "Run started", "elapsed_s": "Run time (s)",
                "cells_per_s": "Cells / s", "n_images": "Images read", "n_quarantined": "Files quarantined",
                "run_id": "Run id"}
@@ -101,34 +113,40 @@ class _Tally:
     n_cells: int = 0
     n_blasts: int = 0
     n_smudge: int = 0
+    classes: Counter = field(default_factory=Counter)  # cells per differential class
 
 
 class CountAccumulator:
     """Streams per-cell and per-image facts in; per-patient and per-sample count rows out.
     Holds only small aggregates (counts and sets of image/sample ids), never cell rows."""
 
-    def __init__(self, blast_alert_pct: float = 20.0, min_cells: int = 50):
+    def __init__(self, blast_alert_pct: float = 20.0, min_cells: int = 50,
+                 classes: Sequence[str] = taxonomy.BINARY_CLASSES):
         if not 0 < blast_alert_pct <= 100:
             raise ValueError(f"blast_alert_pct must be in (0, 100], got {blast_alert_pct!r}")
         if int(min_cells) != min_cells or min_cells < 0:
             raise ValueError(f"min_cells must be a whole number >= 0, got {min_cells!r}")
         self.blast_alert_pct, self.min_cells = float(blast_alert_pct), int(min_cells)
+        self.classes = tuple(classes)  # the model's classes: which differential columns the rows get
         self._tallies: dict[tuple[str, str], _Tally] = {}
 
     def add_image(self, patient_id: str | None, sample_id: str | None, image: str) -> None:
         """Count `image` as read (call for every readable image, even one with no cells)."""
         self._tally(_name(patient_id), _name(sample_id)).images.add(str(image))
 
-    def add_cells(self, patient_id, sample_id, image, predicted: Sequence[int], kinds: Sequence[str]) -> None:
+    def add_cells(self, patient_id, sample_id, image, predicted: Sequence[int], kinds: Sequence[str],
+                  classes: Sequence[str] | None = None) -> None:
         """Add the cells of one image (scalar ids) or of several (ids as sequences as long as predicted)."""
         n = len(predicted)
         columns = [[v] * n if v is None or isinstance(v, str) else v for v in (patient_id, sample_id, image)]
-        self.add_cell_batch(*columns, predicted, kinds)
+        self.add_cell_batch(*columns, predicted, kinds, classes)
 
-    def add_cell_batch(self, patient_ids, sample_ids, images, predicted, kinds) -> None:
+    def add_cell_batch(self, patient_ids, sample_ids, images, predicted, kinds, classes=None) -> None:
         """Add cells of many images: five columns of equal length (lists, numpy or Arrow arrays).
 
         predicted holds 0/1 calls; a cell of kind schema.KIND_SMUDGE counts as n_smudge only.
+        classes (optional, as long): each cell's predicted class, for the differential; without it a
+        cell counts as lymphoblast or other by its call (a binary model's differential).
         """
         cols = [_to_arrow(c) for c in (patient_ids, sample_ids, images, predicted, kinds)]
         lengths = {len(c) for c in cols}
@@ -165,7 +183,26 @@ class CountAccumulator:
             tally.images.add(i)
             tally.n_cells += cells
             tally.n_blasts += blasts
-            tally.n_smudge += smudges
+        self._add_classes(table, calls, smudge, classes)
+
+    def _add_classes(self, table: pa.Table, calls: np.ndarray, smudge: np.ndarray, classes) -> None:
+        """Count each cell in its differential class (smudge by kind, else its predicted class)."""
+        if classes is None:
+            names = np.where(calls == 1, taxonomy.LYMPHOBLAST, taxonomy.OTHER).astype(object)
+        else:
+            names = np.asarray(_to_arrow(classes).cast(pa.string()).to_pylist(), dtype=object)
+            if len(names) != len(calls):
+                raise ValueError(f"add_cell_batch got {len(names)} classes for {len(calls)} cells")
+        names[smudge] = taxonomy.SMUDGE
+        counted = [count_class(n) for n in names.tolist()]
+        groups = table.select(["_p", "_s"]).append_column("_c", pa.array(counted, pa.string())).group_by(
+            ["_p", "_s", "_c"]).aggregate([("_c", "count")]).to_pydict()
+        for p, s, c, n in zip(groups["_p"], groups["_s"], groups["_c"], groups["_c_count"]):
+            if c is not None:
+                tally = self._tally(p, s)
+                tally.classes[c] += n
+                if c == taxonomy.SMUDGE:
+                    tally.n_smudge += n
 
     def patients(self) -> list[dict]:
         """One row per patient (PATIENT_COLUMNS), highest blast_pct first."""
@@ -177,6 +214,7 @@ class CountAccumulator:
             total.n_cells += t.n_cells
             total.n_blasts += t.n_blasts
             total.n_smudge += t.n_smudge
+            total.classes.update(t.classes)
         rows = [{schema.PATIENT_ID: p, N_SAMPLES: len(sample_ids), **self._counts(t)}
                 for p, (t, sample_ids) in merged.items()]
         return sort_rows(rows)
@@ -190,7 +228,8 @@ class CountAccumulator:
         return self._tallies.setdefault((patient, sample), _Tally())
 
     def _counts(self, t: _Tally) -> dict:
-        return count_row(len(t.images), t.n_cells, t.n_blasts, t.n_smudge, self.blast_alert_pct, self.min_cells)
+        row = count_row(len(t.images), t.n_cells, t.n_blasts, t.n_smudge, self.blast_alert_pct, self.min_cells)
+        return {**row, **{k: v for k, v in differential_row(t.classes, self.classes).items() if k not in row}}
 
 
 def sort_rows(rows: list[dict]) -> list[dict]:
@@ -199,17 +238,20 @@ def sort_rows(rows: list[dict]) -> list[dict]:
                                        str(r.get(schema.SAMPLE_ID, ""))))
 
 
-def write_count_tables(out: str | Path, patients: list[dict], samples: list[dict], meta: dict) -> None:
+def write_count_tables(out: str | Path, patients: list[dict], samples: list[dict], meta: dict,
+                       classes: Sequence[str] = taxonomy.BINARY_CLASSES) -> None:
     """Write out/patients.csv, out/patients.json ({"patients": [...], "meta": meta}) and out/samples.csv.
 
-    `out` is a local folder or a URI. CSV headers are PATIENT_COLUMNS / SAMPLE_COLUMNS in that order.
+    `out` is a local folder or a URI. CSV headers are patient_columns / sample_columns of the model's
+    `classes` (the base columns, then the differential).
     Each file is written beside its final name and renamed, so a program watching `out` never parses
     half a file.
     """
-    _check_columns("patients", patients, PATIENT_COLUMNS)
-    _check_columns("samples", samples, SAMPLE_COLUMNS)
-    _write_csv(join_uri(out, "patients.csv"), PATIENT_COLUMNS, patients)
-    _write_csv(join_uri(out, "samples.csv"), SAMPLE_COLUMNS, samples)
+    p_cols, s_cols = patient_columns(classes), sample_columns(classes)
+    _check_columns("patients", patients, p_cols)
+    _check_columns("samples", samples, s_cols)
+    _write_csv(join_uri(out, "patients.csv"), p_cols, patients)
+    _write_csv(join_uri(out, "samples.csv"), s_cols, samples)
     # default=str: meta holds resolved settings, which may include Paths or datetimes.
     text = json.dumps({"patients": patients, "meta": redact(meta)}, indent=2, allow_nan=False, default=str)
     write_text(join_uri(out, "patients.json"), text + "\n")

@@ -138,7 +138,7 @@ GEOMETRY_FILE = "geometry.json"
 ATTEMPTS_DIR = "attempts"
 
 # Ground-truth CSV columns (written by `allray synth`, read by `ingest --labels`).
-TRUTH_COLUMNS = ("image", "x", "y", "r", "label")
+TRUTH_COLUMNS = ("image", "x", "y", "r", "label", "class")  # class: a taxonomy name (label empty if not white)
 PATIENT_TRUTH_COLUMNS = ("patient_id", "n_wbc", "n_blast", "blast_pct")
 MANIFEST_COLUMNS = ("image", "patient_id", "sample_id")  # optional 4th: label
 
@@ -157,7 +157,10 @@ PREDICTION_SCHEMA = pa.schema(
     + [
         pa.field(BLAST_PROB, pa.float32()),
         pa.field(PREDICTED, pa.int8()),
+        pa.field(PREDICTED_CLASS, pa.string()),
+        pa.field(CLASS_PROB, pa.float32()),
         pa.field(LABEL, pa.int8()),  # known label where the input had one (for evaluation), else null
+        pa.field(KNOWN_CLASS, pa.string()),
         pa.field(MODEL_ID, pa.string()),
         CELL_SCHEMA.field(SOURCE_SHA256),
     ]

@@ -3,13 +3,15 @@
 A cohort is a set of patients; each patient gets a "microscope and staining" (`SmearStyle`: the
 magnification, stain hue and strength, illumination, noise and blur) and a blast fraction
 (about a third of patients are healthy). Each image is a smear of red cells, platelets and 2-6
-white cells (lymphoblasts, lymphocytes, neutrophils, monocytes), some touching, some cut by the
-image border. The cells are drawn in `pipeline.synth_cells`; this module composes smears and
+white cells (lymphoblasts, lymphocytes, neutrophils, monocytes, eosinophils, basophils), now and
+then a nucleated red cell (erythroblast) where the patient has blasts, some touching, some cut by
+the image border. The cells are drawn in `pipeline.synth_cells`; this module composes smears and
 writes cohorts:
 
     OUT/slides/<patient>/<sample>/<image>.png   e.g. P000/S0/img000.png
-    OUT/truth/cells.csv                          image,x,y,r,label (one row per white cell)
-    OUT/truth/patients.csv                       patient_id,n_wbc,n_blast,blast_pct
+    OUT/truth/cells.csv                          image,x,y,r,label,class (one row per nucleated cell)
+    OUT/truth/patients.csv                       patient_id,n_wbc,n_blast,blast_pct, then per class
+                                                 n_<class>,<class>_pct (PATIENT_CLASS_COLUMNS)
     OUT/truth/cohort.json                        the settings, and each patient's style
 
 Reproducibility: every random draw comes from a generator derived from (seed, patient) or
@@ -29,10 +31,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from pipeline import schema
+from pipeline import schema, taxonomy
 from pipeline.synth_cells import (
-    LYMPHOBLAST, LYMPHOCYTE, MONOCYTE, NEUTROPHIL, PLATELET_RADIUS_UM, WBC_RADIUS_UM, Stains,
-    draw_platelet, draw_red_cell, draw_white_cell,
+    BASOPHIL, EOSINOPHIL, ERYTHROBLAST, LYMPHOBLAST, LYMPHOCYTE, MONOCYTE, NEUTROPHIL, PLATELET_RADIUS_UM,
+    WBC_KINDS, WBC_RADIUS_UM, Stains, draw_platelet, draw_red_cell, draw_white_cell,
 )
 
 RBC_DIAMETER_UM = 7.5  # the ruler of every smear: detectors estimate the scale from red cells
@@ -41,8 +43,16 @@ MAX_SIDE = 8192  # px: a larger synthetic field is a typo, not a plan
 WBC_PER_IMAGE = (2, 6)
 # Mix of non-blast white cells (roughly a normal differential, with lymphocytes over-represented
 # because they are what blasts must be told apart from).
-OTHER_KINDS = (NEUTROPHIL, LYMPHOCYTE, MONOCYTE)
-OTHER_WEIGHTS = (0.45, 0.4, 0.15)
+OTHER_KINDS = (NEUTROPHIL, LYMPHOCYTE, MONOCYTE, EOSINOPHIL, BASOPHIL)
+OTHER_WEIGHTS = (0.42, 0.38, 0.12, 0.05, 0.03)
+# Nucleated red cells: absent from healthy blood, a few per 100 white cells when the marrow is
+# infiltrated (leukoerythroblastic blood). One per image with this probability (~1.5 per 100 WBC).
+ERYTHROBLAST_PROB = 0.06
+# truth/patients.csv class columns: the white classes drawn (% of white cells), then the cells
+# counted apart (per 100 white cells), named as `allray infer` names its differential columns.
+TRUTH_WHITE_CLASSES = tuple(c for c in taxonomy.WHITE_CLASSES if c in WBC_KINDS)
+PATIENT_CLASS_COLUMNS = tuple(col for c in (*TRUTH_WHITE_CLASSES, *taxonomy.APART_CLASSES)
+                              for col in taxonomy.column_names(c)[:2])
 TOUCHING_PROB = 0.3  # per image: one white cell is placed against another
 BORDER_PROB = 0.2  # per white cell: placed so the image border cuts it
 PLATELETS_PER_MPX = 17.0  # ~8 platelets on an 800x600 field
@@ -65,6 +75,13 @@ CYTO_OD = {
 }
 
 
+GRANULE_OD = {
+    EOSINOPHIL: (0.085, 0.42, 0.55),  # eosin: orange-red, deeper than a red cell
+    BASOPHIL: (0.72, 1.05, 0.36),  # azure: dark purple-black
+}
+ERYTHROBLAST_CYTO_OD = (0.11, 0.25, 0.19)  # haemoglobin with a grey-blue cast (polychromasia)
+
+
 @dataclass(frozen=True)
 class TruthCell:
     """A white cell as drawn: centre of its visible part and radius in px, label and kind."""
@@ -72,8 +89,8 @@ class TruthCell:
     x: float
     y: float
     r: float
-    label: int  # 1 = lymphoblast, 0 = other white cell
-    kind: str  # "lymphoblast" | "lymphocyte" | "neutrophil" | "monocyte"
+    label: int | None  # 1 = lymphoblast, 0 = other white cell, None = not a white cell (erythroblast)
+    kind: str  # its class: a taxonomy name, e.g. "lymphoblast", "neutrophil", "erythroblast"
 
 
 @dataclass(frozen=True)
@@ -162,7 +179,8 @@ def make_smear(rng: np.random.Generator, size: tuple[int, int], blast_fraction: 
 
     The list holds every white cell drawn (2-6; fewer only where a small field cannot hold them),
     each with its true centre inside the image; each is a lymphoblast with probability
-    `blast_fraction`. Only `rng` is drawn from.
+    `blast_fraction`; then, in smears with blasts, sometimes a nucleated red cell (ERYTHROBLAST_PROB).
+    Only `rng` is drawn from.
     """
     width, height = _check_size(size)
     if not 0.0 <= blast_fraction <= 1.0:
@@ -180,7 +198,7 @@ def make_smear(rng: np.random.Generator, size: tuple[int, int], blast_fraction: 
         drawn = draw_white_cell(od, rng, kind, cx, cy, r, stains)
         if drawn is not None:
             truth.append(TruthCell(x=drawn.x, y=drawn.y, r=drawn.r,
-                                   label=int(kind == LYMPHOBLAST), kind=kind))
+                                   label=taxonomy.binary_label(kind), kind=kind))
     return _photograph(od, rng, style), truth
 
 
@@ -213,6 +231,7 @@ def write_cohort(out: Path, patients: int, images_per_patient: int, seed: int = 
         fraction = choose_blast_fraction(seed, p)
         styles[patient_id] = {"blast_fraction": fraction, "style": asdict(style)}
         n_wbc = n_blast = 0
+        classes: list[str] = []
         for i in range(images_per_patient):
             sample_id = f"S{i * samples_per_patient // images_per_patient}"
             rel = f"{patient_id}/{sample_id}/img{i:03d}.png"
@@ -220,16 +239,18 @@ def write_cohort(out: Path, patients: int, images_per_patient: int, seed: int = 
             _write_png(out / "slides" / rel, image)
             n_images += 1
             for c in cells:
-                cell_rows.append((rel, f"{c.x:.2f}", f"{c.y:.2f}", f"{c.r:.2f}", c.label))
-            n_wbc += len(cells)
-            n_blast += sum(c.label for c in cells)
+                label = "" if c.label is None else c.label
+                cell_rows.append((rel, f"{c.x:.2f}", f"{c.y:.2f}", f"{c.r:.2f}", label, c.kind))
+            n_wbc += sum(c.label is not None for c in cells)
+            n_blast += sum(c.label == 1 for c in cells)
+            classes += [c.kind for c in cells]
         pct = 100.0 * n_blast / n_wbc if n_wbc else 0.0
-        patient_rows.append((patient_id, n_wbc, n_blast, f"{pct:.2f}"))
+        patient_rows.append((patient_id, n_wbc, n_blast, f"{pct:.2f}", *truth_class_counts(classes)))
 
     truth = out / "truth"
     truth.mkdir(parents=True, exist_ok=True)
     _write_csv(truth / "cells.csv", schema.TRUTH_COLUMNS, cell_rows)
-    _write_csv(truth / "patients.csv", schema.PATIENT_TRUTH_COLUMNS, patient_rows)
+    _write_csv(truth / "patients.csv", (*schema.PATIENT_TRUTH_COLUMNS, *PATIENT_CLASS_COLUMNS), patient_rows)
     settings = {"seed": seed, "patients": patients, "images_per_patient": images_per_patient,
                 "samples_per_patient": samples_per_patient, "size": [width, height],
                 "rbc_diameter_um": RBC_DIAMETER_UM, "per_patient": styles}
@@ -237,6 +258,17 @@ def write_cohort(out: Path, patients: int, images_per_patient: int, seed: int = 
     return CohortSummary(out=out, n_patients=patients, n_images=n_images,
                          n_wbc=sum(r[1] for r in patient_rows),
                          n_blast=sum(r[2] for r in patient_rows))
+
+
+def truth_class_counts(classes: list[str]) -> tuple:
+    """The PATIENT_CLASS_COLUMNS values of a patient's drawn cells: count and % of white cells per
+    white class, count and number per 100 white cells of erythroblasts and smudge cells (2 decimals)."""
+    n_white = sum(taxonomy.is_white(c) for c in classes)
+    out: list = []
+    for name in (*TRUTH_WHITE_CLASSES, *taxonomy.APART_CLASSES):
+        k = classes.count(name)
+        out += [k, f"{100.0 * k / n_white:.2f}" if n_white else "0.00"]
+    return tuple(out)
 
 
 # --- composition -----------------------------------------------------------------------------
@@ -247,6 +279,8 @@ def _place_white_cells(rng, width, height, blast_fraction, px_per_um, style):
     n = int(rng.integers(WBC_PER_IMAGE[0], WBC_PER_IMAGE[1] + 1))
     kinds = [LYMPHOBLAST if rng.random() < blast_fraction
              else OTHER_KINDS[rng.choice(len(OTHER_KINDS), p=OTHER_WEIGHTS)] for _ in range(n)]
+    if blast_fraction > 0 and rng.random() < ERYTHROBLAST_PROB:
+        kinds.append(ERYTHROBLAST)
     gap = 0.4 * style.rbc_diameter_px  # separate cells stay clearly apart for the detector
     touching_slot = int(rng.integers(1, n)) if rng.random() < TOUCHING_PROB else -1
     placed: list[tuple[float, float, float, str]] = []
@@ -332,6 +366,9 @@ def _mix_stains(style: SmearStyle) -> Stains:
         cyto_blast=vec(CYTO_OD[LYMPHOBLAST], style.azure),
         cyto_neutrophil=vec(CYTO_OD[NEUTROPHIL], style.azure),
         cyto_monocyte=vec(CYTO_OD[MONOCYTE], style.azure),
+        granule_eosinophil=vec(GRANULE_OD[EOSINOPHIL], style.eosin),
+        granule_basophil=vec(GRANULE_OD[BASOPHIL], style.azure),
+        cyto_erythroblast=vec(ERYTHROBLAST_CYTO_OD, style.eosin),
     )
 
 

@@ -23,7 +23,11 @@ LYMPHOBLAST = "lymphoblast"
 LYMPHOCYTE = "lymphocyte"
 NEUTROPHIL = "neutrophil"
 MONOCYTE = "monocyte"
-WBC_KINDS = (LYMPHOBLAST, LYMPHOCYTE, NEUTROPHIL, MONOCYTE)
+EOSINOPHIL = "eosinophil"
+BASOPHIL = "basophil"
+ERYTHROBLAST = "erythroblast"  # nucleated red cell: drawn with the white cells, not one of them
+WBC_KINDS = (LYMPHOBLAST, LYMPHOCYTE, NEUTROPHIL, MONOCYTE, EOSINOPHIL, BASOPHIL)
+NUCLEATED_KINDS = (*WBC_KINDS, ERYTHROBLAST)  # what a detector of nucleated cells finds
 
 # Cell radius ranges in micrometres (half the diameters of haematology atlases). Size is
 # diagnostic: blasts overlap neutrophils in size but are clearly larger than mature lymphocytes.
@@ -32,6 +36,9 @@ WBC_RADIUS_UM = {
     NEUTROPHIL: (6.0, 7.0),  # 12-14 um
     MONOCYTE: (7.5, 9.0),  # 15-18 um
     LYMPHOBLAST: (6.0, 9.0),  # 12-18 um
+    EOSINOPHIL: (6.0, 7.5),  # 12-15 um
+    BASOPHIL: (5.0, 6.5),  # 10-13 um: a little smaller than a neutrophil
+    ERYTHROBLAST: (3.8, 5.0),  # 7.5-10 um late (ortho- and polychromatic) normoblasts seen in blood
 }
 PLATELET_RADIUS_UM = (1.0, 1.5)  # 2-3 um across
 
@@ -48,6 +55,10 @@ class Stains:
     cyto_blast: np.ndarray
     cyto_neutrophil: np.ndarray
     cyto_monocyte: np.ndarray
+    # Added with the differential; None = derived from the vectors above (see `_vector`).
+    granule_eosinophil: np.ndarray | None = None  # eosin-stained orange-red granules
+    granule_basophil: np.ndarray | None = None  # azure-stained dark purple granules
+    cyto_erythroblast: np.ndarray | None = None  # haemoglobin plus a little blue (polychromasia)
 
 
 @dataclass(frozen=True)
@@ -257,9 +268,71 @@ def _strand(xs, ys, x0, y0, x1, y1, width) -> np.ndarray:
     return np.clip(width - dist + 0.5, 0, 1).astype(np.float32)
 
 
+def _eosinophil(xs, ys, r, rng, stains):
+    """Two (sometimes three) round nucleus lobes like spectacles, cytoplasm packed with coarse orange granules."""
+    n_lobes = int(rng.choice([2, 3], p=[0.8, 0.2]))
+    a = rng.uniform(0, 2 * np.pi)
+    step = rng.uniform(1.6, 2.2) if n_lobes == 2 else rng.uniform(1.2, 1.5)
+    nuc = np.zeros(np.broadcast_shapes(xs.shape, ys.shape), np.float32)
+    prev = None
+    for i in range(n_lobes):
+        b = a + step * (i - (n_lobes - 1) / 2)
+        d = r * rng.uniform(0.3, 0.4)
+        px, py = d * np.cos(b), d * np.sin(b)
+        nuc = np.maximum(nuc, soft_blob(xs - px, ys - py, r * rng.uniform(0.3, 0.36), rng, wobble=0.06,
+                                        aspect=rng.uniform(1.0, 1.2), angle=rng.uniform(0, np.pi)))
+        if prev is not None:
+            nuc = np.maximum(nuc, _strand(xs, ys, prev[0], prev[1], px, py, r * 0.05))
+        prev = (px, py)
+    clumps = texture(nuc.shape, max(r * 0.06, 1.0), rng)
+    density = rng.uniform(0.9, 1.05) * np.clip(1 + 0.15 * clumps, 0.5, None)
+    # Granules ~0.5-1 um: large, round and even, unlike a neutrophil's fine dust.
+    granules = 1.0 + 0.45 * np.clip(texture(nuc.shape, max(r * 0.05, 1.2), rng), -1.5, 2.0)
+    granules = np.clip(granules, 0.3, None) * (1 - 0.85 * nuc)  # the lobes lie clear of granules, purple
+    return _vector(stains, "granule_eosinophil"), granules, nuc * density
+
+
+def _basophil(xs, ys, r, rng, stains):
+    """Lobed nucleus half hidden under coarse, uneven, very dark purple granules."""
+    ox, oy = _offset(rng, r * 0.15)
+    nuc = soft_blob(xs - ox, ys - oy, r * rng.uniform(0.5, 0.6), rng, wobble=0.12, aspect=rng.uniform(1.1, 1.4),
+                    angle=rng.uniform(0, np.pi))
+    density = rng.uniform(0.7, 0.85) * np.clip(1 + 0.15 * texture(nuc.shape, 1.5, rng), 0.5, None)
+    # Granules sit over the nucleus too: blotchy dark dots over the whole cell, unevenly spread.
+    dots = np.clip(texture(nuc.shape, max(r * 0.06, 1.0), rng) + 0.5, 0, None)
+    patches = np.clip(0.8 + 0.4 * texture(nuc.shape, r * 0.3, rng), 0.3, 1.3)
+    granules = 0.3 + 0.75 * dots * patches
+    return _vector(stains, "granule_basophil"), granules, nuc * density
+
+
+def _erythroblast(xs, ys, r, rng, stains):
+    """Red-cell-sized, no central pallor, a small round very dense (pyknotic) nucleus, often off-centre."""
+    rn = r * rng.uniform(0.42, 0.55)
+    ox, oy = _offset(rng, (r - rn) * 0.6)
+    nuc = soft_blob(xs - ox, ys - oy, rn, rng, wobble=0.03, aspect=rng.uniform(1.0, 1.1), angle=rng.uniform(0, np.pi))
+    density = rng.uniform(1.25, 1.45) * np.clip(1 + 0.06 * texture(nuc.shape, 1.0, rng), 0.7, None)
+    cyto = rng.uniform(0.9, 1.1) * (1.0 + 0.05 * texture(nuc.shape, 2.0, rng))
+    return _vector(stains, "cyto_erythroblast"), cyto, nuc * density
+
+
+def _vector(stains: Stains, name: str) -> np.ndarray:
+    """A stain vector of the differential's cells; when not given, mixed from the base dyes' vectors."""
+    value = getattr(stains, name)
+    if value is not None:
+        return value
+    if name == "granule_eosinophil":  # eosin, stronger and more orange than a red cell
+        return (stains.rbc * np.asarray((0.9, 1.6, 2.1), np.float32)).astype(np.float32)
+    if name == "granule_basophil":  # azure, as dark as chromatin
+        return (stains.nucleus * np.float32(0.9)).astype(np.float32)
+    return (0.85 * stains.rbc + 0.35 * stains.cyto_lymphocyte).astype(np.float32)  # erythroblast
+
+
 _DRAWERS = {
     LYMPHOBLAST: _lymphoblast,
     LYMPHOCYTE: _lymphocyte,
     NEUTROPHIL: _neutrophil,
     MONOCYTE: _monocyte,
+    EOSINOPHIL: _eosinophil,
+    BASOPHIL: _basophil,
+    ERYTHROBLAST: _erythroblast,
 }

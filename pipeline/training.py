@@ -30,8 +30,10 @@ def _channel(values: Sequence[float], x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
 
 
-def decode_crops(pngs: Sequence[bytes], image_size: int) -> torch.Tensor:
-    """(N, 3, S, S) float32 normalised with MEAN/STD, from encoded RGB crops (PNG or any PIL kind).
+def decode_crops(pngs: Sequence[bytes], image_size: int, mean: Sequence[float] = MEAN,
+                 std: Sequence[float] = STD) -> torch.Tensor:
+    """(N, 3, S, S) float32 normalised with `mean`/`std` (per RGB channel, default MEAN/STD), from
+    encoded RGB crops (PNG or any PIL kind). Inference passes the checkpoint's stored values.
 
     A crop of another size is centre-cropped when it is at most MAX_CENTRE_CROP px larger than S
     (so cells keep their size), else resized with antialiasing.
@@ -53,7 +55,7 @@ def decode_crops(pngs: Sequence[bytes], image_size: int) -> torch.Tensor:
                 size = (image_size, image_size)
                 x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True)[0]
         out[i] = x
-    return (out - _channel(MEAN, out)) / _channel(STD, out)
+    return (out - _channel(mean, out)) / _channel(std, out)
 
 
 def augment(

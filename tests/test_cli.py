@@ -57,3 +57,19 @@ def test_unknown_arch_is_refused_before_any_work(tmp_path):
 def test_bad_size_is_a_usage_error(tmp_path):
     result = _run(["synth", "out", "--size", "big"], tmp_path)
     assert result.exit_code == 2 and "WIDTHxHEIGHT" in result.output
+
+
+def test_infer_settings_are_checked_before_any_work(tmp_path):
+    """InferConfig refuses bad settings (no model needed: the config is checked first)."""
+    import pytest
+
+    from pipeline.config import InferConfig
+
+    for args, words in ((["--threshold", "1.5"], "threshold=1.5"), (["--blast-alert", "0"], "blast_alert=0"),
+                        (["--min-cells", "-1"], "min_cells=-1"), (["--workers", "0"], "workers=0"),
+                        (["--format", "manifest"], "needs a manifest")):
+        result = _run(["infer", *args], tmp_path)
+        assert result.exit_code == 1 and words in result.output and "Traceback" not in result.output, args
+    assert InferConfig(slides="s", threshold=0.3).threshold == 0.3
+    with pytest.raises(ValueError, match="batch_size=0"):
+        InferConfig(batch_size=0)

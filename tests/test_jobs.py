@@ -221,6 +221,13 @@ def test_infer_end_to_end_reports_reconcile(ray_session, tiny_run, cohort, tmp_p
         not_smudge = mine.filter(pc.not_equal(mine.column(schema.KIND), schema.KIND_SMUDGE))
         assert int(row["n_cells"]) == not_smudge.num_rows
         assert int(row["n_blasts"]) == pc.sum(not_smudge.column(schema.PREDICTED)).as_py()
+        # a binary model's differential: lymphoblast vs other, over the same cells
+        assert (int(row["n_lymphoblast"]), int(row["n_other"])) == (int(row["n_blasts"]),
+                                                                   int(row["n_cells"]) - int(row["n_blasts"]))
+    calls = table.column(schema.PREDICTED).to_pylist()
+    assert table.column(schema.PREDICTED_CLASS).to_pylist() == ["lymphoblast" if c else "other" for c in calls]
+    probs, class_probs = (table.column(k).to_numpy() for k in (schema.BLAST_PROB, schema.CLASS_PROB))
+    assert np.allclose(class_probs, np.where(np.asarray(calls) == 1, probs, 1 - probs), atol=1e-6)
     assert s["n_quarantined"] == 3
     html = (out / "report.html").read_text()
     assert "notes.jpg" in html and "P000" in html
@@ -236,8 +243,13 @@ def test_infer_on_an_ingest_output_labels_every_cell_once(ray_session, tiny_run,
     import pyarrow.dataset as pads
 
     predicted = pads.dataset(str(out / schema.PREDICTIONS_DIR), format="parquet").to_table(
-        columns=[schema.CELL_ID, schema.IMAGE])
+        columns=[schema.CELL_ID, schema.IMAGE, schema.LABEL, schema.KNOWN_CLASS])
     assert predicted.num_rows == cells.num_rows  # every cell labelled, none twice
+    # the known class of an old (binary-labelled) ingest output: what its label stands for
+    want = {1: "lymphoblast", 0: "other", None: None}
+    labels = predicted.column(schema.LABEL).to_pylist()
+    assert predicted.column(schema.KNOWN_CLASS).to_pylist() == [want[v] for v in labels]
+    assert set(predicted.column(schema.KNOWN_CLASS).to_pylist()) >= {"lymphoblast", "other"}
     keys = set(zip(predicted.column(schema.IMAGE).to_pylist(), predicted.column(schema.CELL_ID).to_pylist()))
     assert len(keys) == cells.num_rows
     assert s["input"].startswith("ingest output")

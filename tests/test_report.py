@@ -19,8 +19,8 @@ from PIL import Image
 from pipeline import schema
 from pipeline.report import (
     BLAST_PCT, CI_HIGH, CI_LOW, FLAG, FLAG_ALERT, FLAG_FEW, FLAG_OK, N_BLASTS, N_IMAGES, N_SAMPLES, N_SMUDGE,
-    PATIENT_COLUMNS, SAMPLE_COLUMNS, UNKNOWN, CountAccumulator, format_terminal_summary, wilson_interval,
-    write_count_tables,
+    UNKNOWN, CountAccumulator, format_terminal_summary, wilson_interval,
+    patient_columns, sample_columns, write_count_tables,
 )
 from pipeline.report_html import draw_overlay, write_html_report
 
@@ -87,14 +87,14 @@ def test_accumulator_counts_a_hand_built_cohort():
     assert unknown[BLAST_PCT] == 100.0
     p4 = rows["P4"]
     assert (p4[N_IMAGES], p4[schema.N_CELLS], p4[BLAST_PCT], p4[CI_LOW], p4[CI_HIGH]) == (1, 0, 0.0, 0.0, 100.0)
-    assert all(tuple(r) == PATIENT_COLUMNS for r in rows.values())
+    assert all(tuple(r) == patient_columns() for r in rows.values())
 
     samples = {(r[schema.PATIENT_ID], r[schema.SAMPLE_ID]): r for r in hand_built().samples()}
     assert len(samples) == 6
     s1 = samples[("P1", "S1")]
     assert (s1[N_IMAGES], s1[schema.N_CELLS], s1[N_BLASTS], s1[N_SMUDGE], s1[BLAST_PCT]) == (2, 3, 2, 1, 66.67)
     assert samples[("P1", "S2")][N_IMAGES] == 1 and (UNKNOWN, UNKNOWN) in samples
-    assert all(tuple(r) == SAMPLE_COLUMNS for r in samples.values())
+    assert all(tuple(r) == sample_columns() for r in samples.values())
 
 
 def test_flags_and_their_precedence():
@@ -166,14 +166,16 @@ def test_count_tables_round_trip(tmp_path):
     write_count_tables(tmp_path, patients, samples, meta)
     doc = json.loads((tmp_path / "patients.json").read_text())
     assert doc["patients"] == patients and doc["meta"] == {**meta, "out": str(tmp_path)}
-    for name, columns, rows in (("patients.csv", PATIENT_COLUMNS, patients), ("samples.csv", SAMPLE_COLUMNS, samples)):
+    for name, columns, rows in (("patients.csv", patient_columns(), patients),
+                                ("samples.csv", sample_columns(), samples)):
         with open(tmp_path / name, newline="") as f:
             reader = csv.DictReader(f)
             assert tuple(reader.fieldnames) == columns
             back = list(reader)
         assert len(back) == len(rows)
         for got, want in zip(back, rows):
-            assert {k: type(want[k])(v) for k, v in got.items()} == want
+            # an empty CSV field is a null (the upper end of a per-100 ratio over no white cells)
+            assert {k: None if v == "" else type(want[k])(v) for k, v in got.items()} == want
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -392,3 +394,50 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert pixels.shape == (1600, 1200, 3)
     assert pixels.std() > 20  # not a blank page
     assert ((pixels[..., 0] > 150) & (pixels[..., 1] < 80)).sum() > 500  # red flags and blast boxes drawn
+
+
+# --- the differential section ---------------------------------------------------------------------
+
+DIFF_CLASSES = ("lymphoblast", "neutrophil", "lymphocyte", "erythroblast")
+
+
+def differential_page(tmp_path) -> tuple[Path, str]:
+    acc = CountAccumulator(min_cells=1, classes=DIFF_CLASSES)
+    acc.add_cells("A", "s", "a.png", [1, 0, 0, 0], [WBC] * 4, ["lymphoblast", "neutrophil", "neutrophil", "lymphocyte"])
+    acc.add_cells(HOSTILE, "s", "h.png", [0, 0, 0], [WBC, WBC, SMUDGE], ["lymphocyte", "erythroblast", "neutrophil"])
+    strips = {"neutrophil": [(png((1, 1, 1)), 0.97, "A: a.png"), (png((2, 2, 2)), 0.61, f"{HOSTILE}: h.png")],
+              "lymphocyte": [(png((3, 3, 3)), 0.88, "A: a.png")], "erythroblast": [(png((4, 4, 4)), 0.7, "h.png")]}
+    info = {"model": "resnet-1", "threshold": 0.5, "blast_alert_pct": 20.0, "min_cells": 1}
+    path = write_html_report(tmp_path, acc.patients(), {}, {}, [], info, class_gallery=strips, classes=DIFF_CLASSES)
+    return path, path.read_text(encoding="utf-8")
+
+
+def test_html_differential_table_and_class_strips(tmp_path):
+    path, page = differential_page(tmp_path)
+    parser = PageParser()
+    parser.feed(page)
+    parser.close()
+    assert parser.errors == [] and parser.stack == [] and "script" not in parser.tags
+    section = page[page.index("id='differential'"):page.index("id='classes'")]
+    rows = section.split("<tbody>")[1].split("</tbody>")[0].split("<tr>")[1:]
+    assert len(rows) == 2  # one row per patient, highest blast % first (A: 1 of 4)
+    assert "&gt;A&lt;" not in rows[0] and ">A</a>" in rows[0]
+    # A: 4 white cells, 25 % blasts (Wilson 4.6-69.9), 50 % neutrophils, 25 % lymphocytes, no erythroblasts
+    assert "<b>25.0</b> <small>(4.6&ndash;69.9)</small>" in rows[0] and "<b>50.0</b>" in rows[0]
+    assert html_escape(HOSTILE) in rows[1] and HOSTILE not in page
+    # the hostile patient: 1 lymphocyte the only white cell; 1 erythroblast and 1 smudge cell per 1 white cell
+    assert rows[1].count("<b>100.0</b>") == 3
+    headers = section.split("<thead>")[1].split("</thead>")[0]
+    assert [h for h in ("lymphoblast", "neutrophil", "lymphocyte", "erythroblast", "smudge") if h in headers] == [
+        "lymphoblast", "neutrophil", "lymphocyte", "erythroblast", "smudge"]
+    strips = page[page.index("id='classes'"):]
+    order = [strips.index(f"<h3>{t}") for t in ("neutrophil", "lymphocyte", "erythroblast")]
+    assert order == sorted(order)  # strips in differential order
+    assert strips.index("p = 0.97") < strips.index("p = 0.61")  # most confident first
+    assert len(parser.imgs) == 4
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)

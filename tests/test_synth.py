@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from pipeline import schema
+from pipeline import schema, taxonomy
 from pipeline.synth import (
-    RBC_DIAMETER_UM, SmearStyle, choose_blast_fraction, choose_patient_style, choose_style,
+    PATIENT_CLASS_COLUMNS, RBC_DIAMETER_UM, SmearStyle, choose_blast_fraction, choose_patient_style, choose_style,
     make_image_rng, make_smear, write_cohort,
 )
 
@@ -61,7 +61,7 @@ def test_cohort_layout_and_headers(cohort):
     with (cohort / "truth" / "cells.csv").open() as f:
         assert tuple(f.readline().strip().split(",")) == schema.TRUTH_COLUMNS
     with (cohort / "truth" / "patients.csv").open() as f:
-        assert tuple(f.readline().strip().split(",")) == schema.PATIENT_TRUTH_COLUMNS
+        assert tuple(f.readline().strip().split(",")) == (*schema.PATIENT_TRUTH_COLUMNS, *PATIENT_CLASS_COLUMNS)
     image = np.asarray(Image.open(cohort / "slides" / slides[0]))
     assert image.shape == (SIZE[1], SIZE[0], 3) and image.dtype == np.uint8
 
@@ -85,8 +85,8 @@ def test_any_image_can_be_rebuilt_alone(cohort):
     rel = f"P002/S0/img{index:03d}.png"
     assert np.array_equal(np.asarray(Image.open(cohort / "slides" / rel)), image)
     rows = [r for r in read_csv(cohort / "truth" / "cells.csv") if r["image"] == rel]
-    assert [(float(r["x"]), float(r["y"]), int(r["label"])) for r in rows] == [
-        (round(c.x, 2), round(c.y, 2), c.label) for c in cells]
+    assert [(float(r["x"]), float(r["y"]), r["label"], r["class"]) for r in rows] == [
+        (round(c.x, 2), round(c.y, 2), "" if c.label is None else str(c.label), c.kind) for c in cells]
 
 
 def test_smaller_cohort_is_a_prefix_of_a_larger_one(cohort, tmp_path):
@@ -101,8 +101,8 @@ def test_patient_counts_equal_sums_of_cell_rows(cohort):
     n_wbc, n_blast = defaultdict(int), defaultdict(int)
     for row in cells:
         patient = row["image"].split("/")[0]
-        n_wbc[patient] += 1
-        n_blast[patient] += int(row["label"])
+        n_wbc[patient] += row["label"] != ""  # erythroblasts have no binary label: not white cells
+        n_blast[patient] += row["label"] == "1"
     patients = read_csv(cohort / "truth" / "patients.csv")
     assert [p["patient_id"] for p in patients] == ["P000", "P001", "P002"]
     for p in patients:
@@ -110,6 +110,44 @@ def test_patient_counts_equal_sums_of_cell_rows(cohort):
         assert int(p["n_wbc"]) == n_wbc[pid] >= 3 * 2
         assert int(p["n_blast"]) == n_blast[pid]
         assert p["blast_pct"] == f"{100 * n_blast[pid] / n_wbc[pid]:.2f}"
+
+
+def test_class_counts_in_patients_csv_equal_the_cells_of_each_class(tmp_path):
+    out = tmp_path / "classes"
+    write_cohort(out, patients=6, images_per_patient=8, seed=3, size=SIZE)
+    cells = read_csv(out / "truth" / "cells.csv")
+    assert all(taxonomy.parse_class(r["class"], "cells.csv") == r["class"] for r in cells)
+    assert all(r["label"] == str(taxonomy.binary_label(r["class"]) if taxonomy.binary_label(r["class"]) is not None
+                                 else "") for r in cells)  # the label is derived from the class
+    per_patient: dict[str, list[str]] = defaultdict(list)
+    for r in cells:
+        per_patient[r["image"].split("/")[0]].append(r["class"])
+    drawn = {c for classes in per_patient.values() for c in classes}
+    assert {"lymphoblast", "neutrophil", "lymphocyte", "monocyte", "eosinophil"} <= drawn  # rarer ones need luck
+    for p in read_csv(out / "truth" / "patients.csv"):
+        classes = per_patient[p["patient_id"]]
+        white = [c for c in classes if taxonomy.is_white(c)]
+        assert int(p["n_wbc"]) == len(white)
+        for name in ("lymphoblast", "neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"):
+            assert int(p[f"n_{name}"]) == classes.count(name)
+            assert p[f"{name}_pct"] == f"{100 * classes.count(name) / len(white):.2f}"
+        for name in ("erythroblast", "smudge"):  # per 100 white cells
+            assert int(p[f"n_{name}"]) == classes.count(name)
+            assert p[f"{name}_pct"] == f"{100 * classes.count(name) / len(white):.2f}"
+        assert sum(int(p[f"n_{c}"]) for c in
+                   ("lymphoblast", "neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")) == len(white)
+        if choose_blast_fraction(3, int(p["patient_id"][1:])) == 0:
+            assert int(p["n_erythroblast"]) == 0  # healthy blood has no nucleated red cells
+
+
+def test_erythroblasts_are_drawn_at_a_low_rate_in_smears_with_blasts():
+    style = choose_patient_style(0, 0)
+    kinds = [c.kind for i in range(300) for c in make_smear(make_image_rng(0, 0, i), SIZE, 0.5, style)[1]]
+    n_white = sum(k != "erythroblast" for k in kinds)
+    per_100 = 100 * kinds.count("erythroblast") / n_white
+    assert 0.5 < per_100 < 4.0, per_100
+    healthy = [c.kind for i in range(60) for c in make_smear(make_image_rng(0, 0, i), SIZE, 0.0, style)[1]]
+    assert "erythroblast" not in healthy and "lymphoblast" not in healthy
 
 
 def test_healthy_patients_have_no_blasts_and_others_do(cohort):
@@ -133,7 +171,7 @@ def test_blast_fractions_span_healthy_low_and_high():
 def test_truth_centres_sit_on_nuclei_and_background_is_not_nuclear(smears):
     for image, cells, _ in smears:
         h, w = image.shape[:2]
-        assert 2 <= len(cells) <= 6
+        assert 2 <= sum(c.label is not None for c in cells) <= 6  # white cells; a nucleated red cell beside them
         purple = nucleus_mask(image)
         yy, xx = np.mgrid[:h, :w]
         far = np.ones((h, w), bool)
