@@ -64,18 +64,14 @@ def write_report(out: Path, patients: dict[str, list[float]] | None = None, seed
 
         probs = table.column(schema.BLAST_PROB).to_numpy()
         names = [taxonomy.LYMPHOBLAST if q >= 0.5 else taxonomy.NEUTROPHIL for q in probs]
-        table = table.append_column(schema.PREDICTED_CLASS, pa.array(names, pa.string()))
-        table = table.append_column(schema.CLASS_PROB, pa.array(np.maximum(probs, 1 - probs), pa.float32()))
-        # the real writer keeps PREDICTION_SCHEMA's columns only: write the class columns' table directly
-        import pyarrow.fs as pafs
-
-        from pipeline.store import write_table_atomic
-
-        (out / schema.PREDICTIONS_DIR).mkdir(parents=True, exist_ok=True)
-        write_table_atomic(pafs.LocalFileSystem(), str(out / schema.PREDICTIONS_DIR / "testrun-0.parquet"), table)
-    else:
-        writer(table)
-    (out / schema.SUMMARY_FILE).write_text(json.dumps({"blast_alert_pct": 20.0, "min_cells": 5, "model": MODEL_ID}))
+        i = table.schema.get_field_index(schema.PREDICTED_CLASS)
+        table = table.set_column(i, schema.PREDICTED_CLASS, pa.array(names, pa.string()))
+        i = table.schema.get_field_index(schema.CLASS_PROB)
+        table = table.set_column(i, schema.CLASS_PROB, pa.array(np.maximum(probs, 1 - probs), pa.float32()))
+    writer(table)
+    classes = "lymphoblast, neutrophil" if class_model else "other, lymphoblast"
+    (out / schema.SUMMARY_FILE).write_text(json.dumps({"blast_alert_pct": 20.0, "min_cells": 5, "model": MODEL_ID,
+                                                       "classes": classes}))
     return out
 
 

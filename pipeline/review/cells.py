@@ -142,9 +142,12 @@ def load_report(report: str | Path) -> ReviewReport:
                          "re-run `allray infer`")
     has_classes = all(c in names for c in _CLASS_COLUMNS)
     t = ds.to_table(columns=_INDEX_COLUMNS + (_CLASS_COLUMNS if has_classes else []))
+    info = _read_info(path)
     if has_classes and t.num_rows and t.column(schema.PREDICTED_CLASS).null_count == t.num_rows:
         has_classes = False  # the columns are there but the model was binary
-    info = _read_info(path)
+    model_classes = {c.strip() for c in str(info.get("classes") or "").split(",") if c.strip()}
+    if has_classes and model_classes and model_classes <= set(taxonomy.BINARY_CLASSES):
+        has_classes = False  # a blast / other model: its predicted_class says no more than `predicted`
     keys = [cell_key(s, c) for s, c in zip(t.column(schema.SOURCE_SHA256).to_pylist(),
                                            t.column(schema.CELL_ID).to_pylist())]  # fmt: skip
     if len(set(keys)) != len(keys):
