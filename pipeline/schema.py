@@ -129,7 +129,9 @@ QUARANTINE_DIR = "quarantine"
 SUMMARY_FILE = "summary.json"
 
 # Ground-truth CSV columns (written by `allray synth`, read by `ingest --labels`).
-TRUTH_COLUMNS = ("image", "x", "y", "r", "label")
+# kind: wbc / smudge (smudge rows have no label and are not counted); cluster: id within the image
+# of the packed blast cluster the cell belongs to, empty when alone.
+TRUTH_COLUMNS = ("image", "x", "y", "r", "label", "kind", "cluster")
 PATIENT_TRUTH_COLUMNS = ("patient_id", "n_wbc", "n_blast", "blast_pct")
 MANIFEST_COLUMNS = ("image", "patient_id", "sample_id")  # optional 4th: label
 

@@ -248,6 +248,8 @@ def read_labels(path: str | Path) -> dict[str, list[list]]:
     """Labelled cell centres per image: {image: [[x, y, r_or_None, label], ...]}."""
     out: dict[str, list[list]] = defaultdict(list)
     for n, row in enumerate(_read_csv(path, ("image", "x", "y", "label")), start=2):
+        if row.get("kind") == "smudge":
+            continue  # a ruptured cell (synth truth): no label, never counted
         try:
             r = float(row["r"]) if row.get("r") else None
             label = int(float(row["label"]))
