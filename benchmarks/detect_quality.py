@@ -43,7 +43,9 @@ sys.path.insert(0, str(REPO))
 from pipeline.detect import DetectConfig, detect_cells, estimate_um_per_pixel  # noqa: E402
 from pipeline.scale import measure_optical_density  # noqa: E402
 
-BCCD = REPO.parent / "shared" / "data" / "bccd"
+# The shared data sit next to the repo (/work/main -> /work/shared) or next to its worktree folder.
+BCCD = next((p for p in (REPO.parent / "shared" / "data" / "bccd", REPO.parent.parent / "shared" / "data" / "bccd")
+             if p.exists()), REPO.parent / "shared" / "data" / "bccd")
 
 # image id -> (boxes to drop: (x0, y0, x1, y1) as annotated, boxes to add, reason). Found by
 # looking at every failure of the train split and of the val split (overlays); nothing was tuned

@@ -20,7 +20,8 @@ from pipeline.detect import (
 )
 from pipeline.schema import KIND_SMUDGE, KIND_WBC
 
-BCCD = Path(__file__).resolve().parents[2] / "shared" / "data" / "bccd"
+BCCD = next((p / "shared" / "data" / "bccd" for p in Path(__file__).resolve().parents[2:4]
+             if (p / "shared" / "data" / "bccd").exists()), Path(__file__).resolve().parents[2] / "shared" / "data" / "bccd")
 
 # Painted smears: red cells 30 px across, so 0.25 um per pixel.
 RBC_PX = 30.0
