@@ -41,7 +41,7 @@ __all__ = ["RBC_DIAMETER_UM", "DetectConfig", "DetectedCell", "Detection", "dete
 
 
 # Fixed details of the method (physical sizes are converted to working pixels where used).
-_SPLIT_DEPTH_UM = 1.0  # blobs are cut at necks 1 um thinner than both sides: touching nuclei, not ragged edges
+_SPLIT_DEPTH_UM = 0.5  # blobs are cut at necks 0.5 um thinner than both sides (pressed nuclei meet at shallow ones)
 _NUCLEUS_HOLE_UM2 = 3.0  # holes in a nucleus smaller than this are pale chromatin or nucleoli
 _MAX_UPSAMPLE = 4.0  # low-resolution pictures are enlarged at most this much (more adds no detail)
 _MAX_WORKING_PX = 16e6  # ... and never beyond this many pixels (memory stays ~0.5 GB)
@@ -128,6 +128,7 @@ class DetectedCell:
     area: int  # segmented cell area in source pixels
     kind: str  # schema.KIND_WBC or schema.KIND_SMUDGE (ruptured/smudge cell)
     at_border: bool  # cell touches the image border
+    n_split: int = 1  # cells its chromatin blob was split into (1 = its own blob; 2+ = pressed nuclei parted)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ def detect_cells(
             area=max(1, round(c.area / (zoom_x * zoom_y))),
             kind=c.kind,
             at_border=c.at_border,
+            n_split=c.n_split,
         )
         for c in found
     ]

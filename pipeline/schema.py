@@ -41,6 +41,7 @@ SOURCE_SHA256 = "source_sha256"  # hash of the source file's bytes (provenance, 
 INGEST_SETTINGS = "ingest_settings"  # JSON of the IngestConfig that cut this crop
 RUN_ID = "run_id"  # the ingest run that wrote the row
 SHARD = "shard"  # the shard (one batch of images) the row was written in
+N_SPLIT = "n_split"  # cells the detector split this cell's chromatin blob into (1 = not split; null: no detection)
 
 KIND_WBC = "wbc"
 KIND_SMUDGE = "smudge"  # ruptured cell: kept as a row, left out of counts
@@ -78,6 +79,7 @@ CELL_SCHEMA = pa.schema(
         pa.field(INGEST_SETTINGS, pa.string()),
         pa.field(RUN_ID, pa.string()),
         pa.field(SHARD, pa.string()),
+        pa.field(N_SPLIT, pa.int16()),
     ]
 )
 
