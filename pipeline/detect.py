@@ -210,7 +210,9 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
             border = r0 == 0 or c0 == 0 or r1 == od.shape[0] or c1 == od.shape[1]  # it touches the edge
             found.append(cell._replace(x=cell.x + x0, y=cell.y + y0, bbox=(r0, c0, r1, c1), at_border=border))
     if found:
-        image_level = float(np.median([c.features[3] for c in found]))
+        # The image's intact nuclei: the compact ones (all cells where none is compact).
+        compact = [c.features[3] for c in found if c.features[0] >= config.smudge_max_solidity]
+        image_level = float(np.median(compact or [c.features[3] for c in found]))
         found = [c._replace(kind=KIND_SMUDGE) if is_smudge(c.features, image_level, config) else c for c in found]
     return found
 
@@ -317,8 +319,8 @@ def measure_smudge_features(
 
 def is_smudge(features: tuple[float, ...], image_level: float, config: DetectConfig) -> bool:
     """A ruptured cell: chromatin spread into a net of thin threads with a ragged outline, or
-    chromatin far paler than the image's intact nuclei (`image_level`, their median level) and
-    not a compact round nucleus."""
+    chromatin far paler than the image's intact nuclei (`image_level`: the median level of its
+    compact nuclei) and not a compact round nucleus."""
     solidity, thread, fill, level = features
     if solidity < config.smudge_max_solidity and thread < config.smudge_max_thread_um:
         return True  # ragged, and made of threads (a neutrophil's lobes are thick)
