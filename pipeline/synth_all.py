@@ -102,8 +102,8 @@ def _place_groups(rng, width, height, blast_fraction, smudge_share, px_per_um, s
     area = width * height / (ALL_FIELD[0] * ALL_FIELD[1])
     n = max(1, round(rng.uniform(*WBC_PER_FIELD) * area))
     n_smudge = int(rng.binomial(n, smudge_share / (1 + smudge_share)))
-    kinds = [LYMPHOBLAST if rng.random() < blast_fraction else other_kinds[rng.choice(len(other_kinds), p=other_weights)]
-             for _ in range(n - n_smudge)]
+    kinds = [LYMPHOBLAST if rng.random() < blast_fraction
+             else other_kinds[rng.choice(len(other_kinds), p=other_weights)] for _ in range(n - n_smudge)]
     n_blast = kinds.count(LYMPHOBLAST)
     plan = [(k, 1) for k in kinds if k != LYMPHOBLAST] + [("smudge", 1)] * n_smudge
     while n_blast > 0:

@@ -71,7 +71,8 @@ def test_neutrophils_stay_one_cell_each():
     drawn = [draw_white_cell(od, rng, NEUTROPHIL, x, 150, 6.8 * PX_PER_UM, stains) for x in (150, 450, 750)]
     cells = detect_cells(_photograph(od, rng, STYLE), um_per_pixel=UM_PER_PX).cells
     assert len(cells) == 3
-    assert nearest_detection_counts(cells, np.array([(d.x, d.y) for d in drawn]), [d.r for d in drawn]).tolist() == [1] * 3
+    truth = np.array([(d.x, d.y) for d in drawn])
+    assert nearest_detection_counts(cells, truth, [d.r for d in drawn]).tolist() == [1] * 3
     assert all(c.kind == KIND_WBC and c.n_split == 1 for c in cells)
 
 
