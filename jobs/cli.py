@@ -75,9 +75,11 @@ def cli() -> None:
 @click.option("--samples-per-patient", default=1, show_default=True, help="Samples (folders) per patient.")
 @click.option("--seed", default=0, show_default=True, help="Random seed: same seed, same bytes.")
 @click.option("--size", default="800x600", show_default=True, help="Image size WIDTHxHEIGHT in pixels.")
+@click.option("--profile", default="default", show_default=True, type=click.Choice(["default", "all"]),
+              help="all: ALL-like patients (crowded fields, packed blast clusters, smudge cells, JPEG).")
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
 @friendly_errors
-def synth(out, patients, images_per_patient, samples_per_patient, seed, size, verbose) -> None:
+def synth(out, patients, images_per_patient, samples_per_patient, seed, size, profile, verbose) -> None:
     """Write a synthetic cohort of smears with ground truth to OUT (slides/ and truth/)."""
     from pathlib import Path
 
@@ -85,7 +87,7 @@ def synth(out, patients, images_per_patient, samples_per_patient, seed, size, ve
 
     summary = write_cohort(
         Path(out), patients=patients, images_per_patient=images_per_patient, seed=seed,
-        size=_parse_size(size), samples_per_patient=samples_per_patient,
+        size=_parse_size(size), samples_per_patient=samples_per_patient, profile=profile,
     )
     _echo(
         f"synth: {summary.n_patients} patients, {summary.n_images} images, {summary.n_wbc} white cells "

@@ -41,7 +41,7 @@ __all__ = ["RBC_DIAMETER_UM", "DetectConfig", "DetectedCell", "Detection", "dete
 
 
 # Fixed details of the method (physical sizes are converted to working pixels where used).
-_SPLIT_DEPTH_UM = 1.0  # blobs are cut at necks 1 um thinner than both sides: touching nuclei, not ragged edges
+_SPLIT_DEPTH_UM = 0.5  # blobs are cut at necks 0.5 um thinner than both sides (pressed nuclei meet at shallow ones)
 _NUCLEUS_HOLE_UM2 = 3.0  # holes in a nucleus smaller than this are pale chromatin or nucleoli
 _MAX_UPSAMPLE = 4.0  # low-resolution pictures are enlarged at most this much (more adds no detail)
 _MAX_WORKING_PX = 16e6  # ... and never beyond this many pixels (memory stays ~0.5 GB)
@@ -84,20 +84,29 @@ class DetectConfig:
     neck_ratio: float = 0.7
     # Lobes of one nucleus lie at most this far apart (their threads are often invisible).
     max_lobe_gap_um: float = 3.0
+    # A nucleus piece holding a disc this wide is a whole round nucleus, not a lobe (neutrophil
+    # lobes are 2-4 um thick, the smallest lymphocyte nucleus ~6-7 um across): two such pieces
+    # pressed together are two cells (packed blasts), whatever the body between them.
+    round_nucleus_um: float = 6.0
     # The cytoplasm is searched this far out from the nucleus (a monocyte's rim is ~4 um).
     max_cytoplasm_um: float = 5.0
-    # A nucleus with cytoplasm on less than this share of a ring 1-2 um around it has no rim,
-    # and one that is also ragged (solidity below the next value) is a smudge (ruptured) cell;
-    # lobed neutrophils are as ragged but sit in cytoplasm, blasts have thin rims but are round.
-    smudge_max_rim: float = 0.25
-    smudge_max_solidity: float = 0.8
+    # Chromatin whose extent fills less than this share of its convex hull (ragged, spread) ...
+    smudge_max_solidity: float = 0.7
+    # ... and whose chromatin threads are thinner than this on average (2 x area / perimeter):
+    # neutrophil lobes and intact nuclei are thicker, the threads of a basket cell's net ~1 um.
+    smudge_max_thread_um: float = 2.2
+    # Chromatin paler than this fraction of the image's median nucleus, and not a compact round
+    # nucleus, is spread (smudged) chromatin.
+    smudge_max_level: float = 0.55
 
     def __post_init__(self) -> None:
         limits = {
             "working_rbc_px": (12.0, 100.0), "default_um_per_pixel": (0.005, 10.0), "nucleus_min_od": (0.01, 2.0),
             "nucleus_relative_threshold": (0.05, 0.95), "min_nucleus_um": (1.0, 20.0), "one_nucleus_um": (2.0, 30.0),
             "max_nucleus_um": (5.0, 60.0), "neck_ratio": (0.0, 1.0), "max_lobe_gap_um": (0.0, 10.0),
-            "max_cytoplasm_um": (0.0, 15.0), "smudge_max_rim": (0.0, 1.0), "smudge_max_solidity": (0.0, 1.0),
+            "round_nucleus_um": (1.0, 30.0),
+            "max_cytoplasm_um": (0.0, 15.0), "smudge_max_solidity": (0.0, 1.0), "smudge_max_thread_um": (0.0, 10.0),
+            "smudge_max_level": (0.0, 1.0),
         }  # fmt: skip
         for f in fields(self):
             value = getattr(self, f.name)
@@ -119,6 +128,7 @@ class DetectedCell:
     area: int  # segmented cell area in source pixels
     kind: str  # schema.KIND_WBC or schema.KIND_SMUDGE (ruptured/smudge cell)
     at_border: bool  # cell touches the image border
+    n_split: int = 1  # cells its chromatin blob was split into (1 = its own blob; 2+ = pressed nuclei parted)
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,7 @@ def detect_cells(
             area=max(1, round(c.area / (zoom_x * zoom_y))),
             kind=c.kind,
             at_border=c.at_border,
+            n_split=c.n_split,
         )
         for c in found
     ]
@@ -170,11 +181,14 @@ class WorkingCell(NamedTuple):
     area: int
     kind: str
     at_border: bool
+    n_split: int = 1  # cells its chromatin blob was split into (1 = not split)
+    features: tuple[float, ...] = ()  # smudge features (rim, fill, variation, solidity), for benchmarks
 
 
 def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[WorkingCell]:
     """White cells in an (H, W, 3) float32 optical-density image at `px_per_um` pixels per micrometre."""
-    nucleus = segment_nuclei(od, config)
+    purple = ndi.gaussian_filter(od[..., 0] - od[..., 2], 1.0)
+    nucleus = segment_nuclei(od, config, purple)
     # Work in windows around clusters of nucleus blobs (blobs closer than a cell apart share one):
     # nuclei cover a few percent of a smear, so everything after this touches only that much.
     reach = int(math.ceil(config.max_cytoplasm_um * px_per_um)) + 2
@@ -191,20 +205,34 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
         nuclei = _fill_small_holes(nucleus[sl] & own, _NUCLEUS_HOLE_UM2 * px_per_um**2)
         body = segment_bodies(od[sl], red_level) & own
         y0, x0 = sl[0].start, sl[1].start
-        for cell in assemble_cells(nuclei, body, config, px_per_um):
+        for cell in assemble_cells(nuclei, body, config, px_per_um, purple[sl]):
             r0, c0, r1, c1 = (a + b for a, b in zip(cell.bbox, (y0, x0, y0, x0)))
             border = r0 == 0 or c0 == 0 or r1 == od.shape[0] or c1 == od.shape[1]  # it touches the edge
-            found.append(WorkingCell(cell.x + x0, cell.y + y0, (r0, c0, r1, c1), cell.area, cell.kind, border))
+            found.append(cell._replace(x=cell.x + x0, y=cell.y + y0, bbox=(r0, c0, r1, c1), at_border=border))
+    if found:
+        # The image's intact nuclei: the compact ones (all cells where none is compact).
+        compact = [c.features[3] for c in found if c.features[0] >= config.smudge_max_solidity]
+        image_level = float(np.median(compact or [c.features[3] for c in found]))
+        found = [c._replace(kind=KIND_SMUDGE) if is_smudge(c.features, image_level, config) else c for c in found]
     return found
 
 
-def segment_nuclei(od: np.ndarray, config: DetectConfig) -> np.ndarray:
-    """(H, W) bool: pixels of stained nuclei (purple: OD(R) - OD(B) high), at each blob's own contrast."""
-    purple = ndi.gaussian_filter(od[..., 0] - od[..., 2], 1.0)
+def segment_nuclei(od: np.ndarray, config: DetectConfig, purple: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) bool: pixels of stained nuclei (purple: OD(R) - OD(B) high), at each blob's own contrast.
+    `purple`: the smoothed OD(R) - OD(B) of `od`, when the caller has it already."""
+    if purple is None:
+        purple = ndi.gaussian_filter(od[..., 0] - od[..., 2], 1.0)
     candidates, n = ndi.label(purple > config.nucleus_min_od)
     if n == 0:
         return np.zeros(purple.shape, bool)
-    peaks = ndi.maximum(purple, candidates, np.arange(1, n + 1))
+    # A blob's level is its 90th percentile, not its peak: where two cells overlap, chromatin
+    # lies twice as thick, and cutting at half of that would lose both nuclei around it.
+    inside = candidates > 0
+    labels, values = candidates[inside], purple[inside]
+    order = np.lexsort((values, labels))
+    counts = np.bincount(labels, minlength=n + 1)[1:]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    peaks = values[order][starts + np.floor(0.9 * (counts - 1)).astype(int)]
     # Each blob is cut at a fraction of its own peak: a pale nucleus keeps its full outline and a
     # dark one does not swell into the bluish cytoplasm around it.
     cut = np.concatenate([[np.inf], np.maximum(config.nucleus_relative_threshold * peaks, config.nucleus_min_od)])
@@ -219,10 +247,12 @@ def segment_bodies(od: np.ndarray, red_level: float) -> np.ndarray:
 
 
 def assemble_cells(
-    nucleus: np.ndarray, body: np.ndarray, config: DetectConfig, px_per_um: float
+    nucleus: np.ndarray, body: np.ndarray, config: DetectConfig, px_per_um: float, purple: np.ndarray
 ) -> list[WorkingCell]:
-    """Cells (window coordinates, at_border unset) from a window's nucleus and body masks."""
-    fragments = split_fragments(nucleus, config, px_per_um)
+    """Cells (window coordinates, at_border unset) from a window's nucleus and body masks and its
+    smoothed OD(R) - OD(B)."""
+    blobs, _ = ndi.label(nucleus)
+    fragments = split_fragments(nucleus, config, px_per_um, blobs)
     # Each fragment claims the body around it: a watershed on the body's distance map, so two
     # touching cells part at their waist while the lobes of one nucleus share one round body.
     body = ndi.binary_opening(body, iterations=2) | (fragments > 0)
@@ -236,12 +266,11 @@ def assemble_cells(
     groups = group_fragments(fragments, zones, outside, regions, depth, config, px_per_um)
     nuclei, cells = groups[fragments], groups[regions]
     m = int(groups.max())
-    # Cytoplasm rim: the share of a ring 0.75-1.75 um outside the nucleus that is cell body (the
-    # blur halo right at the nucleus edge is skipped).
-    ring = (outside > 0.75 * px_per_um) & (outside <= 1.75 * px_per_um)
-    owner = groups[zones]
-    ring_area = np.maximum(np.bincount(owner[ring], minlength=m + 1), 1)
-    rim = np.bincount(owner[ring & body], minlength=m + 1) / ring_area
+    # How many cells each chromatin blob was split into, and so each cell's blob.
+    pairs = np.unique(np.stack([blobs[fragments > 0], nuclei[fragments > 0]]), axis=1)
+    per_blob = np.bincount(pairs[0])
+    n_split = np.ones(m + 1, int)
+    np.maximum.at(n_split, pairs[1], per_blob[pairs[0]])
     cell_area = np.bincount(cells.ravel(), minlength=m + 1)
     nucleus_area = np.bincount(nuclei.ravel(), minlength=m + 1)
     min_area = math.pi / 4 * (config.min_nucleus_um * px_per_um) ** 2
@@ -255,17 +284,58 @@ def assemble_cells(
         if nucleus_area[i] < min_area or boxes[i - 1] is None:
             continue  # platelets and debris: too little chromatin for a cell
         r, c = boxes[i - 1]
-        kind = KIND_WBC
-        if rim[i] < config.smudge_max_rim and _measure_solidity(nuclei[r, c] == i) < config.smudge_max_solidity:
-            kind = KIND_SMUDGE  # ragged chromatin without a cytoplasm rim: a ruptured cell
+        features = measure_smudge_features(nuclei[r, c] == i, body[r, c], purple[r, c], px_per_um)
+        kind = KIND_WBC  # smudge cells are told in find_cells, against the whole image's nuclei
         box = (r.start, c.start, r.stop, c.stop)
-        found.append(WorkingCell(float(cx[i]), float(cy[i]), box, int(cell_area[i]), kind, False))
+        found.append(WorkingCell(float(cx[i]), float(cy[i]), box, int(cell_area[i]), kind, False, int(n_split[i]),
+                                 features))
     return found
 
 
-def split_fragments(nucleus: np.ndarray, config: DetectConfig, px_per_um: float) -> np.ndarray:
-    """(H, W) int32 labels of nucleus fragments; a blob bigger than one sure nucleus is cut at its necks."""
-    labels, n = ndi.label(nucleus)
+def measure_smudge_features(
+    chromatin: np.ndarray, body: np.ndarray, purple: np.ndarray, px_per_um: float
+) -> tuple[float, float, float, float]:
+    """(solidity, thread_um, fill, level) of one cell's chromatin (bool mask, in its box).
+
+    The chromatin's extent is its mask closed over 1 um gaps and hole-filled: one nucleus, or a
+    smudge cell's whole net. solidity: extent over its convex hull (a ragged outline or a spread
+    net is far from convex); thread_um: mean thickness of the chromatin, 2 x area / perimeter (an
+    intact nucleus or lobe is >= ~2.5 um thick, the threads of a lacy net ~1 um); fill: share of
+    the extent closed over 3 um that is chromatin (a net is mostly holes); level: the 90th
+    percentile of OD(R) - OD(B) over the chromatin (spread chromatin is pale).
+    """
+    pad = int(math.ceil(2.0 * px_per_um)) + 1
+    chromatin = np.pad(chromatin, pad)
+    close = max(1, round(0.5 * px_per_um))
+    extent = ndi.binary_fill_holes(ndi.binary_closing(chromatin, iterations=close) | chromatin)
+    edge = chromatin & ~ndi.binary_erosion(chromatin)
+    thread = 2 * float(chromatin.sum()) / max(float(edge.sum()), 1.0) / px_per_um
+    wide = ndi.binary_fill_holes(ndi.binary_closing(chromatin, iterations=max(1, round(1.5 * px_per_um))) | chromatin)
+    fill = float(chromatin.sum()) / max(float(wide.sum()), 1.0)
+    values = np.pad(purple, pad)[chromatin]
+    level = float(np.percentile(values, 90)) if values.size else 0.0
+    return _measure_solidity(extent), thread, fill, level
+
+
+def is_smudge(features: tuple[float, ...], image_level: float, config: DetectConfig) -> bool:
+    """A ruptured cell: chromatin spread into a net of thin threads with a ragged outline, or
+    chromatin far paler than the image's intact nuclei (`image_level`: the median level of its
+    compact nuclei) and not a compact round nucleus."""
+    solidity, thread, fill, level = features
+    if solidity < config.smudge_max_solidity and thread < config.smudge_max_thread_um:
+        return True  # ragged, and made of threads (a neutrophil's lobes are thick)
+    if solidity < 0.55 and thread < config.smudge_max_thread_um + 0.8:
+        return True  # very ragged and thin
+    return level < config.smudge_max_level * image_level and solidity < 0.9
+
+
+def split_fragments(
+    nucleus: np.ndarray, config: DetectConfig, px_per_um: float, blobs: np.ndarray | None = None
+) -> np.ndarray:
+    """(H, W) int32 labels of nucleus fragments; a blob bigger than one sure nucleus is cut at its necks.
+    `blobs`: ndi.label(nucleus)[0], when the caller has it (it is not changed)."""
+    labels = ndi.label(nucleus)[0] if blobs is None else blobs.copy()
+    n = int(labels.max())
     if n == 0:
         return labels.astype(np.int32)
     lows, highs = _project(labels, n)
@@ -308,6 +378,10 @@ def group_fragments(
         lows, highs = _project(fragments, n)
         peaks = np.zeros(n + 1)
         np.maximum.at(peaks, regions.ravel(), depth.ravel())
+        # A fragment holding a disc `round_nucleus_um` wide is a whole round nucleus, not a lobe:
+        # two such fragments are two cells, however thick the matter between them.
+        cores = _measure_inscribed_radius(fragments, n) >= config.round_nucleus_um * px_per_um / 2
+
         candidates = []  # (priority, a, b, needs_neck): lower priority merges first
         # Gap between two fragments: the two distances summed across the seam of their zones.
         for a, b, gap in _find_seams(zones, outside, np.add):
@@ -326,12 +400,29 @@ def group_fragments(
             if needs_neck:
                 if extent > most or -priority < config.neck_ratio * min(peaks[ra], peaks[rb]):
                     continue
+                if cores[ra] and cores[rb]:
+                    continue  # two round nuclei pressed together: two cells
             elif extent > one:
                 continue
             parent[rb] = ra
             lows[ra], highs[ra], peaks[ra] = low, high, max(peaks[ra], peaks[rb])
+            cores[ra] = cores[ra] or cores[rb]
     roots = np.array([_find_root(parent, i) for i in range(n + 1)])
     return relabel_sequential(roots)[0]
+
+
+def _measure_inscribed_radius(fragments: np.ndarray, n: int) -> np.ndarray:
+    """(n + 1,) float: radius (px) of the largest disc inside each fragment (index 0 -> 0); pixels
+    where two fragments meet belong to neither, so a cut blob's pieces are measured apart."""
+    inner = fragments > 0
+    for axis in (0, 1):
+        for shift in (1, -1):
+            inner &= np.roll(fragments, shift, axis=axis) == fragments
+    radius = ndi.distance_transform_edt(inner)
+    out = np.zeros(n + 1)
+    np.maximum.at(out, fragments.ravel(), radius.ravel())
+    out[0] = 0.0
+    return out
 
 
 def _find_seams(labels: np.ndarray, values: np.ndarray, combine) -> list[tuple[int, int, float]]:

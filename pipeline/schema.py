@@ -41,6 +41,7 @@ SOURCE_SHA256 = "source_sha256"  # hash of the source file's bytes (provenance, 
 INGEST_SETTINGS = "ingest_settings"  # JSON of the IngestConfig that cut this crop
 RUN_ID = "run_id"  # the ingest run that wrote the row
 SHARD = "shard"  # the shard (one batch of images) the row was written in
+N_SPLIT = "n_split"  # cells the detector split this cell's chromatin blob into (1 = not split; null: no detection)
 
 KIND_WBC = "wbc"
 KIND_SMUDGE = "smudge"  # ruptured cell: kept as a row, left out of counts
@@ -79,6 +80,7 @@ CELL_SCHEMA = pa.schema(
         pa.field(INGEST_SETTINGS, pa.string()),
         pa.field(RUN_ID, pa.string()),
         pa.field(SHARD, pa.string()),
+        pa.field(N_SPLIT, pa.int16()),
     ]
 )
 
@@ -138,7 +140,10 @@ GEOMETRY_FILE = "geometry.json"
 ATTEMPTS_DIR = "attempts"
 
 # Ground-truth CSV columns (written by `allray synth`, read by `ingest --labels`).
-TRUTH_COLUMNS = ("image", "x", "y", "r", "label", "class")  # class: a taxonomy name (label empty if not white)
+# kind: wbc / smudge (smudge rows have no label and are not counted); cluster: id within the image
+# of the packed blast cluster the cell belongs to, empty when alone; class: a taxonomy name (label
+# empty where the cell is not a white cell: erythroblasts, smudge cells).
+TRUTH_COLUMNS = ("image", "x", "y", "r", "label", "kind", "cluster", "class")
 PATIENT_TRUTH_COLUMNS = ("patient_id", "n_wbc", "n_blast", "blast_pct")
 MANIFEST_COLUMNS = ("image", "patient_id", "sample_id")  # optional 4th: label
 

@@ -347,6 +347,8 @@ def row_class(row: dict[str, str], where: str) -> str | None:
     """The class name a CSV row gives: its `class` (a taxonomy name) if set, else its `label`
     (0 -> other, 1 -> lymphoblast), else None; SourceError naming `where` and the value."""
     value = row.get(CLASS_COLUMN) or row.get("label") or ""
+    if not value and row.get("kind") == "smudge":
+        return taxonomy.SMUDGE  # synth truth written before the class column: a ruptured cell, never counted
     if not value:
         return None
     if value.replace(".", "", 1).isdigit() and not row.get(CLASS_COLUMN):

@@ -9,7 +9,7 @@ the image border. The cells are drawn in `pipeline.synth_cells`; this module com
 writes cohorts:
 
     OUT/slides/<patient>/<sample>/<image>.png   e.g. P000/S0/img000.png
-    OUT/truth/cells.csv                          image,x,y,r,label,class (one row per nucleated cell)
+    OUT/truth/cells.csv                          image,x,y,r,label,kind,cluster,class (one row per nucleated cell)
     OUT/truth/patients.csv                       patient_id,n_wbc,n_blast,blast_pct, then per class
                                                  n_<class>,<class>_pct (PATIENT_CLASS_COLUMNS)
     OUT/truth/cohort.json                        the settings, and each patient's style
@@ -36,6 +36,7 @@ from pipeline.synth_cells import (
     BASOPHIL, EOSINOPHIL, ERYTHROBLAST, LYMPHOBLAST, LYMPHOCYTE, MONOCYTE, NEUTROPHIL, PLATELET_RADIUS_UM,
     WBC_KINDS, WBC_RADIUS_UM, Stains, draw_platelet, draw_red_cell, draw_white_cell,
 )
+from pipeline.synth_all import choose_all_patient, make_all_smear
 
 RBC_DIAMETER_UM = 7.5  # the ruler of every smear: detectors estimate the scale from red cells
 MIN_SIDE = 128  # px: the largest white cell is ~130 px across at the highest magnification
@@ -59,6 +60,7 @@ PLATELETS_PER_MPX = 17.0  # ~8 platelets on an 800x600 field
 # Patients come in blocks of three: one healthy, one low and one high blast fraction, so even a
 # three-patient cohort spans the range, and adding patients never changes earlier ones.
 LOW_BLAST, HIGH_BLAST = (0.1, 0.5), (0.5, 0.9)
+PROFILES = ("default", "all")  # "all": ALL-like patients (pipeline.synth_all)
 
 # Optical density per unit density of each stained structure (Giemsa: azure B stains nuclei and
 # basophilic cytoplasm purple/blue, eosin stains red cells pink). Derived from colours measured on
@@ -90,7 +92,9 @@ class TruthCell:
     y: float
     r: float
     label: int | None  # 1 = lymphoblast, 0 = other white cell, None = not a white cell (erythroblast)
-    kind: str  # its class: a taxonomy name, e.g. "lymphoblast", "neutrophil", "erythroblast"
+    kind: str  # its class: a taxonomy name, e.g. "lymphoblast", "neutrophil", "erythroblast", "smudge"
+    smudge: bool = False  # a ruptured (smudge, basket) cell: truth kind "smudge", no label, not counted
+    cluster: int = 0  # id (1..) within its image of the packed blast cluster holding it; 0 = alone
 
 
 @dataclass(frozen=True)
@@ -203,12 +207,17 @@ def make_smear(rng: np.random.Generator, size: tuple[int, int], blast_fraction: 
 
 
 def write_cohort(out: Path, patients: int, images_per_patient: int, seed: int = 0,
-                 size: tuple[int, int] = (800, 600), samples_per_patient: int = 1) -> CohortSummary:
+                 size: tuple[int, int] = (800, 600), samples_per_patient: int = 1,
+                 profile: str = "default") -> CohortSummary:
     """Write a synthetic cohort's slides and ground truth under `out`; return its totals.
 
     Images are spread over the samples in order (img000.. in S0, then S1, ..); image numbers run
     per patient, so an image's content does not depend on `samples_per_patient`.
+    profile "all" makes ALL-like patients instead (`pipeline.synth_all`: crowded fields, packed
+    blast clusters, smudge cells, JPEG images).
     """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     out = Path(out)
     _check_count("patients", patients, 1)
     _check_count("images_per_patient", images_per_patient, 1)
@@ -227,22 +236,33 @@ def write_cohort(out: Path, patients: int, images_per_patient: int, seed: int = 
     n_images = 0
     for p in range(patients):
         patient_id = f"P{p:03d}"
-        style = choose_patient_style(seed, p)
-        fraction = choose_blast_fraction(seed, p)
-        styles[patient_id] = {"blast_fraction": fraction, "style": asdict(style)}
+        if profile == "all":
+            style, fraction, *extra = choose_all_patient(seed, p)
+            styles[patient_id] = {"blast_fraction": fraction, "style": asdict(style), "smudge_share": extra[0],
+                                  "rbc_on_wbc": extra[1], "jpeg_quality": extra[2]}
+        else:
+            style, fraction = choose_patient_style(seed, p), choose_blast_fraction(seed, p)
+            styles[patient_id] = {"blast_fraction": fraction, "style": asdict(style)}
         n_wbc = n_blast = 0
         classes: list[str] = []
         for i in range(images_per_patient):
             sample_id = f"S{i * samples_per_patient // images_per_patient}"
-            rel = f"{patient_id}/{sample_id}/img{i:03d}.png"
-            image, cells = make_smear(make_image_rng(seed, p, i), (width, height), fraction, style)
-            _write_png(out / "slides" / rel, image)
+            rel = f"{patient_id}/{sample_id}/img{i:03d}." + ("jpg" if profile == "all" else "png")
+            if profile == "all":
+                _, data, cells = make_all_smear(make_image_rng(seed, p, i), (width, height), (seed, p))
+                (out / "slides" / rel).parent.mkdir(parents=True, exist_ok=True)
+                (out / "slides" / rel).write_bytes(data)
+            else:
+                image, cells = make_smear(make_image_rng(seed, p, i), (width, height), fraction, style)
+                _write_png(out / "slides" / rel, image)
             n_images += 1
             for c in cells:
-                label = "" if c.label is None else c.label
-                cell_rows.append((rel, f"{c.x:.2f}", f"{c.y:.2f}", f"{c.r:.2f}", label, c.kind))
-            n_wbc += sum(c.label is not None for c in cells)
-            n_blast += sum(c.label == 1 for c in cells)
+                label = "" if (c.label is None or c.smudge) else c.label
+                cell_rows.append((rel, f"{c.x:.2f}", f"{c.y:.2f}", f"{c.r:.2f}", label,
+                                  schema.KIND_SMUDGE if c.smudge else schema.KIND_WBC, c.cluster or "", c.kind))
+            counted = [c for c in cells if not c.smudge]  # smudge cells are left out of the counts
+            n_wbc += sum(c.label is not None for c in counted)
+            n_blast += sum(c.label == 1 for c in counted)
             classes += [c.kind for c in cells]
         pct = 100.0 * n_blast / n_wbc if n_wbc else 0.0
         patient_rows.append((patient_id, n_wbc, n_blast, f"{pct:.2f}", *truth_class_counts(classes)))
@@ -253,7 +273,7 @@ def write_cohort(out: Path, patients: int, images_per_patient: int, seed: int = 
     _write_csv(truth / "patients.csv", (*schema.PATIENT_TRUTH_COLUMNS, *PATIENT_CLASS_COLUMNS), patient_rows)
     settings = {"seed": seed, "patients": patients, "images_per_patient": images_per_patient,
                 "samples_per_patient": samples_per_patient, "size": [width, height],
-                "rbc_diameter_um": RBC_DIAMETER_UM, "per_patient": styles}
+                "rbc_diameter_um": RBC_DIAMETER_UM, "profile": profile, "per_patient": styles}
     (truth / "cohort.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     return CohortSummary(out=out, n_patients=patients, n_images=n_images,
                          n_wbc=sum(r[1] for r in patient_rows),

@@ -336,3 +336,116 @@ _DRAWERS = {
     BASOPHIL: _basophil,
     ERYTHROBLAST: _erythroblast,
 }
+
+
+# --- ALL-like smears: packed blast clusters and smudge cells (`allray synth --profile all`) -------
+
+SMUDGE_RADIUS_UM = (5.0, 11.0)  # spread chromatin: often wider than an intact nucleus (~10-14 um)
+
+
+def draw_blast_cluster(od: np.ndarray, rng: np.random.Generator, members: list[tuple[float, float, float]],
+                       stains: Stains, on_top: frozenset[int] = frozenset()) -> list[DrawnCell]:
+    """Add a packed cluster of lymphoblasts to `od` in place; return them with their visible centres.
+
+    members: [(cx, cy, r_px)], overlapping discs. Packed cells deform against each other: each
+    pixel belongs to the member of least power distance (d^2 - r^2, plus a smooth wobble that
+    bends the shared boundary slightly), so neighbours share a straight or slightly curved edge
+    with a notch where it meets the outline. A thin pale membrane line between neighbours and a
+    thin rim of cytoplasm are drawn or not, per cluster. Members listed in `on_top` lie over the
+    member before them instead (additive densities: light crosses both cells).
+    """
+    gap = rng.choice([0.0, 0.0, 0.5, 1.0])  # px of membrane line between neighbours (often none)
+    rim_frac = rng.choice([0.0, rng.uniform(0.03, 0.1)])  # thin rim of cytoplasm, or none
+    # Each member's power distance d^2 - r^2 gets a smooth wobble (a few long plane waves), so
+    # shared boundaries bend a little instead of being perfectly straight.
+    bend = rng.uniform(0.0, 0.08) * float(np.mean([m[2] for m in members]))
+    waves = [(rng.normal(0, 1.0 / m[2], (3, 2)), rng.uniform(0, 2 * np.pi, 3)) for m in members]
+
+    def power(j, xs, ys):
+        ox, oy, orad = members[j]
+        dx, dy = xs - np.float32(ox), ys - np.float32(oy)
+        k, phase = waves[j]
+        wob = sum(np.cos(np.float32(k[n, 0]) * xs + np.float32(k[n, 1]) * ys + np.float32(phase[n])) for n in range(3))
+        return dx * dx + dy * dy - np.float32(orad * orad) + np.float32(2 * orad * bend / 3) * wob
+
+    drawn = []
+    for i, (cx, cy, r) in enumerate(members):
+        win = window(od.shape[:2], cx, cy, r * 1.3 + 3)
+        if win is None:
+            continue
+        sl, xs, ys = win
+        shape = (ys.shape[0], xs.shape[1])
+        gx, gy = xs + np.float32(cx), ys + np.float32(cy)  # canvas coordinates
+        own_power = power(i, gx, gy)
+        # Signed distance (px) to the nearest shared boundary: > 0 inside member i's own part.
+        inside = np.full(shape, np.inf, np.float32)
+        for j, (ox, oy, orad) in enumerate(members):
+            if j == i or (i in on_top and j == i - 1) or (j in on_top and i == j - 1):
+                continue
+            sep = float(np.hypot(cx - ox, cy - oy))
+            if sep > r + orad + 4:
+                continue
+            inside = np.minimum(inside, (power(j, gx, gy) - own_power) / np.float32(2 * max(sep, 1.0)))
+        cover = soft_blob(xs, ys, r, rng, wobble=0.04, aspect=rng.uniform(1.0, 1.3), angle=rng.uniform(0, np.pi))
+        own = cover * np.clip(inside - gap / 2 + 0.5, 0, 1)
+        mass = float(own.sum())
+        if mass < 1:
+            continue
+        rim_px = rim_frac * r
+        nuc = soft_blob(xs, ys, r * (1 - rim_frac), rng, wobble=0.05) * np.clip(inside - gap / 2 - rim_px + 0.5, 0, 1)
+        nuc = nuc * (own > 0)
+        density = rng.uniform(0.65, 0.85) * (1 + 0.1 * texture(shape, 0.8, rng))
+        for _ in range(rng.choice([0, 1, 1, 2])):  # nucleoli: paler spots
+            d, a = rng.uniform(0, 0.45) * r, rng.uniform(0, 2 * np.pi)
+            spot = soft_blob(xs - np.float32(d * np.cos(a)), ys - np.float32(d * np.sin(a)),
+                             r * rng.uniform(0.08, 0.14), rng, wobble=0.05)
+            density = density * (1 - 0.4 * spot)
+        od[sl] += (own * (1.0 + 0.08 * texture(shape, 2.0, rng)))[..., None] * stains.cyto_blast
+        od[sl] += (nuc * density)[..., None] * stains.nucleus
+        drawn.append(DrawnCell(x=cx + float((own * xs).sum()) / mass, y=cy + float((own * ys).sum()) / mass,
+                               r=r, kind=LYMPHOBLAST))
+    return drawn
+
+
+def draw_smudge_cell(od: np.ndarray, rng: np.random.Generator, cx: float, cy: float, r: float,
+                     stains: Stains) -> DrawnCell | None:
+    """Add one smudge (basket) cell to `od` in place: a ruptured cell whose chromatin is spread into
+    a pale lacy or streaky net, with a ragged outline, no cytoplasm rim and no membrane, sometimes
+    trailing strands. Returns it with its visible centre, or None when it lands off the canvas."""
+    win = window(od.shape[:2], cx, cy, r * 1.9 + 3)
+    if win is None:
+        return None
+    sl, xs, ys = win
+    shape = (ys.shape[0], xs.shape[1])
+    # Ragged outline: the edge radius wanders with a smooth 2-D field, not just low harmonics.
+    aspect, angle = rng.uniform(1.0, 1.6), rng.uniform(0, np.pi)
+    c, s = np.cos(angle), np.sin(angle)
+    u, v = (xs * c + ys * s) / np.sqrt(aspect), (-xs * s + ys * c) * np.sqrt(aspect)
+    rag = texture(shape, max(r * 0.12, 1.0), rng)
+    cover = np.clip(r * (1 + rng.uniform(0.12, 0.25) * rag) - np.hypot(u, v) + 0.5, 0, 1)
+    # Chromatin pattern: a lacy net (where a smooth noise field crosses zero) or streaks (wavy
+    # parallel threads along one direction), or a mix.
+    strand_px = max(r * rng.uniform(0.05, 0.1), 0.8)
+    net = np.exp(-(texture(shape, strand_px * 1.5, rng) / 0.45) ** 2)
+    phase = 3.0 * texture(shape, r * 0.4, rng)
+    streak = 0.5 + 0.5 * np.cos((-xs * s + ys * c) / strand_px + phase)
+    mix = rng.uniform(0, 1)
+    pattern = (1 - mix) * net + mix * streak ** 2
+    density = rng.uniform(0.3, 0.55) * (0.3 + 0.7 * pattern) * cover
+    if rng.random() < 0.4:  # a denser remnant of the nucleus, off-centre
+        d, a = rng.uniform(0, 0.4) * r, rng.uniform(0, 2 * np.pi)
+        core = soft_blob(xs - d * np.cos(a), ys - d * np.sin(a), r * rng.uniform(0.2, 0.4), rng, wobble=0.2)
+        density = density + rng.uniform(0.1, 0.3) * core
+    for _ in range(int(rng.choice([0, 0, 1, 2, 3]))):  # trailing strands out of the net
+        a = rng.uniform(0, 2 * np.pi)
+        length = r * rng.uniform(0.4, 0.9)
+        bend = rng.normal(0, 0.3)
+        x0, y0 = 0.8 * r * np.cos(a), 0.8 * r * np.sin(a)
+        x1, y1 = (0.8 * r + length) * np.cos(a + bend), (0.8 * r + length) * np.sin(a + bend)
+        density = density + rng.uniform(0.25, 0.45) * _strand(xs, ys, x0, y0, x1, y1, rng.uniform(0.3, 0.8))
+    mass = float(cover.sum())
+    if mass < 1:
+        return None
+    od[sl] += density[..., None].astype(np.float32) * stains.nucleus
+    return DrawnCell(x=cx + float((cover * xs).sum()) / mass, y=cy + float((cover * ys).sum()) / mass, r=r,
+                     kind="smudge")

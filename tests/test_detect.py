@@ -20,7 +20,10 @@ from pipeline.detect import (
 )
 from pipeline.schema import KIND_SMUDGE, KIND_WBC
 
-BCCD = Path(__file__).resolve().parents[2] / "shared" / "data" / "bccd"
+# The shared data sit next to the repo (/work/main -> /work/shared) or next to its worktree folder.
+_ROOTS = Path(__file__).resolve().parents[2:4]
+BCCD = next((r / "shared" / "data" / "bccd" for r in _ROOTS if (r / "shared" / "data" / "bccd").exists()),
+            _ROOTS[0] / "shared" / "data" / "bccd")
 
 # Painted smears: red cells 30 px across, so 0.25 um per pixel.
 RBC_PX = 30.0

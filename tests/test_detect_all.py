@@ -1,0 +1,116 @@
+"""Leukemic smears (issue 9): packed blast clusters split into their cells, smudge cells told
+apart, neutrophils kept whole, and the ALL-like synthetic cohort with its truth."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from pipeline.detect import detect_cells
+from pipeline.schema import KIND_SMUDGE, KIND_WBC
+from pipeline.synth import RBC_DIAMETER_UM, SmearStyle, _mix_stains, _photograph, write_cohort
+from pipeline.synth_cells import NEUTROPHIL, draw_blast_cluster, draw_smudge_cell, draw_white_cell
+
+STYLE = SmearStyle()  # red cells 42 px across
+PX_PER_UM = STYLE.rbc_diameter_px / RBC_DIAMETER_UM
+UM_PER_PX = 1 / PX_PER_UM
+
+
+def canvas(width: int, height: int):
+    stains = _mix_stains(STYLE)
+    od = np.empty((height, width, 3), np.float32)
+    od[:] = stains.plasma
+    return od, stains
+
+
+def packed(x: float, y: float, k: int, rng: np.random.Generator, overlap: float) -> list[tuple[float, float, float]]:
+    """k blasts (radius 6.5-8 um) in a row or a bent chain, centres `overlap` x (r1 + r2) apart."""
+    members = [(x, y, rng.uniform(6.5, 8.0) * PX_PER_UM)]
+    angle = rng.uniform(0, 2 * np.pi)
+    for _ in range(k - 1):
+        r = rng.uniform(6.5, 8.0) * PX_PER_UM
+        px, py, pr = members[-1]
+        angle += rng.uniform(-0.6, 0.6)
+        d = (pr + r) * overlap
+        members.append((px + d * np.cos(angle), py + d * np.sin(angle), r))
+    return members
+
+
+def nearest_detection_counts(cells, truth_xy, radius):
+    """How many detections fall within `radius` of each truth centre (each to its nearest)."""
+    counts = np.zeros(len(truth_xy), int)
+    for c in cells:
+        d = np.hypot(truth_xy[:, 0] - c.x, truth_xy[:, 1] - c.y)
+        if d.min() <= radius[d.argmin()]:
+            counts[d.argmin()] += 1
+    return counts
+
+
+@pytest.mark.parametrize("k, overlap", [(2, 0.8), (2, 0.92), (3, 0.85), (4, 0.8), (5, 0.9)])
+def test_packed_blast_cluster_gives_exactly_one_cell_per_blast(k, overlap):
+    rng = np.random.default_rng(100 * k + int(100 * overlap))
+    od, stains = canvas(700, 700)
+    members = packed(350, 350, k, rng, overlap)
+    members = [(x - np.mean([m[0] for m in members]) + 350, y - np.mean([m[1] for m in members]) + 350, r)
+               for x, y, r in members]
+    drawn = draw_blast_cluster(od, rng, members, stains)
+    assert len(drawn) == k
+    cells = detect_cells(_photograph(od, rng, STYLE), um_per_pixel=UM_PER_PX).cells
+    truth = np.array([(d.x, d.y) for d in drawn])
+    assert len(cells) == k
+    assert nearest_detection_counts(cells, truth, [d.r for d in drawn]).tolist() == [1] * k
+    # A blob of pressed nuclei is parted into its cells (a membrane line may part some already).
+    assert all(c.kind == KIND_WBC and 1 <= c.n_split <= k for c in cells)
+
+
+def test_neutrophils_stay_one_cell_each():
+    rng = np.random.default_rng(5)
+    od, stains = canvas(900, 300)
+    drawn = [draw_white_cell(od, rng, NEUTROPHIL, x, 150, 6.8 * PX_PER_UM, stains) for x in (150, 450, 750)]
+    cells = detect_cells(_photograph(od, rng, STYLE), um_per_pixel=UM_PER_PX).cells
+    assert len(cells) == 3
+    truth = np.array([(d.x, d.y) for d in drawn])
+    assert nearest_detection_counts(cells, truth, [d.r for d in drawn]).tolist() == [1] * 3
+    assert all(c.kind == KIND_WBC and c.n_split == 1 for c in cells)
+
+
+def test_smudge_cells_are_called_smudge_and_intact_cells_are_not():
+    """Six smudge cells of varied net and size, four intact cells: at least five smudge calls
+    (the detector finds ~85% of synthetic smudge cells, see benchmarks/detect_quality.py), every
+    smudge call on a smudge cell, every intact cell intact."""
+    rng = np.random.default_rng(11)
+    od, stains = canvas(1200, 950)
+    smudges = [draw_smudge_cell(od, rng, x, y, rng.uniform(6, 10) * PX_PER_UM, stains)
+               for x in (200, 600, 1000) for y in (170, 430)]
+    intact = draw_blast_cluster(od, rng, [(200, 760, 7 * PX_PER_UM)], stains)
+    intact += draw_blast_cluster(od, rng, packed(600, 760, 2, rng, 0.85), stains)
+    intact.append(draw_white_cell(od, rng, NEUTROPHIL, 1000, 760, 6.8 * PX_PER_UM, stains))
+    cells = detect_cells(_photograph(od, rng, STYLE), um_per_pixel=UM_PER_PX).cells
+    smudge_cells = [c for c in cells if c.kind == KIND_SMUDGE]
+    wbc = [c for c in cells if c.kind == KIND_WBC]
+    assert len(smudge_cells) >= 5 and len(smudge_cells) + len(wbc) == 10
+    for c in smudge_cells:
+        assert min(np.hypot(c.x - s.x, c.y - s.y) for s in smudges) < 8 * PX_PER_UM
+    near_intact = [c for c in wbc if min(np.hypot(c.x - s.x, c.y - s.y) for s in intact) < 7 * PX_PER_UM]
+    assert len(near_intact) == 4
+
+
+def test_all_profile_cohort_has_crowded_fields_smudge_rows_and_clusters(tmp_path):
+    summary = write_cohort(tmp_path, patients=1, images_per_patient=1, seed=2, size=(1712, 1368), profile="all")
+    with (tmp_path / "truth" / "cells.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    smudge = [r for r in rows if r["kind"] == KIND_SMUDGE]
+    intact = [r for r in rows if r["kind"] == KIND_WBC]
+    assert rows[0]["image"].endswith(".jpg") and (tmp_path / "slides" / rows[0]["image"]).exists()
+    assert 10 <= len(rows) <= 40 and len(intact) == summary.n_wbc
+    assert all(r["label"] == "" for r in smudge) and all(r["label"] in ("0", "1") for r in intact)
+    clusters = [r["cluster"] for r in intact if r["cluster"]]
+    assert clusters and all(r["label"] == "1" for r in intact if r["cluster"])
+    assert all(clusters.count(c) >= 2 for c in set(clusters))  # a cluster holds 2-10 blasts
+
+
+def test_unknown_profile_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="profile"):
+        write_cohort(tmp_path, patients=1, images_per_patient=1, profile="cll")
