@@ -8,7 +8,7 @@ known, so single-cell ingest and the train-on-single-cells, count-on-smears work
 tested against truth:
 
     OUT/ImNNN_L.png (or .jpg for downscaled copies)   L = 1 lymphoblast, 0 other white cell
-    OUT/truth.csv   name,image,x,y,r,label,um_per_pixel,width,height,downscaled
+    OUT/truth.csv   name,image,source_x,source_y,x,y,r,label,um_per_pixel,width,height,downscaled
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pipeline.synth import RBC_DIAMETER_UM
 SIDE_UM = 25.7  # ALL-IDB2: 257 px at ALL-IDB1's ~0.1 um/px
 DOWNSCALED_SIDE_PX = 103  # the circulating copies
 JPEG_QUALITY = 85
-TRUTH_COLUMNS = ("name", "image", "x", "y", "r", "label", "um_per_pixel", "width", "height", "downscaled")
+TRUTH_COLUMNS = ("name", "image", "source_x", "source_y", "x", "y", "r", "label", "um_per_pixel", "width", "height", "downscaled")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class SingleCellImage:
 
     name: str
     image: str  # the smear it was cut from (relative to the cohort's slides/)
+    source_x: float  # the cell's centre in that smear, px
+    source_y: float
     x: float  # the cell's centre in the written image, px
     y: float
     r: float  # the cell's radius in the written image, px
@@ -92,11 +94,11 @@ def write_single_cells(
             (out / name).write_bytes(buffer.getvalue())
         else:
             picture.save(out / name)
-        written.append(SingleCellImage(name, rel, cx, cy, r, label, upp, picture.width, picture.height, downscaled))
+        written.append(SingleCellImage(name, rel, x, y, cx, cy, r, label, upp, picture.width, picture.height, downscaled))
     with open(out / "truth.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(TRUTH_COLUMNS)
         for c in written:
-            writer.writerow([c.name, c.image, f"{c.x:.2f}", f"{c.y:.2f}", f"{c.r:.2f}", c.label,
-                             f"{c.um_per_pixel:.5f}", c.width, c.height, int(c.downscaled)])
+            writer.writerow([c.name, c.image, f"{c.source_x:.2f}", f"{c.source_y:.2f}", f"{c.x:.2f}", f"{c.y:.2f}",
+                             f"{c.r:.2f}", c.label, f"{c.um_per_pixel:.5f}", c.width, c.height, int(c.downscaled)])
     return written
