@@ -5,8 +5,9 @@
 Wall time on a shared machine says little, so the CPU seconds of every step are summed over the
 whole process tree (the driver, Ray's workers and actors), sampled twice a second and kept per
 process id, so workers that exit (Ray Train's) still count. The single-thread sgemm speed of the
-machine is measured before and after (a 1024^3 matrix product with one torch thread), so a step's
-CPU seconds can be scaled to another machine: seconds x (this sgemm / that sgemm). The demo's
+machine is measured before and after (a 1024^3 matrix product with one torch thread), per wall
+second and per CPU second of its thread (what the machine does when not shared), so a step's CPU
+seconds can be scaled to another machine: seconds x (this sgemm per CPU second / that sgemm). The demo's
 steps run on one core (synth), two (ingest, infer) or one worker thread (train); the estimate of
 an idle two-core machine printed at the end is synth + train CPU + (ingest + infer CPU) / 2.
 """
@@ -23,22 +24,25 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def sgemm_gflops(n: int = 1024, repeat: int = 10) -> float:
-    """Single-thread torch sgemm GFLOP/s (best of three rounds)."""
+def sgemm_gflops(n: int = 1024, repeat: int = 10) -> tuple[float, float]:
+    """Single-thread torch sgemm GFLOP/s (best of three rounds): per wall second, and per CPU second
+    of the thread (the machine's speed when it is not shared)."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    best = 0.0
+    wall = cpu = 0.0
     for _ in range(3):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         for _ in range(repeat):
             a @ b
-        best = max(best, 2 * n**3 * repeat / (time.perf_counter() - t) / 1e9)
+        flop = 2 * n**3 * repeat / 1e9
+        wall = max(wall, flop / (time.perf_counter() - t))
+        cpu = max(cpu, flop / max(time.thread_time() - c, 1e-9))
     torch.set_num_threads(threads)
-    return best
+    return wall, cpu
 
 
 class TreeCpu:
@@ -83,8 +87,8 @@ def main() -> None:
     from jobs.demo import DemoConfig, run_demo
 
     before = sgemm_gflops()
-    print(f"sgemm, 1 thread: {before:.1f} GFLOP/s; load average {psutil.getloadavg()[0]:.1f} on "
-          f"{psutil.cpu_count()} cores")
+    print(f"sgemm, 1 thread: {before[0]:.1f} GFLOP/s per wall second, {before[1]:.1f} per CPU second; load "
+          f"average {psutil.getloadavg()[0]:.1f} on {psutil.cpu_count()} cores")
     marks = []
     with TreeCpu() as cpu:
         start_cpu, start = cpu.total(), time.perf_counter()
@@ -98,7 +102,8 @@ def main() -> None:
         address, verbose = params.pop("address"), params.pop("verbose")
         run_demo(DemoConfig(**params), echo=echo, address=address, verbose=verbose)
     after = sgemm_gflops()
-    print(f"\nsgemm, 1 thread, after: {after:.1f} GFLOP/s; load average {psutil.getloadavg()[0]:.1f}")
+    print(f"\nsgemm, 1 thread, after: {after[0]:.1f} GFLOP/s per wall second, {after[1]:.1f} per CPU second; "
+          f"load average {psutil.getloadavg()[0]:.1f}")
     print(f"{'step':<30} {'wall s':>8} {'CPU s':>8}")
     last_t, last_c = start, start_cpu
     cpu_by = {}
@@ -110,9 +115,9 @@ def main() -> None:
     serial = sum(v for k, v in cpu_by.items() if k.startswith(("synth", "train")))
     parallel = sum(v for k, v in cpu_by.items() if k.startswith(("ingest", "infer")))
     idle = serial + parallel / 2
-    mean_sgemm = (before + after) / 2
-    print(f"idle two-core estimate: {idle:.0f} s here ({idle / 60:.1f} min); at 50 GFLOP/s sgemm: "
-          f"{idle * mean_sgemm / 50 / 60:.1f} min")
+    per_cpu = (before[1] + after[1]) / 2  # this machine's speed per CPU second
+    print(f"idle two-core estimate: {idle:.0f} CPU-bound s here ({idle / 60:.1f} min) at {per_cpu:.0f} GFLOP/s per "
+          f"CPU second; on a machine at 50 GFLOP/s: {idle * per_cpu / 50 / 60:.1f} min (Ray start-up included)")
 
 
 if __name__ == "__main__":
