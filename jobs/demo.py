@@ -24,7 +24,7 @@ class DemoConfig:
 
     out: str = "demo-out"
     # Training: 12 patients x 8 smears (~390 white cells), ResNet-18 on crops shrunk to 64 px for 8
-    # epochs: ~1/14 of the training work of 24 x 8 smears at 128 px for 12 epochs (the demo's sizes
+    # epochs: ~1/12 of the training work of 24 x 8 smears at 128 px for 12 epochs (the demo's sizes
     # until it took 16 minutes on a slow day), which was 2/3 of the demo's time.
     train_patients: int = 12
     train_images: int = 8  # per patient
