@@ -24,8 +24,9 @@ class DemoConfig:
 
     out: str = "demo-out"
     # Training: 12 patients x 8 smears (~390 white cells), ResNet-18 on crops shrunk to 64 px for 8
-    # epochs: ~1/12 of the training work of 24 x 8 smears at 128 px for 12 epochs (the demo's sizes
-    # until it took 16 minutes on a slow day), which was 2/3 of the demo's time.
+    # epochs: ~1/8 of the training CPU time of 24 x 8 smears at 128 px for 12 epochs (the demo's sizes
+    # until it took 16 minutes on a slow day), which was 2/3 of the demo's time (benchmarks/demo_units.py:
+    # 47.5 vs 137 CPU ms per sample at 64 and 128 px, 2,320 vs 6,840 samples).
     train_patients: int = 12
     train_images: int = 8  # per patient
     # The new cohort stays as it was: 9 patients of 12 smears, enough cells per patient for the
