@@ -84,7 +84,7 @@ def run_demo(config: DemoConfig, echo=click.echo, address: str | None = None, ve
     for arch, r in s["archs"].items():
         best = r.get("best") or {}
         if best.get("val_acc") is not None:
-            echo(f"  {arch}: best val accuracy {best['val_acc']:.3f} (epoch {best.get('epoch')})")
+            echo(f"  {arch}: best val accuracy {best['val_acc']:.3f} (epoch {r.get('best_epoch')})")
     s = step("infer", lambda: run_infer(str(out / "new" / "slides"), str(out / "run"), str(out / "report"),
                                         min_cells=config.min_cells, address=address, verbose=verbose))
     echo(s["terminal"])
