@@ -17,8 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-if __name__ == "__main__":
+def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import torch
 
@@ -57,3 +56,7 @@ if __name__ == "__main__":
             opt.step()
         per = (time.process_time() - c) / (3 * 32)
         print(f"resnet18 train at {size}px: {per * 1000:.1f} CPU ms per sample ({1 / per:.0f} samples per CPU s)")
+
+
+if __name__ == "__main__":
+    main()
