@@ -18,18 +18,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The whole pipeline on synthetic data: a training cohort with truth labels, a separate cohort of
-# "new" slides, ingest -> train -> infer. About 6-8 minutes on 2 cores.
+# "new" slides, ingest -> train -> infer, each step timed (jobs/demo.py; sizes measured in the README).
 demo: $(STAMP)
-	rm -rf $(DEMO)
-	$(ALLRAY) synth $(DEMO)/train --patients 24 --images-per-patient 8 --seed 1
-	$(ALLRAY) synth $(DEMO)/new --patients 9 --images-per-patient 12 --seed 2
-	$(ALLRAY) ingest $(DEMO)/train/slides --out $(DEMO)/cells --labels $(DEMO)/train/truth/cells.csv
-	$(ALLRAY) train $(DEMO)/cells --arch resnet --epochs 12 --out $(DEMO)/run
-	$(ALLRAY) infer $(DEMO)/new/slides --model $(DEMO)/run --out $(DEMO)/report --min-cells 30
-	@echo
-	@echo "demo outputs under $(DEMO)/: cells/ (Parquet crops), run/ (model, metrics.jsonl, curves.png),"
-	@echo "report/ (patients.csv, predictions/); open $(DEMO)/report/report.html in a browser."
-	@echo "the truth of the new slides is in $(DEMO)/new/truth/patients.csv"
+	$(ALLRAY) demo $(DEMO)
 
 # The report test opens report.html in headless Chromium (Debian's package); install it if we can.
 browser:

@@ -15,6 +15,10 @@ import click
 
 from pipeline.redact import redact_text
 
+from jobs.demo import DemoConfig
+
+DEMO_DEFAULTS = DemoConfig()  # the demo's sizes (jobs/demo.py), shown by `allray demo --help`
+
 
 def _echo(text: str, err: bool = False) -> None:
     """click.echo with credentials redacted: a location may carry them (s3://KEY:SECRET@bucket/x)."""
@@ -268,6 +272,29 @@ def review(report, host, port, reviewer, unsure_below, db, token, export_labels,
             click.echo(line)
         return
     serve(config, echo=click.echo)
+
+
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False), default="demo-out")
+@click.option("--train-patients", default=DEMO_DEFAULTS.train_patients, show_default=True)
+@click.option("--train-images", default=DEMO_DEFAULTS.train_images, show_default=True, help="Images per patient.")
+@click.option("--new-patients", default=DEMO_DEFAULTS.new_patients, show_default=True)
+@click.option("--new-images", default=DEMO_DEFAULTS.new_images, show_default=True, help="Images per new patient.")
+@click.option("--epochs", default=DEMO_DEFAULTS.epochs, show_default=True)
+@click.option("--image-size", default=DEMO_DEFAULTS.image_size, type=int, show_default=True,
+              help="Model input side (crops are shrunk to it).")
+@click.option("--arch", default=DEMO_DEFAULTS.arch, show_default=True)
+@click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+@click.option("--verbose", is_flag=True, help="Show Ray's logs and tracebacks.")
+@friendly_errors
+def demo(out, train_patients, train_images, new_patients, new_images, epochs, image_size, arch, address,
+         verbose) -> None:
+    """The whole pipeline on synthetic data into OUT (replaced): synth, ingest, train, infer, each step timed."""
+    from jobs.demo import run_demo
+
+    config = DemoConfig(out=out, train_patients=train_patients, train_images=train_images, new_patients=new_patients,
+                        new_images=new_images, epochs=epochs, image_size=image_size, arch=arch)
+    run_demo(config, address=address, verbose=verbose)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,22 +54,6 @@ def cut_crop(
     return np.asarray(Image.fromarray(np.ascontiguousarray(window)).resize((out_size, out_size), resample))
 
 
-def resize_whole(image: np.ndarray, out_size: int) -> np.ndarray:
-    """A single-cell image (ALL-IDB2) as an (out_size, out_size, 3) crop: padded square, then resized."""
-    h, w = image.shape[:2]
-    side = max(h, w)
-    if h != w:
-        square = np.empty((side, side, 3), dtype=np.uint8)
-        square[:] = background_colour(image)
-        oy, ox = (side - h) // 2, (side - w) // 2
-        square[oy : oy + h, ox : ox + w] = image
-        image = square
-    if side == out_size:
-        return np.ascontiguousarray(image)
-    resample = Image.Resampling.BOX if side > out_size else Image.Resampling.BICUBIC
-    return np.asarray(Image.fromarray(image).resize((out_size, out_size), resample))
-
-
 def assign_labels(
     centres: list[tuple[float, float]],
     points: list[list] | None,

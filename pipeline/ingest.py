@@ -21,10 +21,11 @@ import pyarrow as pa
 
 from pipeline import locations, schema, taxonomy
 from pipeline.config import CropSettings
-from pipeline.crops import assign_labels, background_colour, cut_crop, resize_whole, window_pixels
+from pipeline.crops import assign_labels, background_colour, cut_crop, window_pixels
 from pipeline.detect import detect_cells
 from pipeline.io import (DEFAULT_MAX_MEGAPIXELS, ImageReadError, check_decode_budget, decode_image, encode_png,
                          sha256_hex)
+from pipeline.single_cell import cut_single_cell, measure_pad_fraction
 from pipeline.sources import SINGLE_CELL, ImageTask
 from pipeline.store import new_shard_id, write_shard
 
@@ -83,28 +84,29 @@ def ingest_image(task: ImageTask, data: bytes, settings: CropSettings, sha: str,
         schema.CROP_SIZE: settings.crop_size,
     }
     if task.kind == SINGLE_CELL:
-        crop = resize_whole(pixels, settings.crop_size)
+        cut = cut_single_cell(pixels, settings)  # the slides' window; raises ScaleNotMeasured (quarantine)
         row = dict(
             base,
             **{
                 schema.CELL_ID: 0,
-                schema.X: w / 2.0,
-                schema.Y: h / 2.0,
-                schema.BBOX_X0: 0,
-                schema.BBOX_Y0: 0,
-                schema.BBOX_X1: w,
-                schema.BBOX_Y1: h,
-                schema.AREA: None,
-                schema.DIAMETER_UM: None,
+                schema.X: cut.x,
+                schema.Y: cut.y,
+                schema.BBOX_X0: cut.bbox[0],
+                schema.BBOX_Y0: cut.bbox[1],
+                schema.BBOX_X1: cut.bbox[2],
+                schema.BBOX_Y1: cut.bbox[3],
+                schema.AREA: cut.area,
+                schema.DIAMETER_UM: None if cut.area is None else 2.0 * math.sqrt(cut.area / math.pi) * cut.um_per_pixel,
                 schema.KIND: schema.KIND_SINGLE_CELL,
                 schema.AT_BORDER: False,
-                schema.CROP: encode_png(crop),
+                schema.CROP: encode_png(cut.crop),
                 **label_columns(task.default_label, task.label_source),
-                schema.UM_PER_PIXEL: None,
-                schema.SCALE_SOURCE: "whole_image",
+                schema.UM_PER_PIXEL: cut.um_per_pixel,
+                schema.SCALE_SOURCE: cut.scale_source,
+                schema.PAD_FRACTION: cut.pad_fraction,
             },
         )
-        return ImageOutcome([row], note=loaded.note, scale_source="whole_image")
+        return ImageOutcome([row], note=loaded.note, um_per_pixel=cut.um_per_pixel, scale_source=cut.scale_source)
 
     detection = detect_cells(pixels, settings.detect, um_per_pixel=settings.um_per_pixel)
     upp = detection.um_per_pixel
@@ -137,6 +139,7 @@ def ingest_image(task: ImageTask, data: bytes, settings: CropSettings, sha: str,
                     **label_columns(label, task.label_source),
                     schema.UM_PER_PIXEL: upp,
                     schema.SCALE_SOURCE: detection.scale_source,
+                    schema.PAD_FRACTION: measure_pad_fraction(w, h, cell.x, cell.y, window),
                 },
             )
         )

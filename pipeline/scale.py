@@ -211,14 +211,20 @@ def _close_crescents(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _measure_granulometric_radius(mask: np.ndarray, radii: np.ndarray) -> float | None:
-    """The disc radius (px) at which opening the mask removes half its area; None if outside radii."""
+def _measure_granulometric_radius(
+    mask: np.ndarray, radii: np.ndarray, hidden: np.ndarray | None = None
+) -> float | None:
+    """The disc radius (px) at which opening the mask removes half its area; None if outside radii.
+
+    `hidden` marks pixels where red cells may lie unseen (under a white cell): they count as
+    inside for the openings, as the image border does, but not in the area measured.
+    """
     total = float(mask.sum())
     if total == 0:
         return None
     # scipy's distance maps treat pixels beyond the image edge as inside (and the padding below
     # does the same for the dilation), so a red cell cut by the border opens like a whole one.
-    inside = ndi.distance_transform_edt(mask)
+    inside = ndi.distance_transform_edt(mask if hidden is None else mask | hidden)
     fraction = []
     for radius in radii:
         pad = int(np.ceil(radius)) + 1
@@ -234,3 +240,69 @@ def _measure_granulometric_radius(mask: np.ndarray, radii: np.ndarray) -> float 
     f0, f1 = fraction[k - 1], fraction[k]
     t = (f0 - 0.5) / max(f0 - f1, 1e-9)
     return float(np.exp(np.log(radii[k - 1]) + t * (np.log(radii[k]) - np.log(radii[k - 1]))))
+
+
+# --- single-cell images (ALL-IDB2, analyser exports): one white cell, a few red cells around it ---
+# The image is measured at this longer side at most (a 257 px ALL-IDB2 image shows ~3 red cells
+# across, which stay ~20 px wide at this size; downscaled copies are measured as they are).
+_SINGLE_SIDE_PX = 160
+_SINGLE_RADII_PX = np.geomspace(1.5, 96.0, 30)
+_MIN_SINGLE_RED_FRACTION = 0.02  # red cells must cover at least this much of the picture
+_BODY_OD = 0.15  # summed OD above which a pixel is matter (cell), not background
+# A gap in the red-cell mask smaller than this share of a red cell's disc is a pale centre (or the
+# sliver between two red cells) and is filled before measuring again: in a small picture most red
+# cells are cut by the border, and their pale centres open to it, so filling holes misses them.
+_PALLOR_AREA = 0.3
+
+
+def estimate_single_cell_um_per_pixel(image: np.ndarray) -> float | None:
+    """Micrometres per pixel of a single-cell image from the red cells around the cell; None if none.
+
+    The white cell(s) (nuclei and the non-red matter around them) are taken out of the red-cell
+    mask and marked as places where red cells may lie hidden, so that red cells partly under the
+    white cell, or cut by the border, open like whole ones. The granulometry then runs twice more
+    with the pale centres filled (see _PALLOR_AREA) at the size found.
+    """
+    h, w = image.shape[:2]
+    zoom = min(1.0, _SINGLE_SIDE_PX / max(h, w))
+    small = resize_image(image, zoom)
+    red = _segment_red_cells(small)
+    if red is None:
+        return None
+    white = find_white_cells(small)
+    red &= ~white
+    if red.mean() < _MIN_SINGLE_RED_FRACTION:
+        return None
+    radius = _measure_granulometric_radius(red, _SINGLE_RADII_PX, hidden=white)
+    for _ in range(2):
+        if radius is None:
+            return None
+        gaps, n = ndi.label(~red & ~white)
+        sizes = np.bincount(gaps.ravel(), minlength=n + 1)
+        small_gap = sizes <= _PALLOR_AREA * np.pi * radius**2
+        small_gap[0] = False
+        radius = _measure_granulometric_radius(red | small_gap[gaps], _SINGLE_RADII_PX, hidden=white) or radius
+    diameter = 2.0 * radius / zoom
+    if not 4.0 <= diameter <= 2.0 * max(h, w):
+        return None
+    return RBC_DIAMETER_UM / diameter
+
+
+def find_white_cells(image: np.ndarray) -> np.ndarray:
+    """(H, W) bool mask of the white cells of a small picture: stained nuclei and the non-red matter
+    (cytoplasm) joined to them, holes filled, grown by 2 px."""
+    od = measure_optical_density(image)
+    purple = ndi.gaussian_filter(od[..., 0] - od[..., 2], 1.0)
+    nucleus = purple > _NUCLEUS_OD
+    body = (ndi.gaussian_filter(od.sum(axis=2), 1.0) > _BODY_OD) & (-purple < 0.3 * measure_red_level(od))
+    labels, _ = ndi.label(body | nucleus)
+    keep = np.unique(labels[nucleus])
+    cells = np.isin(labels, keep[keep > 0])
+    return ndi.binary_dilation(ndi.binary_fill_holes(cells), iterations=2)
+
+
+def find_background_colour(image: np.ndarray) -> np.ndarray:
+    """(3,) uint8 colour of the empty slide in a picture mostly covered by cells: its bright mode
+    (the median colour, right for a smear, is a cell's colour in a single-cell picture)."""
+    pixels = image.reshape(-1, 3)
+    return _find_bright_mode(pixels[:: max(1, pixels.shape[0] // 20_000)]).astype(np.uint8)

@@ -35,6 +35,9 @@ CELL_CLASS = "cell_class"
 LABEL_SOURCE = "label_source"  # where the label came from: one of LABEL_SOURCES, null if none
 UM_PER_PIXEL = "um_per_pixel"  # scale of the source image used for the crop window
 SCALE_SOURCE = "scale_source"  # how UM_PER_PIXEL was found: one of SCALE_SOURCES
+# Share of the crop window outside the source image (filled with background): single-cell images
+# smaller than the slides' window; null for rows written before it was recorded.
+PAD_FRACTION = "pad_fraction"
 IMAGE_WIDTH = "image_width"
 IMAGE_HEIGHT = "image_height"
 SOURCE_SHA256 = "source_sha256"  # hash of the source file's bytes (provenance, re-run skip)
@@ -49,6 +52,7 @@ KIND_SINGLE_CELL = "single_cell"  # the image is one centred cell (ALL-IDB2): no
 CELL_KINDS = (KIND_WBC, KIND_SMUDGE, KIND_SINGLE_CELL)
 
 LABEL_SOURCES = ("labels_csv", "xyc", "filename", "manifest", "class_folder")
+# "whole_image": single-cell images resized whole (outputs of older versions; no longer written).
 SCALE_SOURCES = ("red_cells", "user", "default", "whole_image")
 
 CELL_SCHEMA = pa.schema(
@@ -74,6 +78,7 @@ CELL_SCHEMA = pa.schema(
         pa.field(LABEL_SOURCE, pa.string()),
         pa.field(UM_PER_PIXEL, pa.float32()),
         pa.field(SCALE_SOURCE, pa.string()),
+        pa.field(PAD_FRACTION, pa.float32()),
         pa.field(IMAGE_WIDTH, pa.int32()),
         pa.field(IMAGE_HEIGHT, pa.int32()),
         pa.field(SOURCE_SHA256, pa.string()),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.crops import assign_labels, cut_crop, resize_whole, window_pixels
+from pipeline.crops import assign_labels, cut_crop, window_pixels
 
 
 def test_window_follows_scale():
@@ -42,12 +42,6 @@ def test_border_cell_is_padded_with_background_not_mirrored():
     assert crop.shape == (40, 40, 3)
     assert (crop[:18, :18] == 220).all()  # outside the image: background colour
     assert (crop[20:28, 20:28] == 0).all()  # the real dark corner
-
-
-def test_single_cell_image_padded_square_then_resized():
-    img = np.zeros((193, 257, 3), np.uint8)
-    out = resize_whole(img, 128)
-    assert out.shape == (128, 128, 3)
 
 
 def test_labels_nearest_point_within_radius_else_default():

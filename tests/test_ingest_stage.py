@@ -12,8 +12,8 @@ from PIL import Image
 
 from pipeline import schema
 from pipeline.config import CropSettings
-from pipeline.ingest import TASK_COLUMN, IngestStage, ingest_image, process_task
-from pipeline.io import decode_png, encode_png, sha256_hex
+from pipeline.ingest import TASK_COLUMN, ImageOutcome, IngestStage, ingest_image, process_task
+from pipeline.io import ImageReadError, decode_png, encode_png, sha256_hex
 from pipeline.sources import SINGLE_CELL, ImageTask
 from pipeline.store import open_output, read_table
 from pipeline.synth import choose_patient_style, make_image_rng, make_smear
@@ -58,13 +58,36 @@ def test_unlabelled_images_leave_labels_null(smear):
     assert outcome.cells and all(r[schema.LABEL] is None and r[schema.LABEL_SOURCE] is None for r in outcome.cells)
 
 
-def test_single_cell_image_is_one_crop_with_its_label():
-    cell = np.full((193, 257, 3), 200, np.uint8)
-    data = encode_png(cell)
+def test_single_cell_image_is_one_crop_with_its_label(smear):
+    image, truth = smear
+    cell = max(truth, key=lambda c: min(c.x, c.y, 800 - c.x, 600 - c.y))  # one well inside the field
+    x0, y0 = int(cell.x) - 90, int(cell.y) - 90
+    data = encode_png(np.ascontiguousarray(image[y0 : y0 + 180, x0 : x0 + 180]))
     task = _task("Im001_1.tif", kind=SINGLE_CELL, default_label=1, label_source="filename")
     (row,) = ingest_image(task, data, SETTINGS, sha256_hex(data), SETTINGS.to_json()).cells
     assert row[schema.KIND] == schema.KIND_SINGLE_CELL and row[schema.LABEL] == 1
+    assert row[schema.SCALE_SOURCE] == "red_cells"
     assert decode_png(row[schema.CROP]).shape == (128, 128, 3)
+
+
+def test_single_cell_image_without_red_cells_is_quarantined_with_the_rule():
+    data = encode_png(np.full((193, 257, 3), 200, np.uint8))
+    task = _task("Im001_1.tif", kind=SINGLE_CELL, default_label=1, label_source="filename")
+    outcome = ingest_image_or_reason(task, data)
+    assert outcome.cells == [] and "--um-per-pixel" in outcome.reason
+    given = CropSettings(um_per_pixel=0.1)
+    (row,) = ingest_image(task, data, given, sha256_hex(data), given.to_json()).cells
+    assert row[schema.SCALE_SOURCE] == "user" and row[schema.UM_PER_PIXEL] == pytest.approx(0.1)
+    # a 24 um window at 0.1 um/px is 240 px, centred on the image: 240 x 193 of it lie inside
+    assert row[schema.PAD_FRACTION] == pytest.approx(1 - 240 * 193 / 240**2, abs=0.01)
+
+
+def ingest_image_or_reason(task, data):
+    """ingest_image's outcome, or the quarantine outcome process_task gives for its error."""
+    try:
+        return ingest_image(task, data, SETTINGS, sha256_hex(data), SETTINGS.to_json())
+    except ImageReadError as err:
+        return ImageOutcome([], reason=str(err))
 
 
 @pytest.mark.parametrize("kind", ["grey", "rgba", "tiff16"])

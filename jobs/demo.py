@@ -1,0 +1,98 @@
+"""`allray demo OUT`: the whole pipeline on synthetic data, each step timed (`make demo` runs it).
+
+A newcomer's first minutes: a training cohort with truth labels and a separate cohort of "new"
+patients are synthesised, the first is ingested, a small ResNet is trained on it, and the new
+slides are counted. The steps run in one process and one Ray session (Ray starts once), and each
+prints its elapsed time. The sizes below were chosen by measurement (README, Quick start) so that
+the demo ends in a few minutes on two cores while `benchmarks/pipeline_quality.py OUT` still
+meets its targets.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo (`allray demo --help` exposes them, for measuring)."""
+
+    out: str = "demo-out"
+    # Training: 12 patients x 8 smears (~390 white cells), ResNet-18 on crops shrunk to 64 px for 8
+    # epochs: ~1/8 of the training CPU time of 24 x 8 smears at 128 px for 12 epochs (the demo's sizes
+    # until it took 16 minutes on a slow day), which was 2/3 of the demo's time (benchmarks/demo_units.py:
+    # 47.5 vs 137 CPU ms per sample at 64 and 128 px, 2,320 vs 6,840 samples).
+    train_patients: int = 12
+    train_images: int = 8  # per patient
+    # The new cohort stays as it was: 9 patients of 12 smears, enough cells per patient for the
+    # blast % intervals pipeline_quality.py checks.
+    new_patients: int = 9
+    new_images: int = 12
+    epochs: int = 8
+    image_size: int | None = 64  # model input side; None = the architecture's default (128)
+    arch: str = "resnet"
+    min_cells: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("train_patients", "train_images", "new_patients", "new_images", "epochs", "min_cells"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"demo {name}={getattr(self, name)!r} must be at least 1")
+
+
+def run_demo(config: DemoConfig, echo=click.echo, address: str | None = None, verbose: bool = False) -> dict:
+    """Run every step of the demo into config.out (replaced); returns {step: seconds} and prints as it goes."""
+    from pipeline.config import CropSettings, IngestConfig, TrainConfig
+    from pipeline.synth import write_cohort
+
+    from jobs.infer import run_infer
+    from jobs.ingest import run_ingest
+    from jobs.train import run_train
+
+    out = Path(config.out)
+    if out.exists() and any(out.iterdir()):
+        if not (out / "train" / "truth" / "cohort.json").is_file():
+            raise ValueError(f"{out} is not empty and is not an earlier demo's output: give a new folder")
+        shutil.rmtree(out)  # an earlier demo's output: replaced
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def step(name: str, func):
+        t0 = time.perf_counter()
+        result = func()
+        times[name] = time.perf_counter() - t0
+        echo(f"demo: {name} took {times[name]:.1f} s")
+        return result
+
+    s = step("synth training cohort", lambda: write_cohort(
+        out / "train", config.train_patients, config.train_images, seed=1))
+    echo(f"  {s.n_patients} patients, {s.n_images} images, {s.n_wbc} white cells ({s.n_blast} blasts)")
+    s = step("synth new cohort", lambda: write_cohort(out / "new", config.new_patients, config.new_images, seed=2))
+    echo(f"  {s.n_patients} patients, {s.n_images} images, {s.n_wbc} white cells ({s.n_blast} blasts)")
+    ingest = IngestConfig(src=str(out / "train" / "slides"), out=str(out / "cells"),
+                          labels=str(out / "train" / "truth" / "cells.csv"), crops=CropSettings())
+    s = step("ingest (Ray start included)", lambda: run_ingest(ingest, address=address, verbose=verbose))
+    echo(f"  {s['images_ingested']} images, {s['cells_written']} cells ({s['cells_labelled']} labelled), "
+         f"Ray start-up {s['ray_startup_seconds']:.1f} s")
+    train = TrainConfig(cells=(str(out / "cells"),), out=str(out / "run"), arch=config.arch, epochs=config.epochs,
+                        image_size=config.image_size)
+    s = step("train", lambda: run_train(train, address=address, verbose=verbose))
+    for arch, r in s["archs"].items():
+        best = r.get("best") or {}
+        if best.get("val_acc") is not None:
+            echo(f"  {arch}: best val accuracy {best['val_acc']:.3f} (epoch {r.get('best_epoch')})")
+    s = step("infer", lambda: run_infer(str(out / "new" / "slides"), str(out / "run"), str(out / "report"),
+                                        min_cells=config.min_cells, address=address, verbose=verbose))
+    echo(s["terminal"])
+    times["total"] = time.perf_counter() - started
+    echo(f"demo: total {times['total']:.1f} s ({times['total'] / 60:.1f} min)")
+    echo("")
+    echo(f"demo outputs under {out}/: cells/ (Parquet crops), run/ (model, metrics.jsonl, curves.png),")
+    echo(f"report/ (patients.csv, predictions/); open {out}/report/report.html in a browser.")
+    echo(f"the truth of the new slides is in {out}/new/truth/patients.csv;")
+    echo(f"compare: .venv/bin/python benchmarks/pipeline_quality.py {out}")
+    return times
