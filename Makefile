@@ -6,7 +6,7 @@ ALLRAY := $(VENV)/bin/allray
 STAMP := $(VENV)/.installed
 DEMO := demo-out
 
-.PHONY: install demo test test-fast test-multinode bench clean browser
+.PHONY: install demo test test-fast test-multinode bench clean browser lint
 
 install: $(STAMP)
 
@@ -31,9 +31,14 @@ browser:
 # Two pytest sessions: the multi-node fault tests start Ray clusters of their own (a head and a
 # second node on this machine, killed part-way), which cannot share a process with the local Ray
 # the other tests use.
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(PY) -m pytest -q -m "not multinode"
 	$(PY) -m pytest -q -m multinode
+
+# ruff: the lint rules and the formatting of pyproject.toml ([tool.ruff]); `ruff format .` fixes the latter.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-multinode: $(STAMP)
 	$(PY) -m pytest -q -s -m multinode

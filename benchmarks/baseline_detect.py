@@ -13,10 +13,14 @@ from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image, h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
-from pipeline.schema import KIND_SMUDGE, KIND_WBC
 from pipeline.scale import (
-    RBC_DIAMETER_UM, estimate_um_per_pixel, measure_optical_density, measure_red_level, resize_image
+    RBC_DIAMETER_UM,
+    estimate_um_per_pixel,
+    measure_optical_density,
+    measure_red_level,
+    resize_image,
 )
+from pipeline.schema import KIND_SMUDGE, KIND_WBC
 
 __all__ = ["RBC_DIAMETER_UM", "DetectConfig", "DetectedCell", "Detection", "detect_cells", "estimate_um_per_pixel"]
 
@@ -130,8 +134,12 @@ def detect_cells(
         DetectedCell(
             x=float((c.x + 0.5) / zoom_x - 0.5),
             y=float((c.y + 0.5) / zoom_y - 0.5),
-            bbox=(max(0, math.floor(c.bbox[1] / zoom_x)), max(0, math.floor(c.bbox[0] / zoom_y)),
-                  min(w, math.ceil(c.bbox[3] / zoom_x)), min(h, math.ceil(c.bbox[2] / zoom_y))),  # fmt: skip
+            bbox=(
+                max(0, math.floor(c.bbox[1] / zoom_x)),
+                max(0, math.floor(c.bbox[0] / zoom_y)),
+                min(w, math.ceil(c.bbox[3] / zoom_x)),
+                min(h, math.ceil(c.bbox[2] / zoom_y)),
+            ),  # fmt: skip
             area=max(1, round(c.area / (zoom_x * zoom_y))),
             kind=c.kind,
             at_border=c.at_border,
@@ -199,9 +207,7 @@ def segment_bodies(od: np.ndarray, red_level: float) -> np.ndarray:
     return (smooth.sum(axis=2) > _FOREGROUND_OD) & (smooth[..., 2] - smooth[..., 0] < _RED_FRACTION * red_level)
 
 
-def assemble_cells(
-    nucleus: np.ndarray, body: np.ndarray, config: DetectConfig, px_per_um: float
-) -> list[WorkingCell]:
+def assemble_cells(nucleus: np.ndarray, body: np.ndarray, config: DetectConfig, px_per_um: float) -> list[WorkingCell]:
     """Cells (window coordinates, at_border unset) from a window's nucleus and body masks."""
     fragments = split_fragments(nucleus, config, px_per_um)
     # Each fragment claims the body around it: a watershed on the body's distance map, so two

@@ -87,8 +87,10 @@ def main() -> None:
     from jobs.demo import DemoConfig, run_demo
 
     before = sgemm_gflops()
-    print(f"sgemm, 1 thread: {before[0]:.1f} GFLOP/s per wall second, {before[1]:.1f} per CPU second; load "
-          f"average {psutil.getloadavg()[0]:.1f} on {psutil.cpu_count()} cores")
+    print(
+        f"sgemm, 1 thread: {before[0]:.1f} GFLOP/s per wall second, {before[1]:.1f} per CPU second; load "
+        f"average {psutil.getloadavg()[0]:.1f} on {psutil.cpu_count()} cores"
+    )
     marks = []
     with TreeCpu() as cpu:
         start_cpu, start = cpu.total(), time.perf_counter()
@@ -102,8 +104,10 @@ def main() -> None:
         address, verbose = params.pop("address"), params.pop("verbose")
         run_demo(DemoConfig(**params), echo=echo, address=address, verbose=verbose)
     after = sgemm_gflops()
-    print(f"\nsgemm, 1 thread, after: {after[0]:.1f} GFLOP/s per wall second, {after[1]:.1f} per CPU second; "
-          f"load average {psutil.getloadavg()[0]:.1f}")
+    print(
+        f"\nsgemm, 1 thread, after: {after[0]:.1f} GFLOP/s per wall second, {after[1]:.1f} per CPU second; "
+        f"load average {psutil.getloadavg()[0]:.1f}"
+    )
     print(f"{'step':<30} {'wall s':>8} {'CPU s':>8}")
     last_t, last_c = start, start_cpu
     cpu_by = {}
@@ -116,8 +120,10 @@ def main() -> None:
     parallel = sum(v for k, v in cpu_by.items() if k.startswith(("ingest", "infer")))
     idle = serial + parallel / 2
     per_cpu = (before[1] + after[1]) / 2  # this machine's speed per CPU second
-    print(f"idle two-core estimate: {idle:.0f} CPU-bound s here ({idle / 60:.1f} min) at {per_cpu:.0f} GFLOP/s per "
-          f"CPU second; on a machine at 50 GFLOP/s: {idle * per_cpu / 50 / 60:.1f} min (Ray start-up included)")
+    print(
+        f"idle two-core estimate: {idle:.0f} CPU-bound s here ({idle / 60:.1f} min) at {per_cpu:.0f} GFLOP/s per "
+        f"CPU second; on a machine at 50 GFLOP/s: {idle * per_cpu / 50 / 60:.1f} min (Ray start-up included)"
+    )
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import torch
-
     from demo_speed import sgemm_gflops
+
     from pipeline.config import CropSettings
     from pipeline.ingest import ingest_image
     from pipeline.io import encode_png, sha256_hex
@@ -33,8 +34,10 @@ def main() -> None:
     wall, per_cpu = sgemm_gflops()
     print(f"sgemm, 1 thread: {per_cpu:.1f} GFLOP/s per CPU second ({wall:.1f} per wall second now)")
     c = time.process_time()
-    smears = [make_smear(make_image_rng(1, p, 0), (800, 600), choose_blast_fraction(1, p), choose_patient_style(1, p))[0]
-              for p in range(4)]
+    smears = [
+        make_smear(make_image_rng(1, p, 0), (800, 600), choose_blast_fraction(1, p), choose_patient_style(1, p))[0]
+        for p in range(4)
+    ]
     print(f"synth: {(time.process_time() - c) / 4:.2f} CPU s per 800x600 smear")
     settings = CropSettings()
     c = time.process_time()

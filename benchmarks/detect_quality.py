@@ -55,12 +55,19 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import baseline_detect  # noqa: E402  (today's detector, frozen: the yardstick)
+
 from pipeline.detect import DetectConfig, detect_cells, estimate_um_per_pixel  # noqa: E402
 from pipeline.scale import measure_optical_density  # noqa: E402
 
 # The shared data sit next to the repo (/work/main -> /work/shared) or next to its worktree folder.
-BCCD = next((p for p in (REPO.parent / "shared" / "data" / "bccd", REPO.parent.parent / "shared" / "data" / "bccd")
-             if p.exists()), REPO.parent / "shared" / "data" / "bccd")
+BCCD = next(
+    (
+        p
+        for p in (REPO.parent / "shared" / "data" / "bccd", REPO.parent.parent / "shared" / "data" / "bccd")
+        if p.exists()
+    ),
+    REPO.parent / "shared" / "data" / "bccd",
+)
 
 # image id -> (boxes to drop: (x0, y0, x1, y1) as annotated, boxes to add, reason). Found by
 # looking at every failure of the train split and of the val split (overlays); nothing was tuned
@@ -79,7 +86,7 @@ class Score:
     detected: int = 0
     matched: int = 0
 
-    def add(self, other: "Score") -> None:
+    def add(self, other: Score) -> None:
         self.truth += other.truth
         self.detected += other.detected
         self.matched += other.matched
@@ -161,7 +168,7 @@ def detect_baseline(image: np.ndarray) -> np.ndarray:
     labels = watershed(-distance, markers, mask=mask)
     index = np.arange(1, labels.max() + 1)
     areas = np.bincount(labels.ravel())[1:]
-    keep = index[areas * upp**2 >= np.pi / 4 * DetectConfig().min_nucleus_um**2]
+    keep = index[areas * upp**2 >= np.pi / 4 * DetectConfig().min_nucleus_um ** 2]
     return np.array(ndi.center_of_mass(mask, labels, keep))[:, ::-1].reshape(-1, 2)
 
 
@@ -202,9 +209,16 @@ def run_bccd(split: str, config: DetectConfig, args) -> None:
         if missed or extra:
             failures.append((image_id, missed, extra, detection))  # indices among non-smudge detections
             if args.overlays:
-                draw_overlay(image, fixed_boxes(image_id, boxes), detection.cells, Path(args.overlays) / f"{split}_{image_id}.png")
-    print(f"BCCD {split:5s} ({len(ids)} images, {1000 * seconds / len(ids):.0f} ms/image; {n_smudge} detections called "
-          f"smudge, left out of the scores)")
+                draw_overlay(
+                    image,
+                    fixed_boxes(image_id, boxes),
+                    detection.cells,
+                    Path(args.overlays) / f"{split}_{image_id}.png",
+                )
+    print(
+        f"BCCD {split:5s} ({len(ids)} images, {1000 * seconds / len(ids):.0f} ms/image; {n_smudge} detections called "
+        f"smudge, left out of the scores)"
+    )
     print(f"  as annotated:        {raw.line()}")
     print(f"  annotations fixed:   {fixed.line()}")
     if args.baseline:
@@ -246,12 +260,18 @@ def run_synth(n_images: int, config: DetectConfig, args) -> None:
         missed = sorted(set(range(len(t))) - set(ti.tolist()))
         extra = sorted(set(range(len(centres))) - set(di.tolist()))
         if missed or extra:
-            failures.append((patient, image_index, [truth[i].kind for i in missed], [tuple(np.round(centres[i])) for i in extra]))
+            failures.append(
+                (patient, image_index, [truth[i].kind for i in missed], [tuple(np.round(centres[i])) for i in extra])
+            )
             if args.overlays:
                 boxes = [(c.x - c.r, c.y - c.r, c.x + c.r, c.y + c.r) for c in truth]
-                draw_overlay(image, boxes, detection.cells, Path(args.overlays) / f"synth_p{patient}_i{image_index}.png")
+                draw_overlay(
+                    image, boxes, detection.cells, Path(args.overlays) / f"synth_p{patient}_i{image_index}.png"
+                )
     err = np.abs(scale_error)
-    print(f"synthetic ({n_images} images 800x600, seed {args.seed}; scale error median {100 * np.median(err):.1f}%, max {100 * err.max():.1f}%)")
+    print(
+        f"synthetic ({n_images} images 800x600, seed {args.seed}; scale error median {100 * np.median(err):.1f}%, max {100 * err.max():.1f}%)"
+    )
     print(f"  detector:            {score.line()}")
     if args.baseline:
         print(f"  plain baseline:      {base.line()}")
@@ -263,7 +283,9 @@ def run_synth(n_images: int, config: DetectConfig, args) -> None:
 def make_timing_mosaic() -> np.ndarray:
     """A 1712x1368 smear at ALL-IDB1-like magnification: BCCD images halved (red cells ~45 px), tiled."""
     ids = (BCCD / "val.txt").read_text().split()
-    tiles = [np.asarray(Image.open(BCCD / f"{i}.jpg").convert("RGB").resize((320, 240), Image.BILINEAR)) for i in ids[:36]]
+    tiles = [
+        np.asarray(Image.open(BCCD / f"{i}.jpg").convert("RGB").resize((320, 240), Image.BILINEAR)) for i in ids[:36]
+    ]
     rows = [np.concatenate(tiles[r * 6 : r * 6 + 6], axis=1) for r in range(6)]
     return np.ascontiguousarray(np.concatenate(rows, axis=0)[:1368, :1712])
 
@@ -281,22 +303,34 @@ def run_all_cohort(seed: int, config: DetectConfig, args) -> None:
         cells = [(c.x, c.y, c.kind == "smudge") for c in detection.cells]
         _score_all_field(truth, cells, t)
         if args.baseline:
-            _score_all_field(truth, [(c.x, c.y, c.kind == "smudge") for c in baseline_detect.detect_cells(image).cells], base)
+            _score_all_field(
+                truth, [(c.x, c.y, c.kind == "smudge") for c in baseline_detect.detect_cells(image).cells], base
+            )
         if args.overlays:
-            draw_overlay(image, [(c.x - c.r, c.y - c.r, c.x + c.r, c.y + c.r) for c in truth], detection.cells,
-                         Path(args.overlays) / f"all_s{seed}_p{p}.png")
+            draw_overlay(
+                image,
+                [(c.x - c.r, c.y - c.r, c.x + c.r, c.y + c.r) for c in truth],
+                detection.cells,
+                Path(args.overlays) / f"all_s{seed}_p{p}.png",
+            )
 
     def pct(a, b):
         return f"{100 * a / b:5.1f}%" if b else "  n/a"
 
-    print(f"synthetic ALL-like, seed {seed} ({args.all_fields} fields 1712x1368, {t['truth']} intact cells, "
-          f"{t['s_truth']} smudge, {t['clusters']} clusters)")
-    print(f"  detector:            recall {pct(t['hit'], t['truth'])}  precision {pct(t['hit'], t['det'])}  "
-          f"smudge recall {pct(t['s_hit'], t['s_truth'])}  smudge precision {pct(t['s_hit'], t['s_det'])}  "
-          f"intact called smudge {pct(t['intact_smudged'], t['truth'])}  clusters exact {pct(t['clusters_ok'], t['clusters'])}")
+    print(
+        f"synthetic ALL-like, seed {seed} ({args.all_fields} fields 1712x1368, {t['truth']} intact cells, "
+        f"{t['s_truth']} smudge, {t['clusters']} clusters)"
+    )
+    print(
+        f"  detector:            recall {pct(t['hit'], t['truth'])}  precision {pct(t['hit'], t['det'])}  "
+        f"smudge recall {pct(t['s_hit'], t['s_truth'])}  smudge precision {pct(t['s_hit'], t['s_det'])}  "
+        f"intact called smudge {pct(t['intact_smudged'], t['truth'])}  clusters exact {pct(t['clusters_ok'], t['clusters'])}"
+    )
     if args.baseline:
-        print(f"  today's detector:    recall {pct(base['hit'], base['truth'])}  precision {pct(base['hit'], base['det'])}  "
-              f"clusters exact {pct(base['clusters_ok'], base['clusters'])}")
+        print(
+            f"  today's detector:    recall {pct(base['hit'], base['truth'])}  precision {pct(base['hit'], base['det'])}  "
+            f"clusters exact {pct(base['clusters_ok'], base['clusters'])}"
+        )
 
 
 def _score_all_field(truth, cells, t: dict) -> None:
@@ -308,10 +342,14 @@ def _score_all_field(truth, cells, t: dict) -> None:
     dist = np.hypot(T[:, None, 0] - C[None, :, 0], T[:, None, 1] - C[None, :, 1])
     hit = dist <= T[:, 2:3]
     ti, _ = match(dist[~smudge][:, ~ks], hit[~smudge][:, ~ks])
-    t["truth"] += int((~smudge).sum()); t["det"] += int((~ks).sum()); t["hit"] += len(ti)
+    t["truth"] += int((~smudge).sum())
+    t["det"] += int((~ks).sum())
+    t["hit"] += len(ti)
     if "s_truth" in t:
         si, _ = match(dist[smudge][:, ks], hit[smudge][:, ks])
-        t["s_truth"] += int(smudge.sum()); t["s_det"] += int(ks.sum()); t["s_hit"] += len(si)
+        t["s_truth"] += int(smudge.sum())
+        t["s_det"] += int(ks.sum())
+        t["s_hit"] += len(si)
         ai, ad = match(dist, hit)
         t["intact_smudged"] += int(sum(1 for a, b in zip(ai, ad) if not smudge[a] and ks[b]))
     wbc = np.flatnonzero(~ks)
@@ -356,8 +394,10 @@ def run_speed(args) -> None:
             detect_and_crop(baseline_detect, picture)
             old.append(time.perf_counter() - t0)
         a, b = float(np.median(new)), float(np.median(old))
-        print(f"speed, {name} 1712x1368, detect + crop (median of {args.repeats}, one thread): {a:.3f} s, "
-              f"today's detector {b:.3f} s, ratio {a / b:.2f} (target <= 1.2)")
+        print(
+            f"speed, {name} 1712x1368, detect + crop (median of {args.repeats}, one thread): {a:.3f} s, "
+            f"today's detector {b:.3f} s, ratio {a / b:.2f} (target <= 1.2)"
+        )
 
 
 def run_timing(config: DetectConfig, args) -> None:

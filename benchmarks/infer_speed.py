@@ -75,11 +75,15 @@ def main() -> None:
         s = run_infer(str(cells), str(ckpt), str(out), workers=workers, quiet=True)
         rates[workers], steady[workers] = s["cells_per_s"], s["cells_per_s_after_first_result"]
         first[workers] = s["first_result_s"]
-    print(f"allray infer, 1 actor:     {rates[1]:7.1f} cells/s -> {rates[1] / plain:.2f}x the plain loop (target >= 0.9)")
+    print(
+        f"allray infer, 1 actor:     {rates[1]:7.1f} cells/s -> {rates[1] / plain:.2f}x the plain loop (target >= 0.9)"
+    )
     print(f"allray infer, 2 actors:    {rates[2]:7.1f} cells/s -> {rates[2] / rates[1]:.2f}x one actor (target >= 1.5)")
-    print(f"after start-up (first labelled cells back after {first[1]:.1f} s / {first[2]:.1f} s): "
-          f"{steady[1]:.1f} cells/s -> {steady[1] / plain:.2f}x (1 actor), {steady[2]:.1f} cells/s -> "
-          f"{steady[2] / steady[1]:.2f}x (2 actors)")
+    print(
+        f"after start-up (first labelled cells back after {first[1]:.1f} s / {first[2]:.1f} s): "
+        f"{steady[1]:.1f} cells/s -> {steady[1] / plain:.2f}x (1 actor), {steady[2]:.1f} cells/s -> "
+        f"{steady[2] / steady[1]:.2f}x (2 actors)"
+    )
     print(f"Ray start-up {startup:.1f} s, not counted")
 
 

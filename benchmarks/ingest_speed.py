@@ -30,7 +30,7 @@ from pipeline.ingest import TASK_COLUMN, IngestStage, ingest_image  # noqa: E402
 from pipeline.io import encode_png, sha256_hex  # noqa: E402
 from pipeline.sources import ImageTask, discover_images  # noqa: E402
 from pipeline.store import open_output  # noqa: E402
-from pipeline.synth import make_smear, choose_style, write_cohort  # noqa: E402
+from pipeline.synth import choose_style, make_smear, write_cohort  # noqa: E402
 
 
 class PeakRSS:
@@ -131,15 +131,23 @@ def main() -> None:
 
     ray_small, ray_large = s_small["images_per_s"], s_large["images_per_s"]
     print(f"2. Ray start-up: {startup:.1f} s (not counted below; the actors' start-up is counted)")
-    print(f"   plain loop, 1 process, 1 thread: {base_small:.2f} images/s on {n_small} images, "
-          f"{base_large:.2f} images/s on {n_large}")
-    print(f"   allray ingest, {cpus} CPUs:        {ray_small:.2f} images/s on {n_small} images, "
-          f"{ray_large:.2f} images/s on {n_large}")
-    print(f"   ratio on the same images: {ray_small / base_small:.2f}x ({n_small}), "
-          f"{ray_large / base_large:.2f}x ({n_large}) (target >= 1.6x on 2 cores)")
-    print(f"3. peak RSS driver + Ray workers: {mem_small.peak / 2**20:.0f} MiB for {n_small} images, "
-          f"{mem_large.peak / 2**20:.0f} MiB for {n_large} images: ratio {mem_large.peak / mem_small.peak:.2f} "
-          f"(target <= 1.3)")
+    print(
+        f"   plain loop, 1 process, 1 thread: {base_small:.2f} images/s on {n_small} images, "
+        f"{base_large:.2f} images/s on {n_large}"
+    )
+    print(
+        f"   allray ingest, {cpus} CPUs:        {ray_small:.2f} images/s on {n_small} images, "
+        f"{ray_large:.2f} images/s on {n_large}"
+    )
+    print(
+        f"   ratio on the same images: {ray_small / base_small:.2f}x ({n_small}), "
+        f"{ray_large / base_large:.2f}x ({n_large}) (target >= 1.6x on 2 cores)"
+    )
+    print(
+        f"3. peak RSS driver + Ray workers: {mem_small.peak / 2**20:.0f} MiB for {n_small} images, "
+        f"{mem_large.peak / 2**20:.0f} MiB for {n_large} images: ratio {mem_large.peak / mem_small.peak:.2f} "
+        f"(target <= 1.3)"
+    )
 
 
 if __name__ == "__main__":

@@ -82,9 +82,17 @@ def run_fold(x, bits, train_idx, val_idx, class_names, args, name, size, device)
         val = evaluate_multiclass(model, ((x[val_idx[i : i + 256]], y[val_idx[i : i + 256]])
                                           for i in range(0, val_idx.size, 256)), device, class_names)  # fmt: skip
         m = class_metrics(val.confusion(), class_names)
-        row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val.loss,
-               "val_acc": val.acc, "val_balanced_acc": m["balanced_accuracy"], "val_macro_f1": m["macro_f1"],
-               "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()}, "samples_per_s": stats.samples_per_s}
+        row = {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "train_acc": stats.acc,
+            "val_loss": val.loss,
+            "val_acc": val.acc,
+            "val_balanced_acc": m["balanced_accuracy"],
+            "val_macro_f1": m["macro_f1"],
+            "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()},
+            "samples_per_s": stats.samples_per_s,
+        }
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                           if k != "per_class_f1"}), file=sys.stderr, flush=True)  # fmt: skip
         if best is None or row["val_acc"] > best["val_acc"]:

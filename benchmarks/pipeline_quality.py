@@ -47,10 +47,22 @@ def main() -> None:
         run = json.loads((run_dir / "summary.json").read_text())
         for arch, r in run["archs"].items():
             b = r.get("best") or {}
-            facts = ", ".join(f"{k} {b[k]:.3f}" for k in ("val_acc", "val_auc", "val_sensitivity", "val_specificity",
-                                                           "val_macro_f1", "val_balanced_acc") if k in b)
-            print(f"model {arch}: best {facts} (split by {run.get('split', {}).get('split_mode_used')}; "
-                  "targets for resnet: acc >= 0.97, AUC >= 0.99)")
+            facts = ", ".join(
+                f"{k} {b[k]:.3f}"
+                for k in (
+                    "val_acc",
+                    "val_auc",
+                    "val_sensitivity",
+                    "val_specificity",
+                    "val_macro_f1",
+                    "val_balanced_acc",
+                )
+                if k in b
+            )
+            print(
+                f"model {arch}: best {facts} (split by {run.get('split', {}).get('split_mode_used')}; "
+                "targets for resnet: acc >= 0.97, AUC >= 0.99)"
+            )
     truth = _rows(args.truth or d / "new" / "truth" / "patients.csv")
     report = _rows((args.report or d / "report") / "patients.csv")
     errors, count_err, outside = [], [], []
@@ -74,8 +86,10 @@ def main() -> None:
     mae = statistics.fmean(errors)
     print(f"blast % mean absolute error: {mae:.2f} points (target <= 3)")
     print(f"healthy patients all at <= 2%: {healthy_ok}")
-    print(f"true fraction inside or within 2 points of the interval: {len(errors) - len(outside)}/{len(errors)}"
-          + (f" (not: {', '.join(outside)})" if outside else ""))
+    print(
+        f"true fraction inside or within 2 points of the interval: {len(errors) - len(outside)}/{len(errors)}"
+        + (f" (not: {', '.join(outside)})" if outside else "")
+    )
     print(f"white-cell count error: {100 * statistics.fmean(count_err):.2f}% on average (target <= 3%)")
     class_errors(truth, report)
 
@@ -86,13 +100,16 @@ def class_errors(truth: dict[str, dict], report: dict[str, dict]) -> dict[str, f
 
     t_cols = next(iter(truth.values()), {})
     r_cols = next(iter(report.values()), {})
-    classes = [c for c in (*taxonomy.WHITE_CLASSES, *taxonomy.APART_CLASSES) if f"{c}_pct" in t_cols
-               and f"{c}_pct" in r_cols]
+    classes = [
+        c for c in (*taxonomy.WHITE_CLASSES, *taxonomy.APART_CLASSES) if f"{c}_pct" in t_cols and f"{c}_pct" in r_cols
+    ]
     if not classes:
         print("differential: the truth or the report has no class columns (binary model or old cohort)")
         return {}
-    print("differential: per-patient error of each class's percentage (white classes: % of white cells; "
-          "erythroblast, smudge: per 100 white cells)")
+    print(
+        "differential: per-patient error of each class's percentage (white classes: % of white cells; "
+        "erythroblast, smudge: per 100 white cells)"
+    )
     pids = [pid for pid in sorted(truth) if pid in report]
     print(f"{'class':<13} {'MAE':>6} {'max':>6}  " + " ".join(f"{pid:>7}" for pid in pids))
     out = {}
@@ -103,8 +120,10 @@ def class_errors(truth: dict[str, dict], report: dict[str, dict]) -> dict[str, f
     white = {c: v for c, v in out.items() if taxonomy.is_white(c)}
     worst = max(white.items(), key=lambda kv: kv[1]) if white else None
     if worst:
-        print(f"white classes within 3 points on average: {all(v <= 3 for v in white.values())} "
-              f"(worst {worst[0]}: {worst[1]:.2f})")
+        print(
+            f"white classes within 3 points on average: {all(v <= 3 for v in white.values())} "
+            f"(worst {worst[0]}: {worst[1]:.2f})"
+        )
     return out
 
 

@@ -63,9 +63,11 @@ def main() -> None:
                 t = time.perf_counter()
                 fails, e = _errors(est, Path(tmp) / "s", cells)
                 per = (time.perf_counter() - t) / len(cells)
-                print(f"seed {100 + seed}, {len(cells)} images, {name} estimator: {fails} not measured; error median "
-                      f"{np.median(e):+.1%}, median |error| {np.median(abs(e)):.1%}, 90th pct |error| "
-                      f"{np.percentile(abs(e), 90):.1%} ({per * 1000:.0f} ms/image)")
+                print(
+                    f"seed {100 + seed}, {len(cells)} images, {name} estimator: {fails} not measured; error median "
+                    f"{np.median(e):+.1%}, median |error| {np.median(abs(e)):.1%}, 90th pct |error| "
+                    f"{np.percentile(abs(e), 90):.1%} ({per * 1000:.0f} ms/image)"
+                )
     if args.bccd and BCCD.is_dir():
         _bccd(args.bccd)
     files = sorted(args.pbc_dir.glob("*/*.jpg")) if args.pbc else []
@@ -75,9 +77,11 @@ def main() -> None:
         for name, est in (("single-cell", estimate_single_cell_um_per_pixel), ("slide", estimate_um_per_pixel)):
             d = np.asarray([7.5 / (est(np.asarray(Image.open(f).convert("RGB"))) or np.nan) for f in files])
             ok = d[~np.isnan(d)]
-            print(f"PBC, {len(files)} images, {name} estimator: {np.isnan(d).sum()} not measured; red-cell diameter "
-                  f"median {np.median(ok):.1f} px, spread (median |d / median - 1|) "
-                  f"{np.median(abs(ok / np.median(ok) - 1)):.1%}")
+            print(
+                f"PBC, {len(files)} images, {name} estimator: {np.isnan(d).sum()} not measured; red-cell diameter "
+                f"median {np.median(ok):.1f} px, spread (median |d / median - 1|) "
+                f"{np.median(abs(ok / np.median(ok) - 1)):.1%}"
+            )
 
 
 def _bccd(n: int) -> None:
@@ -104,9 +108,11 @@ def _bccd(n: int) -> None:
             else:
                 ratios.append(measured / slide - 1)
     r = np.asarray(ratios)
-    print(f"BCCD, {len(r) + fails} single cells cut from {n} smears: {fails} not measured; single-cell vs slide "
-          f"estimate: median {np.median(r):+.1%}, median |difference| {np.median(abs(r)):.1%}, 90th pct "
-          f"{np.percentile(abs(r), 90):.1%}")
+    print(
+        f"BCCD, {len(r) + fails} single cells cut from {n} smears: {fails} not measured; single-cell vs slide "
+        f"estimate: median {np.median(r):+.1%}, median |difference| {np.median(abs(r)):.1%}, 90th pct "
+        f"{np.percentile(abs(r), 90):.1%}"
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,15 @@ def main() -> None:
         singles = write_single_cells(root / "cohort", root / "idb2")
         crops, labels, sources, quarantined = [], [], {}, 0
         for c in singles:
-            task = ImageTask(str(root / "idb2" / c.name), c.name, None, None, kind=SINGLE_CELL, default_label=c.label,
-                             label_source="filename")
+            task = ImageTask(
+                str(root / "idb2" / c.name),
+                c.name,
+                None,
+                None,
+                kind=SINGLE_CELL,
+                default_label=c.label,
+                label_source="filename",
+            )
             outcome, _ = process_task(task, settings, js)
             if outcome.reason:
                 quarantined += 1
@@ -80,7 +87,9 @@ def main() -> None:
         model.eval()
         with torch.no_grad():
             val_acc = float(((model(x[val]).reshape(-1) > 0).float() == y[val]).float().mean())
-        print(f"resnet18 at {args.image_size}px, {args.epochs} epochs on {len(train)} cells: val accuracy {val_acc:.3f}")
+        print(
+            f"resnet18 at {args.image_size}px, {args.epochs} epochs on {len(train)} cells: val accuracy {val_acc:.3f}"
+        )
         counts: dict[str, list[int]] = {}
         for smear in sorted((root / "cohort" / "slides").rglob("*.png")):
             rel = smear.relative_to(root / "cohort" / "slides").as_posix()

@@ -62,7 +62,9 @@ def plain_loop(cells: str, arch: str, epochs: int, batch_size: int) -> float:
     return statistics.fmean(rates[1:]) if len(rates) > 1 else rates[0]
 
 
-def ray_run(cells: str, arch: str, epochs: int, batch_size: int, workers: int, seed: int = 0) -> tuple[float, float, float]:
+def ray_run(
+    cells: str, arch: str, epochs: int, batch_size: int, workers: int, seed: int = 0
+) -> tuple[float, float, float]:
     from jobs.train import run_train
     from pipeline.config import TrainConfig
 
@@ -91,8 +93,10 @@ def main() -> None:
     print(f"plain PyTorch loop, 1 thread:   {plain:7.1f} samples/s ({args.arch}, epochs 2..{args.epochs})")
     startup = start_ray()
     one, wall1, acc1 = ray_run(args.cells, args.arch, args.epochs, args.batch_size, 1)
-    print(f"allray train --workers 1:       {one:7.1f} samples/s -> {one / plain:.2f}x the plain loop "
-          f"(target >= 0.85; Ray start-up {startup:.1f} s not counted)")
+    print(
+        f"allray train --workers 1:       {one:7.1f} samples/s -> {one / plain:.2f}x the plain loop "
+        f"(target >= 0.85; Ray start-up {startup:.1f} s not counted)"
+    )
     runs = {1: [(wall1, acc1)], 2: []}
     for seed in range(args.seeds):
         if seed:
@@ -103,8 +107,10 @@ def main() -> None:
     for workers, rs in runs.items():
         accs = [a for _, a in rs]
         sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
-        print(f"--workers {workers}: wall {statistics.fmean(w for w, _ in rs):4.0f} s, final val acc "
-              f"{statistics.fmean(accs):.3f} +- {sd:.3f} over {len(accs)} seed(s): {', '.join(f'{a:.3f}' for a in accs)}")
+        print(
+            f"--workers {workers}: wall {statistics.fmean(w for w, _ in rs):4.0f} s, final val acc "
+            f"{statistics.fmean(accs):.3f} +- {sd:.3f} over {len(accs)} seed(s): {', '.join(f'{a:.3f}' for a in accs)}"
+        )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,10 @@ def main() -> None:
         d.ellipse((t.x - 4, t.y - 4, t.x + 4, t.y + 4), fill=(0, 190, 255) if t.smudge else (0, 200, 0))
     small = im.resize((800, 639), Image.LANCZOS).quantize(colors=64)  # < 300 KB
     small.save(REPO / "examples" / "all_field.png", optimize=True)
-    print(f"{len(detection.cells)} detections ({sum(c.kind == 'smudge' for c in detection.cells)} smudge), "
-          f"{len(truth)} truth cells ({sum(t.smudge for t in truth)} smudge) -> examples/all_field.png")
+    print(
+        f"{len(detection.cells)} detections ({sum(c.kind == 'smudge' for c in detection.cells)} smudge), "
+        f"{len(truth)} truth cells ({sum(t.smudge for t in truth)} smudge) -> examples/all_field.png"
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,13 @@ from pipeline.synth import write_cohort
 def main(work: Path) -> None:
     write_cohort(work / "train", patients=6, images_per_patient=4, seed=1)
     write_cohort(work / "new", patients=3, images_per_patient=4, seed=2)
-    ingest = run_ingest(IngestConfig(src=str(work / "train" / "slides"), out=str(work / "cells"),
-                                     labels=str(work / "train" / "truth" / "cells.csv")))
+    ingest = run_ingest(
+        IngestConfig(
+            src=str(work / "train" / "slides"),
+            out=str(work / "cells"),
+            labels=str(work / "train" / "truth" / "cells.csv"),
+        )
+    )
     print(f"ingested {ingest['images_ingested']} images, {ingest['cells_written']} cells")
     summary = run_train(TrainConfig(cells=(str(work / "cells"),), out=str(work / "run"), arch="lenet", epochs=3))
     print(comparison_table(summary))

@@ -29,8 +29,10 @@ from pipeline.report import CountAccumulator  # noqa: E402
 from pipeline.report_html import write_html_report  # noqa: E402
 
 CLASSES = ("lymphoblast", "neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "erythroblast")
-ONLY_DIFFERENTIAL = ("<style>header, main > section:not(#differential):not(#classes), main > .note, footer "
-                     "{ display: none !important; } #differential h2 { margin-top: 0; }</style>")
+ONLY_DIFFERENTIAL = (
+    "<style>header, main > section:not(#differential):not(#classes), main > .note, footer "
+    "{ display: none !important; } #differential h2 { margin-top: 0; }</style>"
+)
 
 
 def sample_report(out: Path, seed: int = 4, patients: int = 5) -> Path:
@@ -57,10 +59,17 @@ def sample_report(out: Path, seed: int = 4, patients: int = 5) -> Path:
                 strips.setdefault(name, []).append((probs[-1], buf.getvalue(), f"{pid}: img{i:03d}"))
             name = f"{pid}/S0/img{i:03d}.png"
             acc.add_image(pid, "S0", name)
-            acc.add_cells(pid, "S0", name, [int(c == taxonomy.LYMPHOBLAST) for c in called],
-                          [schema.KIND_WBC] * len(called), called)
-    gallery = {k: [(crop, prob, cap) for prob, crop, cap in sorted(v, key=lambda t: -t[0])[:8]]
-               for k, v in strips.items()}
+            acc.add_cells(
+                pid,
+                "S0",
+                name,
+                [int(c == taxonomy.LYMPHOBLAST) for c in called],
+                [schema.KIND_WBC] * len(called),
+                called,
+            )
+    gallery = {
+        k: [(crop, prob, cap) for prob, crop, cap in sorted(v, key=lambda t: -t[0])[:8]] for k, v in strips.items()
+    }
     info = {"model": "sample (simulated calls)", "threshold": 0.5, "blast_alert_pct": 20.0, "min_cells": 20}
     return write_html_report(out, acc.patients(), {}, {}, [], info, class_gallery=gallery, classes=CLASSES)
 
@@ -75,9 +84,22 @@ def main() -> None:
         shown = tmp / "differential.html"
         shown.write_text(page.read_text(encoding="utf-8").replace("</head>", ONLY_DIFFERENTIAL + "</head>", 1))
         shot = tmp / "shot.png"
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp / 'profile'}",
-                        "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1180,980", shown.as_uri()],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--user-data-dir={tmp / 'profile'}",
+                "--hide-scrollbars",
+                f"--screenshot={shot}",
+                "--window-size=1180,980",
+                shown.as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         pic = Image.open(shot).convert("RGB")
         out = ROOT / "examples" / "report_differential.png"
         pic.quantize(colors=192, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)

@@ -13,9 +13,8 @@ import traceback
 
 import click
 
-from pipeline.redact import redact_text
-
 from jobs.demo import DemoConfig
+from pipeline.redact import redact_text
 
 DEMO_DEFAULTS = DemoConfig()  # the demo's sizes (jobs/demo.py), shown by `allray demo --help`
 
@@ -50,9 +49,7 @@ def friendly_errors(func):
             if verbose:
                 traceback.print_exc()
             # OSError: a missing file, a folder not allowed, storage refusing or out of reach (pyarrow's S3/GCS errors)
-            expected = isinstance(err, (ValueError, OSError)) or type(err).__name__ in (
-                "ClusterTooSmallError",
-            )
+            expected = isinstance(err, (ValueError, OSError)) or type(err).__name__ in ("ClusterTooSmallError",)
             prefix = "error" if expected else f"internal error ({type(err).__name__})"
             hint = "" if expected or verbose else " (run with --verbose for the traceback)"
             _echo(f"{prefix}: {err}{hint}", err=True)
@@ -79,8 +76,13 @@ def cli() -> None:
 @click.option("--samples-per-patient", default=1, show_default=True, help="Samples (folders) per patient.")
 @click.option("--seed", default=0, show_default=True, help="Random seed: same seed, same bytes.")
 @click.option("--size", default="800x600", show_default=True, help="Image size WIDTHxHEIGHT in pixels.")
-@click.option("--profile", default="default", show_default=True, type=click.Choice(["default", "all"]),
-              help="all: ALL-like patients (crowded fields, packed blast clusters, smudge cells, JPEG).")
+@click.option(
+    "--profile",
+    default="default",
+    show_default=True,
+    type=click.Choice(["default", "all"]),
+    help="all: ALL-like patients (crowded fields, packed blast clusters, smudge cells, JPEG).",
+)
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
 @friendly_errors
 def synth(out, patients, images_per_patient, samples_per_patient, seed, size, profile, verbose) -> None:
@@ -90,8 +92,13 @@ def synth(out, patients, images_per_patient, samples_per_patient, seed, size, pr
     from pipeline.synth import write_cohort
 
     summary = write_cohort(
-        Path(out), patients=patients, images_per_patient=images_per_patient, seed=seed,
-        size=_parse_size(size), samples_per_patient=samples_per_patient, profile=profile,
+        Path(out),
+        patients=patients,
+        images_per_patient=images_per_patient,
+        seed=seed,
+        size=_parse_size(size),
+        samples_per_patient=samples_per_patient,
+        profile=profile,
     )
     _echo(
         f"synth: {summary.n_patients} patients, {summary.n_images} images, {summary.n_wbc} white cells "
@@ -102,9 +109,14 @@ def synth(out, patients, images_per_patient, samples_per_patient, seed, size, pr
 @cli.command()
 @click.argument("src", type=click.Path(), default="slides")
 @click.option("--out", default="cells", show_default=True, help="Output folder (local path or s3://, gs:// URI).")
-@click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "folders", "manifest", "allidb1", "allidb2", "classfolders"]),
-              help="Source layout.")
+@click.option(
+    "--format",
+    "fmt",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "folders", "manifest", "allidb1", "allidb2", "classfolders"]),
+    help="Source layout.",
+)
 @click.option("--manifest", type=click.Path(dir_okay=False), help="CSV image,patient_id,sample_id[,label].")
 @click.option("--labels", type=click.Path(dir_okay=False), help="CSV image,x,y[,r],label of known cells.")
 @click.option("--crop-um", default=24.0, show_default=True, help="Crop window side in micrometres.")
@@ -115,27 +127,58 @@ def synth(out, patients, images_per_patient, samples_per_patient, seed, size, pr
 @click.option("--rebuild", is_flag=True, help="Delete what OUT holds and re-cut every image (to change its settings).")
 @click.option("--follow-links", is_flag=True, help="Follow symlinks to folders and to files outside SRC.")
 @click.option("--max-megapixels", default=800.0, show_default=True, help="Refuse larger images from their header.")
-@click.option("--worker-memory-gb", type=float, help="Memory per ingest worker, declared to Ray (default: 4, "
-              "or what the cluster holds per worker).")
-@click.option("--allow-unmatched", is_flag=True, help="Skip (and count) manifest/labels rows that match no image "
-              "or hold invalid values, instead of failing.")
+@click.option(
+    "--worker-memory-gb",
+    type=float,
+    help="Memory per ingest worker, declared to Ray (default: 4, or what the cluster holds per worker).",
+)
+@click.option(
+    "--allow-unmatched",
+    is_flag=True,
+    help="Skip (and count) manifest/labels rows that match no image or hold invalid values, instead of failing.",
+)
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--verbose", is_flag=True, help="Show Ray's logs and progress bars, and tracebacks.")
 @friendly_errors
-def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, images_per_shard, workers,
-           rebuild, follow_links, max_megapixels, worker_memory_gb, allow_unmatched, address, verbose) -> None:
+def ingest(
+    src,
+    out,
+    fmt,
+    manifest,
+    labels,
+    crop_um,
+    crop_size,
+    um_per_pixel,
+    images_per_shard,
+    workers,
+    rebuild,
+    follow_links,
+    max_megapixels,
+    worker_memory_gb,
+    allow_unmatched,
+    address,
+    verbose,
+) -> None:
     """Find the white cells of every image under SRC and write crops to OUT as Parquet shards.
 
     SRC, OUT and the CSVs may be local paths or URIs (s3://, gs://, file://)."""
+    from jobs.ingest import run_ingest
     from pipeline.config import CropSettings, IngestConfig
 
-    from jobs.ingest import run_ingest
-
     config = IngestConfig(
-        src=src, out=out, format=fmt, manifest=manifest, labels=labels,
+        src=src,
+        out=out,
+        format=fmt,
+        manifest=manifest,
+        labels=labels,
         crops=CropSettings(crop_um=crop_um, crop_size=crop_size, um_per_pixel=um_per_pixel),
-        images_per_shard=images_per_shard, workers=workers, rebuild=rebuild, follow_links=follow_links,
-        max_megapixels=max_megapixels, worker_memory_gb=worker_memory_gb, allow_unmatched=allow_unmatched,
+        images_per_shard=images_per_shard,
+        workers=workers,
+        rebuild=rebuild,
+        follow_links=follow_links,
+        max_megapixels=max_megapixels,
+        worker_memory_gb=worker_memory_gb,
+        allow_unmatched=allow_unmatched,
     )
     s = run_ingest(config, address=address, verbose=verbose)
     _echo(
@@ -149,11 +192,15 @@ def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, im
     if s["links_not_followed"]:
         click.echo(f"  {s['links_not_followed']} link(s) not followed (see summary.json)")
     if s["images_with_same_content"]:
-        click.echo(f"  {s['images_with_same_content']} images share their content with another (same bytes under "
-                   "two names: see summary.json; train keeps such copies on one side)")
+        click.echo(
+            f"  {s['images_with_same_content']} images share their content with another (same bytes under "
+            "two names: see summary.json; train keeps such copies on one side)"
+        )
     if s["rows_not_used"]:
-        click.echo(f"  {len(s['rows_not_used'])} manifest/labels row(s) not used (--allow-unmatched), e.g. "
-                   f"{s['rows_not_used'][0]}")
+        click.echo(
+            f"  {len(s['rows_not_used'])} manifest/labels row(s) not used (--allow-unmatched), e.g. "
+            f"{s['rows_not_used'][0]}"
+        )
     for q in s["quarantined"][:10]:
         _echo(f"  quarantined {q['image']}: {q['reason']}")
     if len(s["quarantined"]) > 10:
@@ -163,8 +210,12 @@ def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, im
 
 @cli.command()
 @click.argument("cells", nargs=-1, type=click.Path())
-@click.option("--arch", default="all", show_default=True,
-              help="lenet | vgg | resnet | all (the study's three in turn), or a name such as vgg11_bn, resnet50.")
+@click.option(
+    "--arch",
+    default="all",
+    show_default=True,
+    help="lenet | vgg | resnet | all (the study's three in turn), or a name such as vgg11_bn, resnet50.",
+)
 @click.option("--out", default="", help="Run folder, a local path or URI (default: a new runs/<date-time>).")
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
@@ -179,28 +230,70 @@ def ingest(src, out, fmt, manifest, labels, crop_um, crop_size, um_per_pixel, im
 @click.option("--weights", default="none", show_default=True, help="none | imagenet | PATH to a state dict.")
 @click.option("--image-size", type=int, help="Model input side (default: the architecture's).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "yes", "no"]),
-              help="Keep the crops in Ray's object store across epochs (auto: when they fit in a quarter of it).")
-@click.option("--classes", default="auto", show_default=True,
-              help="auto (the classes in the labels; blast vs other where labels are only 0/1) | binary | "
-                   "NAME,NAME,...")
+@click.option(
+    "--cache",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "yes", "no"]),
+    help="Keep the crops in Ray's object store across epochs (auto: when they fit in a quarter of it).",
+)
+@click.option(
+    "--classes",
+    default="auto",
+    show_default=True,
+    help="auto (the classes in the labels; blast vs other where labels are only 0/1) | binary | NAME,NAME,...",
+)
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--verbose", is_flag=True, help="Show Ray's logs and tracebacks.")
 @friendly_errors
-def train(cells, arch, out, epochs, batch_size, lr, workers, gpu, cpus_per_worker, split, val_fraction, folds, seed,
-          weights, image_size, resume, cache, classes, address, verbose) -> None:
+def train(
+    cells,
+    arch,
+    out,
+    epochs,
+    batch_size,
+    lr,
+    workers,
+    gpu,
+    cpus_per_worker,
+    split,
+    val_fraction,
+    folds,
+    seed,
+    weights,
+    image_size,
+    resume,
+    cache,
+    classes,
+    address,
+    verbose,
+) -> None:
     """Train lymphoblast classifiers on the crops in CELLS (ingest outputs, local paths or URIs; default ./cells)."""
+    from jobs.train import comparison_table, run_train
     from pipeline.config import ARCH_ALL, TrainConfig
     from pipeline.models import resolve_name
-
-    from jobs.train import comparison_table, run_train
 
     if arch != ARCH_ALL:
         resolve_name(arch)  # unknown names fail here, before Ray starts
     config = TrainConfig(
-        cells=tuple(cells) or ("cells",), out=out, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
-        workers=workers, gpu=gpu, cpus_per_worker=cpus_per_worker, split=split, val_fraction=val_fraction,
-        folds=folds, seed=seed, weights=weights, image_size=image_size, resume=resume, cache=cache, classes=classes,
+        cells=tuple(cells) or ("cells",),
+        out=out,
+        arch=arch,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        workers=workers,
+        gpu=gpu,
+        cpus_per_worker=cpus_per_worker,
+        split=split,
+        val_fraction=val_fraction,
+        folds=folds,
+        seed=seed,
+        weights=weights,
+        image_size=image_size,
+        resume=resume,
+        cache=cache,
+        classes=classes,
     )
     summary = run_train(config, address=address, verbose=verbose)
     _echo(comparison_table(summary))
@@ -210,34 +303,57 @@ def train(cells, arch, out, epochs, batch_size, lr, workers, gpu, cpus_per_worke
 
 @cli.command()
 @click.argument("slides", type=click.Path(), default="slides")
-@click.option("--model", help="A run folder (its best architecture) or a checkpoint folder (default: newest run in ./runs).")
+@click.option(
+    "--model", help="A run folder (its best architecture) or a checkpoint folder (default: newest run in ./runs)."
+)
 @click.option("--out", help="Report folder, a local path or URI (default: a new reports/<date-time>).")
 @click.option("--gpu", is_flag=True, help="One GPU per classifier worker.")
-@click.option("--workers", type=int, help="Classifier workers (default: one per GPU with --gpu; on CPUs, one "
-              "per free core on an ingest output, one per 8 cores on slides).")
+@click.option(
+    "--workers",
+    type=int,
+    help="Classifier workers (default: one per GPU with --gpu; on CPUs, one "
+    "per free core on an ingest output, one per 8 cores on slides).",
+)
 @click.option("--batch-size", default=64, show_default=True, help="Cells per classifier batch.")
-@click.option("--threshold", default=0.5, show_default=True, help="Blast probability at which a cell is called a blast.")
+@click.option(
+    "--threshold", default=0.5, show_default=True, help="Blast probability at which a cell is called a blast."
+)
 @click.option("--blast-alert", default=20.0, show_default=True, help="Flag patients at or above this blast percentage.")
 @click.option("--min-cells", default=50, show_default=True, help="Fewer cells than this: flag too_few_cells.")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="CSV image,patient_id,sample_id.")
-@click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "folders", "manifest", "allidb1", "allidb2", "classfolders"]),
-              help="Slides layout.")
+@click.option(
+    "--format",
+    "fmt",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "folders", "manifest", "allidb1", "allidb2", "classfolders"]),
+    help="Slides layout.",
+)
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--verbose", is_flag=True, help="Show Ray's logs and tracebacks.")
 @friendly_errors
-def infer(slides, model, out, gpu, workers, batch_size, threshold, blast_alert, min_cells, manifest, fmt, address,
-          verbose) -> None:
+def infer(
+    slides, model, out, gpu, workers, batch_size, threshold, blast_alert, min_cells, manifest, fmt, address, verbose
+) -> None:
     """Label the white cells of SLIDES (folders, manifest, or an ingest output) and report blasts per patient.
 
     SLIDES, --model and --out may be local paths or URIs (s3://, gs://, file://)."""
+    from jobs.infer import run_infer
     from pipeline.config import InferConfig
 
-    from jobs.infer import run_infer
-
-    config = InferConfig(slides=slides, model=model, out=out, gpu=gpu, workers=workers, batch_size=batch_size,
-                         threshold=threshold, blast_alert=blast_alert, min_cells=min_cells, manifest=manifest,
-                         format=fmt)  # validated here, before Ray starts
+    config = InferConfig(
+        slides=slides,
+        model=model,
+        out=out,
+        gpu=gpu,
+        workers=workers,
+        batch_size=batch_size,
+        threshold=threshold,
+        blast_alert=blast_alert,
+        min_cells=min_cells,
+        manifest=manifest,
+        format=fmt,
+    )  # validated here, before Ray starts
     summary = run_infer(config, address=address, verbose=verbose)
     _echo(summary["terminal"])
     click.echo(f"report: {summary['report']}")
@@ -245,28 +361,42 @@ def infer(slides, model, out, gpu, workers, batch_size, threshold, blast_alert, 
 
 @cli.command()
 @click.argument("report", type=click.Path(file_okay=False))
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; anything but 127.0.0.1 requires the token.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; anything but 127.0.0.1 requires the token.",
+)
 @click.option("--port", default=8765, show_default=True)
 @click.option("--reviewer", default="", help="Your name, filled in on every page (who corrected and signed).")
-@click.option("--unsure-below", default=0.8, show_default=True,
-              help="Cells with a confidence below this wait in the unidentified bin, to be emptied before sign-off.")
-@click.option("--db", default="", help="Review database URL (default: sqlite:///REPORT/review.sqlite; "
-              "postgresql://... for a shared one).")
+@click.option(
+    "--unsure-below",
+    default=0.8,
+    show_default=True,
+    help="Cells with a confidence below this wait in the unidentified bin, to be emptied before sign-off.",
+)
+@click.option(
+    "--db",
+    default="",
+    help="Review database URL (default: sqlite:///REPORT/review.sqlite; postgresql://... for a shared one).",
+)
 @click.option("--token", default="", help="Access token off 127.0.0.1 (default: generated and printed).")
-@click.option("--export-labels", type=click.Path(dir_okay=False),
-              help="Write the reviewed cells as an `ingest --labels` CSV and exit (no server).")
+@click.option(
+    "--export-labels",
+    type=click.Path(dir_okay=False),
+    help="Write the reviewed cells as an `ingest --labels` CSV and exit (no server).",
+)
 @click.option("--export-audit", type=click.Path(dir_okay=False), help="Write the audit trail as CSV and exit.")
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
 @friendly_errors
 def review(report, host, port, reviewer, unsure_below, db, token, export_labels, export_audit, verbose) -> None:
     """Serve a review of REPORT (an `allray infer` output) in the browser: correct, sign off, audit."""
+    from jobs.review import export, serve
     from pipeline.review.cells import ReviewConfig
 
-    from jobs.review import export, serve
-
-    config = ReviewConfig(report=report, db=db, host=host, port=port, reviewer=reviewer, unsure_below=unsure_below,
-                          token=token)
+    config = ReviewConfig(
+        report=report, db=db, host=host, port=port, reviewer=reviewer, unsure_below=unsure_below, token=token
+    )
     if export_labels or export_audit:
         for line in export(config, labels=export_labels, audit=export_audit):
             click.echo(line)
@@ -281,19 +411,33 @@ def review(report, host, port, reviewer, unsure_below, db, token, export_labels,
 @click.option("--new-patients", default=DEMO_DEFAULTS.new_patients, show_default=True)
 @click.option("--new-images", default=DEMO_DEFAULTS.new_images, show_default=True, help="Images per new patient.")
 @click.option("--epochs", default=DEMO_DEFAULTS.epochs, show_default=True)
-@click.option("--image-size", default=DEMO_DEFAULTS.image_size, type=int, show_default=True,
-              help="Model input side (crops are shrunk to it).")
+@click.option(
+    "--image-size",
+    default=DEMO_DEFAULTS.image_size,
+    type=int,
+    show_default=True,
+    help="Model input side (crops are shrunk to it).",
+)
 @click.option("--arch", default=DEMO_DEFAULTS.arch, show_default=True)
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--verbose", is_flag=True, help="Show Ray's logs and tracebacks.")
 @friendly_errors
-def demo(out, train_patients, train_images, new_patients, new_images, epochs, image_size, arch, address,
-         verbose) -> None:
+def demo(
+    out, train_patients, train_images, new_patients, new_images, epochs, image_size, arch, address, verbose
+) -> None:
     """The whole pipeline on synthetic data into OUT (replaced): synth, ingest, train, infer, each step timed."""
     from jobs.demo import run_demo
 
-    config = DemoConfig(out=out, train_patients=train_patients, train_images=train_images, new_patients=new_patients,
-                        new_images=new_images, epochs=epochs, image_size=image_size, arch=arch)
+    config = DemoConfig(
+        out=out,
+        train_patients=train_patients,
+        train_images=train_images,
+        new_patients=new_patients,
+        new_images=new_images,
+        epochs=epochs,
+        image_size=image_size,
+        arch=arch,
+    )
     run_demo(config, address=address, verbose=verbose)
 
 

@@ -46,12 +46,11 @@ class DemoConfig:
 
 def run_demo(config: DemoConfig, echo=click.echo, address: str | None = None, verbose: bool = False) -> dict:
     """Run every step of the demo into config.out (replaced); returns {step: seconds} and prints as it goes."""
-    from pipeline.config import CropSettings, IngestConfig, TrainConfig
-    from pipeline.synth import write_cohort
-
     from jobs.infer import run_infer
     from jobs.ingest import run_ingest
     from jobs.train import run_train
+    from pipeline.config import CropSettings, IngestConfig, TrainConfig
+    from pipeline.synth import write_cohort
 
     out = Path(config.out)
     if out.exists() and any(out.iterdir()):
@@ -68,25 +67,46 @@ def run_demo(config: DemoConfig, echo=click.echo, address: str | None = None, ve
         echo(f"demo: {name} took {times[name]:.1f} s")
         return result
 
-    s = step("synth training cohort", lambda: write_cohort(
-        out / "train", config.train_patients, config.train_images, seed=1))
+    s = step(
+        "synth training cohort", lambda: write_cohort(out / "train", config.train_patients, config.train_images, seed=1)
+    )
     echo(f"  {s.n_patients} patients, {s.n_images} images, {s.n_wbc} white cells ({s.n_blast} blasts)")
     s = step("synth new cohort", lambda: write_cohort(out / "new", config.new_patients, config.new_images, seed=2))
     echo(f"  {s.n_patients} patients, {s.n_images} images, {s.n_wbc} white cells ({s.n_blast} blasts)")
-    ingest = IngestConfig(src=str(out / "train" / "slides"), out=str(out / "cells"),
-                          labels=str(out / "train" / "truth" / "cells.csv"), crops=CropSettings())
+    ingest = IngestConfig(
+        src=str(out / "train" / "slides"),
+        out=str(out / "cells"),
+        labels=str(out / "train" / "truth" / "cells.csv"),
+        crops=CropSettings(),
+    )
     s = step("ingest (Ray start included)", lambda: run_ingest(ingest, address=address, verbose=verbose))
-    echo(f"  {s['images_ingested']} images, {s['cells_written']} cells ({s['cells_labelled']} labelled), "
-         f"Ray start-up {s['ray_startup_seconds']:.1f} s")
-    train = TrainConfig(cells=(str(out / "cells"),), out=str(out / "run"), arch=config.arch, epochs=config.epochs,
-                        image_size=config.image_size)
+    echo(
+        f"  {s['images_ingested']} images, {s['cells_written']} cells ({s['cells_labelled']} labelled), "
+        f"Ray start-up {s['ray_startup_seconds']:.1f} s"
+    )
+    train = TrainConfig(
+        cells=(str(out / "cells"),),
+        out=str(out / "run"),
+        arch=config.arch,
+        epochs=config.epochs,
+        image_size=config.image_size,
+    )
     s = step("train", lambda: run_train(train, address=address, verbose=verbose))
     for arch, r in s["archs"].items():
         best = r.get("best") or {}
         if best.get("val_acc") is not None:
             echo(f"  {arch}: best val accuracy {best['val_acc']:.3f} (epoch {r.get('best_epoch')})")
-    s = step("infer", lambda: run_infer(str(out / "new" / "slides"), str(out / "run"), str(out / "report"),
-                                        min_cells=config.min_cells, address=address, verbose=verbose))
+    s = step(
+        "infer",
+        lambda: run_infer(
+            str(out / "new" / "slides"),
+            str(out / "run"),
+            str(out / "report"),
+            min_cells=config.min_cells,
+            address=address,
+            verbose=verbose,
+        ),
+    )
     echo(s["terminal"])
     times["total"] = time.perf_counter() - started
     echo(f"demo: total {times['total']:.1f} s ({times['total'] / 60:.1f} min)")
@@ -95,4 +115,5 @@ def run_demo(config: DemoConfig, echo=click.echo, address: str | None = None, ve
     echo(f"report/ (patients.csv, predictions/); open {out}/report/report.html in a browser.")
     echo(f"the truth of the new slides is in {out}/new/truth/patients.csv;")
     echo(f"compare: .venv/bin/python benchmarks/pipeline_quality.py {out}")
+    echo(f"review and sign off the counts in a browser: .venv/bin/allray review {out}/report")
     return times

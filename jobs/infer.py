@@ -14,6 +14,7 @@ and written through pipeline.locations.
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import sys
 import time
@@ -22,16 +23,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from jobs.progress import ProgressLine
+from jobs.runtime import ClusterTooSmallError, check_fits, cluster_cpus_gpus, run_record, start_ray
 from pipeline import schema
 from pipeline.checkpoint import META_FILE, CheckpointError, load_checkpoint
 from pipeline.classify import meta_value
 from pipeline.config import CropSettings, InferConfig
-from pipeline.locations import (absolute, is_dir, is_file, join_uri, list_names, make_dir, read_bytes, read_json,
-                                resolve, write_json)  # fmt: skip
+from pipeline.locations import (
+    absolute,
+    is_dir,
+    is_file,
+    join_uri,
+    list_names,
+    make_dir,
+    read_bytes,
+    read_json,
+    resolve,  # fmt: skip
+    write_json,
+)
 from pipeline.redact import REDACTED, redact_text
-
-from jobs.progress import ProgressLine
-from jobs.runtime import ClusterTooSmallError, check_fits, cluster_cpus_gpus, run_record, start_ray
 
 OVERLAYS_PER_PATIENT = 3
 GALLERY_PER_PATIENT = 24
@@ -42,7 +52,9 @@ LIGHT_TASK_CPUS = 0.1  # Parquet reads and shard writes: I/O, never worth holdin
 def find_model(model: str | None) -> str:
     """The checkpoint location for --model: a checkpoint, a run (its best arch), or the newest run in ./runs."""
     if model is None:
-        runs = sorted((p for p in Path("runs").glob("*") if (p / "summary.json").exists()), key=lambda p: p.stat().st_mtime)
+        runs = sorted(
+            (p for p in Path("runs").glob("*") if (p / "summary.json").exists()), key=lambda p: p.stat().st_mtime
+        )
         if not runs:
             raise ValueError("no trained model found in ./runs: train one with `allray train`, or pass --model RUN")
         model = str(runs[-1])
@@ -74,19 +86,24 @@ def _run_archs(model: str) -> dict:
     try:
         archs = read_json(summary_path).get("archs") if kind == FolderKind.RUN and is_file(summary_path) else None
     except ValueError as err:  # damaged JSON: name the file
-        raise ValueError(f"{redact_text(summary_path)} is damaged ({err}): re-run `allray train`, or pass one of "
-                         "the run's checkpoints (<run>/<arch>/best)") from None
+        raise ValueError(
+            f"{redact_text(summary_path)} is damaged ({err}): re-run `allray train`, or pass one of "
+            "the run's checkpoints (<run>/<arch>/best)"
+        ) from None
     if not archs:
         if kind == FolderKind.RUN:
-            raise ValueError(f"--model {redact_text(model)} is a training run that has not finished (no summary.json "
-                             "with its architectures): wait for it, resume it with `allray train --resume --out RUN`, "
-                             "or pass one of its checkpoints (<run>/<arch>/best)")
+            raise ValueError(
+                f"--model {redact_text(model)} is a training run that has not finished (no summary.json "
+                "with its architectures): wait for it, resume it with `allray train --resume --out RUN`, "
+                "or pass one of its checkpoints (<run>/<arch>/best)"
+            )
         raise ValueError(wrong_kind_message("--model", model, kind, "model"))
     return archs
 
 
-def default_classifiers(cpus: float, gpus: float, gpu: bool, from_cells: bool, reserve: float,
-                        shards: int | None = None) -> int:
+def default_classifiers(
+    cpus: float, gpus: float, gpu: bool, from_cells: bool, reserve: float, shards: int | None = None
+) -> int:
     """Classifier actors when --workers is not given: one per GPU with --gpu; on CPUs, as many as
     the cores left beside I/O on crops that are already cut (no more than their `shards`: an actor
     without a shard to read would idle), and about one per 8 cores on slides, where detection
@@ -110,8 +127,16 @@ def _is_ingest_output(location: str) -> bool:
     return is_dir(join_uri(location, schema.IMAGES_DIR)) and is_dir(join_uri(location, schema.CELLS_DIR))
 
 
-def run_infer(config: InferConfig | str, model: str | None = None, out: str | None = None, *,
-              address: str | None = None, verbose: bool = False, quiet: bool = False, **settings) -> dict:
+def run_infer(
+    config: InferConfig | str,
+    model: str | None = None,
+    out: str | None = None,
+    *,
+    address: str | None = None,
+    verbose: bool = False,
+    quiet: bool = False,
+    **settings,
+) -> dict:
     """Run inference; returns the run summary (also written to OUT/summary.json).
 
     config: the InferConfig, or (as before it existed) SLIDES with `model`, `out` and any other
@@ -120,9 +145,9 @@ def run_infer(config: InferConfig | str, model: str | None = None, out: str | No
     import ray
 
     from pipeline.classify import model_classes
+    from pipeline.lock import claim_empty_output
     from pipeline.predictions import PredictionWriter
     from pipeline.report import CountAccumulator
-    from pipeline.lock import claim_empty_output
     from pipeline.store import images_identity, ledger_identity
 
     if not isinstance(config, InferConfig):
@@ -137,36 +162,52 @@ def run_infer(config: InferConfig | str, model: str | None = None, out: str | No
     out_dir = absolute(config.out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     _out_lock = claim_empty_output(out_dir, "infer")  # one writer per report folder, held until the run ends
     src = absolute(config.slides)
-    source = (CellsSource.open(src, ckpt, crop_settings) if _is_ingest_output(src)
-              else SlidesSource.open(src, config, crop_settings))
+    source = (
+        CellsSource.open(src, ckpt, crop_settings)
+        if _is_ingest_output(src)
+        else SlidesSource.open(src, config, crop_settings)
+    )
     from_cells = isinstance(source, CellsSource)
 
     startup_s = start_ray(address, verbose)
     cpus, gpus = cluster_cpus_gpus()
     reserve = LIGHT_TASK_CPUS * 2 + (0.0 if from_cells else 1.0)  # detection needs a whole core
-    n_actors = config.workers or default_classifiers(cpus, gpus, config.gpu, from_cells, reserve,
-                                                     shards=len(source.files) if from_cells else None)
+    n_actors = config.workers or default_classifiers(
+        cpus, gpus, config.gpu, from_cells, reserve, shards=len(source.files) if from_cells else None
+    )
     actor_cpus = 1.0 if config.gpu else min(1.0, (cpus - reserve) / n_actors)
     if actor_cpus < 0.25:
         raise ClusterTooSmallError(
             f"allray infer asks for {n_actors} classifier worker(s) beside {reserve:g} CPU for detection and I/O, "
-            f"but the cluster has {cpus:g} CPUs: use --workers {max(1, int((cpus - reserve) / 0.5))} or a bigger cluster")
+            f"but the cluster has {cpus:g} CPUs: use --workers {max(1, int((cpus - reserve) / 0.5))} or a bigger cluster"
+        )
     check_fits(n_actors, actor_cpus, 1.0 if config.gpu else 0.0, reserve, "allray infer")
 
     run_id = datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     make_dir(out_dir)
     started = time.perf_counter()
     classify = ClassifyStage(
-        kwargs={"checkpoint_dir": ckpt, "device": "cuda" if config.gpu else "cpu", "threshold": config.threshold,
-                "threads": max(1, int(actor_cpus))},
-        pool=ray.data.ActorPoolStrategy(size=n_actors), cpus=actor_cpus, gpus=1 if config.gpu else 0)
+        kwargs={
+            "checkpoint_dir": ckpt,
+            "device": "cuda" if config.gpu else "cpu",
+            "threshold": config.threshold,
+            "threads": max(1, int(actor_cpus)),
+        },
+        pool=ray.data.ActorPoolStrategy(size=n_actors),
+        cpus=actor_cpus,
+        gpus=1 if config.gpu else 0,
+    )
     ds, total = source.build(classify, config, cpus, reserve)
     # The one writer lives on the driver's node and holds no CPU: lost with a worker node, it would be
     # restarted and rewrite shards; holding a share, the pools it joins no longer fit what is left.
-    ds = ds.map_batches(PredictionWriter, fn_constructor_kwargs={"out": out_dir, "run_id": run_id},
-                        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
-                        label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()},
-                        batch_format="pyarrow" if from_cells else "numpy")
+    ds = ds.map_batches(
+        PredictionWriter,
+        fn_constructor_kwargs={"out": out_dir, "run_id": run_id},
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=0,
+        label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()},
+        batch_format="pyarrow" if from_cells else "numpy",
+    )
 
     acc = CountAccumulator(blast_alert_pct=config.blast_alert, min_cells=config.min_cells, classes=classes)
     quarantine: list[dict] = source.known_images(acc)
@@ -208,8 +249,9 @@ def run_infer(config: InferConfig | str, model: str | None = None, out: str | No
         progress.close()
     seconds = time.perf_counter() - started
     if not from_cells and n_images != len(source.tasks):  # every slide image is reported exactly once
-        raise RuntimeError(f"infer accounted for {n_images} of {len(source.tasks)} images: this is a bug, please "
-                           "report it")
+        raise RuntimeError(
+            f"infer accounted for {n_images} of {len(source.tasks)} images: this is a bug, please report it"
+        )
     model_id = _model_id(ckpt, meta)
     resolved = {**config.to_dict(), "slides": src, "model": ckpt, "out": out_dir, "workers": n_actors,
                 "manifest": absolute(config.manifest) if config.manifest else None}  # fmt: skip
@@ -285,8 +327,15 @@ class SlidesSource:
         ds = ds.map_batches(SlideStage, fn_constructor_kwargs={"settings_json": self.settings.to_json()},
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus - reserve + 1))),
                             num_cpus=1, batch_size=4, batch_format="numpy")  # fmt: skip
-        ds = ds.map_batches(ImageClassifier, fn_constructor_kwargs=classify.kwargs, compute=classify.pool,
-                            num_cpus=classify.cpus, num_gpus=classify.gpus, batch_size=8, batch_format="numpy")
+        ds = ds.map_batches(
+            ImageClassifier,
+            fn_constructor_kwargs=classify.kwargs,
+            compute=classify.pool,
+            num_cpus=classify.cpus,
+            num_gpus=classify.gpus,
+            batch_size=8,
+            batch_format="numpy",
+        )
         return ds, len(self.tasks)
 
 
@@ -310,7 +359,8 @@ class CellsSource:
         if any(json.loads(text) != wanted for text in cell_settings):
             raise CheckpointError(
                 f"the cells in {src} were cut with other settings than model {ckpt} was trained on "
-                f"(model: {settings.to_json()}); run `allray infer` on the slides themselves instead")
+                f"(model: {settings.to_json()}); run `allray infer` on the slides themselves instead"
+            )
         ingest_src = _ingest_source(src)
         image_paths = {}
         if ingest_src is not None:
@@ -340,11 +390,22 @@ class CellsSource:
         ds = ray.data.from_items([{PATH_COLUMN: f} for f in files], override_num_blocks=max(1, len(files)))
         # A few reads at a time keep the classifiers fed; uncapped, a 0.1-CPU task lets Ray start a
         # worker process per shard at once (seen: 8+ on 2 cores), which takes CPU from the classifiers.
-        ds = ds.map_batches(read_shards, batch_size=1, num_cpus=LIGHT_TASK_CPUS, batch_format="pyarrow",
-                            compute=ray.data.TaskPoolStrategy(size=max(1, min(2, len(files)))))
-        ds = ds.map_batches(CellClassifier, fn_constructor_kwargs=classify.kwargs, compute=classify.pool,
-                            num_cpus=classify.cpus, num_gpus=classify.gpus, batch_size=config.batch_size,
-                            batch_format="pyarrow")
+        ds = ds.map_batches(
+            read_shards,
+            batch_size=1,
+            num_cpus=LIGHT_TASK_CPUS,
+            batch_format="pyarrow",
+            compute=ray.data.TaskPoolStrategy(size=max(1, min(2, len(files)))),
+        )
+        ds = ds.map_batches(
+            CellClassifier,
+            fn_constructor_kwargs=classify.kwargs,
+            compute=classify.pool,
+            num_cpus=classify.cpus,
+            num_gpus=classify.gpus,
+            batch_size=config.batch_size,
+            batch_format="pyarrow",
+        )
         return ds, sum(n or 0 for n in self.ledger.column(schema.N_CELLS).to_pylist())
 
 
@@ -396,7 +457,8 @@ def _write_outputs(out_dir: str, acc, galleries: dict, overlay_pick: dict, image
                 schema.BLAST_PROB, schema.KIND]  # fmt: skip
         fs, pred_path = resolve(pred_dir)
         table = pads.dataset(pred_path, filesystem=fs, format="parquet").to_table(
-            columns=cols, filter=pads.field(schema.IMAGE).isin(sorted(picks)))
+            columns=cols, filter=pads.field(schema.IMAGE).isin(sorted(picks))
+        )
         by_image: dict[str, list] = {}
         for row in table.to_pylist():
             by_image.setdefault(row[schema.IMAGE], []).append(row)
@@ -411,10 +473,16 @@ def _write_outputs(out_dir: str, acc, galleries: dict, overlay_pick: dict, image
                     continue
                 caption = f"{im}: {len(by_image.get(im, []))} cells, {n_blasts} called blasts"
                 overlays.setdefault(patient, []).append((caption, draw_overlay(pixels, by_image.get(im, []))))
-    gallery_items, class_items = ({k: [(crop, prob, im) for prob, crop, im in sorted(items, reverse=True)]
-                                   for k, items in galleries[name].items()} for name in ("blasts", "classes"))
-    write_html_report(out_dir, patients, overlays, gallery_items, quarantine, info, class_gallery=class_items,
-                      classes=acc.classes)
+    gallery_items, class_items = (
+        {
+            k: [(crop, prob, im) for prob, crop, im in sorted(items, reverse=True)]
+            for k, items in galleries[name].items()
+        }
+        for name in ("blasts", "classes")
+    )
+    write_html_report(
+        out_dir, patients, overlays, gallery_items, quarantine, info, class_gallery=class_items, classes=acc.classes
+    )
     summary = {**info, "patients": len(patients), "n_blasts": sum(p["n_blasts"] for p in patients),
                "flags": {f: sum(p["flag"] == f for p in patients) for f in {p["flag"] for p in patients}},
                "report": join_uri(out_dir, "report.html"), "quarantined": quarantine, "run": record}  # fmt: skip

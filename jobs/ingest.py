@@ -13,8 +13,10 @@ import sys
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
+from jobs.progress import ProgressLine
+from jobs.runtime import ClusterTooSmallError, run_record, start_ray
 from pipeline import schema
 from pipeline.config import IngestConfig
 from pipeline.geometry import NEW, REBUILD, check_geometry, write_geometry
@@ -22,18 +24,22 @@ from pipeline.ingest import TASK_COLUMN, IngestStage
 from pipeline.locations import absolute, write_json
 from pipeline.lock import lock_output
 from pipeline.sources import discover_images
-from pipeline.store import (clear_output, compact, drop_duplicate_commits, duplicate_content, ledger_identity,
-                            note_duplicate_content, open_output)
-
-from jobs.progress import ProgressLine
-from jobs.runtime import ClusterTooSmallError, run_record, start_ray
+from pipeline.store import (
+    clear_output,
+    compact,
+    drop_duplicate_commits,
+    duplicate_content,
+    ledger_identity,
+    note_duplicate_content,
+    open_output,
+)
 
 DEFAULT_WORKER_MEMORY = 4 * 2**30  # bytes per ingest worker: images of up to ~170 MP (8-bit) fit
 
 
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus a random suffix."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
 def run_ingest(config: IngestConfig, address: str | None = None, verbose: bool = False, quiet: bool = False) -> dict:
@@ -75,7 +81,8 @@ def _run_ingest_locked(config: IngestConfig, address: str | None, verbose: bool,
         if workers < 1:
             raise ClusterTooSmallError(
                 f"allray ingest asks for {memory / 2**30:.1f} GiB per worker but the cluster has "
-                f"{cluster_memory / 2**30:.1f} GiB for tasks: lower --worker-memory-gb")
+                f"{cluster_memory / 2**30:.1f} GiB for tasks: lower --worker-memory-gb"
+            )
     # Enough shards that every worker gets several (load balance), never more than the configured size.
     per_shard = max(1, min(config.images_per_shard, math.ceil(len(tasks) / (4 * workers))))
     n_blocks = math.ceil(len(tasks) / per_shard)
@@ -86,9 +93,14 @@ def _run_ingest_locked(config: IngestConfig, address: str | None, verbose: bool,
     # A fixed pool of actors, each importing the detector once: an autoscaling pool starts with one
     # actor and grows only once a queue has built up, leaving cores idle at the start.
     ds = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
-        IngestStage, fn_constructor_kwargs=stage_args, batch_size=per_shard,
-        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, memory=memory if cluster_memory else None,
-        batch_format="numpy")
+        IngestStage,
+        fn_constructor_kwargs=stage_args,
+        batch_size=per_shard,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=1,
+        memory=memory if cluster_memory else None,
+        batch_format="numpy",
+    )
 
     counts: Counter = Counter()
     reasons: list[dict] = []
@@ -172,8 +184,9 @@ def check_ingest_folders(config: IngestConfig) -> None:
     from pipeline.folders import FolderKind, require_kind
 
     require_kind("SRC", absolute(config.src), (FolderKind.OTHER, FolderKind.MISSING, FolderKind.FILE), "source")
-    require_kind("--out", absolute(config.out), (FolderKind.OTHER, FolderKind.MISSING, FolderKind.INGEST_OUTPUT),
-                 "ingest_out")
+    require_kind(
+        "--out", absolute(config.out), (FolderKind.OTHER, FolderKind.MISSING, FolderKind.INGEST_OUTPUT), "ingest_out"
+    )
 
 
 def _worker_memory(config: IngestConfig, cluster_memory: float, workers: int) -> int:

@@ -77,8 +77,10 @@ class Guard:
                 return await resp(scope, receive, send)
             cookie = request.cookies.get(TOKEN_COOKIE, "")
             if not (cookie and hmac.compare_digest(cookie, self.token)):
-                return await PlainTextResponse("401: this review server needs its token: open the URL it printed at "
-                                               "start (with ?token=...)", status_code=401)(scope, receive, send)
+                return await PlainTextResponse(
+                    "401: this review server needs its token: open the URL it printed at start (with ?token=...)",
+                    status_code=401,
+                )(scope, receive, send)
         if request.method not in ("GET", "HEAD", "POST"):
             return await PlainTextResponse("405: method not allowed", status_code=405)(scope, receive, send)
         session = request.cookies.get(SESSION_COOKIE) or ""
@@ -143,7 +145,7 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
             counts_cache[pid] = hit
         return hit[1]
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def before_review(pid: str):
         return count_patient(report.patients[pid], {}, config.unsure_below, report.blast_alert_pct, report.min_cells)
 
@@ -158,8 +160,9 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
         for pid, cells in report.patients.items():
             c = counts_at(pid, revisions.get(pid, 0))
             status = STATUS_SIGNED if pid in signoffs else STATUS_IN_REVIEW if pid in revisions else STATUS_NEW
-            rows.append({"id": pid, "url": "/patient?" + urlencode({"id": pid}), "status": status, "c": c,
-                         "n": len(cells.keys)})
+            rows.append(
+                {"id": pid, "url": "/patient?" + urlencode({"id": pid}), "status": status, "c": c, "n": len(cells.keys)}
+            )
         return render(request, "worklist.html", rows=rows, report=report, config=config)
 
     def patient_page(request: Request, pid: str, page: int = 0, error: str = "", status: int = 200):
@@ -178,13 +181,30 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
         size = config.page_size
         n_pages = max(1, -(-max(len(v) for v in galleries.values()) // size))
         page = min(max(0, page), n_pages - 1)
-        shown = {k: v[page * size:(page + 1) * size] for k, v in galleries.items()}
-        return render(request, "patient.html", status=status, pid=pid, c=c, before=before, signed=signed,
-                      galleries=shown, totals={k: len(v) for k, v in galleries.items()}, revision=revision,
-                      error=error, audit=view["audit"], n_audit=view["n_audit"], keys=REVIEW_KEYS, page=page,
-                      n_pages=n_pages,
-                      qs=lambda p: urlencode({"id": pid, "page": p}), config=config, report=report,
-                      has_classes=report.has_classes, reviewer=request.cookies.get(REVIEWER_COOKIE, config.reviewer))
+        shown = {k: v[page * size : (page + 1) * size] for k, v in galleries.items()}
+        return render(
+            request,
+            "patient.html",
+            status=status,
+            pid=pid,
+            c=c,
+            before=before,
+            signed=signed,
+            galleries=shown,
+            totals={k: len(v) for k, v in galleries.items()},
+            revision=revision,
+            error=error,
+            audit=view["audit"],
+            n_audit=view["n_audit"],
+            keys=REVIEW_KEYS,
+            page=page,
+            n_pages=n_pages,
+            qs=lambda p: urlencode({"id": pid, "page": p}),
+            config=config,
+            report=report,
+            has_classes=report.has_classes,
+            reviewer=request.cookies.get(REVIEWER_COOKIE, config.reviewer),
+        )
 
     def known(pid: str) -> None:
         if pid not in report.patients:
@@ -242,8 +262,10 @@ def create_app(config: ReviewConfig, report=None, store=None) -> FastAPI:
             if not reviewer.strip():
                 raise ReviewRefused("a sign-off needs the reviewer's name")
             if c.n_unsure:
-                raise ReviewRefused(f"{c.n_unsure} cell(s) are still in the unidentified bin: move or confirm each "
-                                    "one before signing off")
+                raise ReviewRefused(
+                    f"{c.n_unsure} cell(s) are still in the unidentified bin: move or confirm each "
+                    "one before signing off"
+                )
             record = signed_record(report, patient, before_review(patient), c, reviewer.strip(), now())
             store.sign_off(patient, reviewer.strip(), revision, record)
         except ReviewRefused as err:

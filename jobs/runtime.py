@@ -15,7 +15,7 @@ import shlex
 import sys
 import time
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 # The packages whose versions decide what a run computes (recorded with every output).
 RECORDED_PACKAGES = ("allray", "ray", "torch", "torchvision", "pyarrow", "numpy", "scikit-image")
@@ -121,12 +121,14 @@ def run_record(config: dict, identities: dict) -> dict:
     the command line or in a location (s3://KEY:SECRET@bucket/x) are redacted (pipeline.redact)."""
     from pipeline.redact import redact
 
-    return redact({
-        "command": shlex.join(sys.argv),
-        "cwd": os.getcwd(),
-        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": config,
-        "versions": package_versions(),
-        "ray_cluster": cluster_record(),
-        "identities": identities,
-    })
+    return redact(
+        {
+            "command": shlex.join(sys.argv),
+            "cwd": os.getcwd(),
+            "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "config": config,
+            "versions": package_versions(),
+            "ray_cluster": cluster_record(),
+            "identities": identities,
+        }
+    )

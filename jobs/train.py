@@ -23,15 +23,24 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline import schema
-from pipeline.taxonomy import BINARY_CLASSES as BINARY
-from pipeline.cellsets import KEY, read_cell_index, select_cells
-from pipeline.config import TrainConfig
-from pipeline.locations import (absolute, is_file, join_uri, list_names, read_text, remove_dir, resolve, upload_dir,
-                                write_json, write_text)  # fmt: skip
-
 from jobs.runtime import ClusterTooSmallError, check_fits, run_record, start_ray
 from jobs.train_worker import train_worker
+from pipeline import schema
+from pipeline.cellsets import KEY, read_cell_index, select_cells
+from pipeline.config import TrainConfig
+from pipeline.locations import (
+    absolute,
+    is_file,
+    join_uri,
+    list_names,
+    read_text,
+    remove_dir,
+    resolve,
+    upload_dir,
+    write_json,  # fmt: skip
+    write_text,
+)
+from pipeline.taxonomy import BINARY_CLASSES as BINARY
 
 # CPU left free beside the training workers for the Ray Data tasks that read and filter their
 # crops: without it two 1-CPU workers on a 2-CPU machine starve their own input and hang.
@@ -145,8 +154,12 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
     results: dict[str, dict] = {}
     # On the driver's node: placed anywhere, it may die with a lost worker node, and every restarted
     # worker then fails on its first put (seen: an endless restart loop on 2 nodes).
-    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
-        ray.get_runtime_context().get_node_id(), soft=False)})
+    queue = Queue(
+        actor_options={
+            "num_cpus": 0,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+        }
+    )
     crop_bytes = index.crop_bytes_per_cell * keys.size  # train and val sides together
     cache = _should_cache(config.cache, crop_bytes)
     for arch in config.archs():
@@ -167,8 +180,11 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
             }  # fmt: skip
             if not quiet:
                 how = "kept in Ray's object store" if cache else "streamed from Parquet every epoch"
-                print(f"train {name}: {train_idx.size} train / {val_idx.size} val cells, "
-                      f"{crop_bytes / 2**20:.0f} MiB of crops {how}", file=sys.stderr)
+                print(
+                    f"train {name}: {train_idx.size} train / {val_idx.size} val cells, "
+                    f"{crop_bytes / 2**20:.0f} MiB of crops {how}",
+                    file=sys.stderr,
+                )
             datasets = _datasets(index.files, _targets_of(keys, targets, train_idx),
                                  _targets_of(keys, targets, val_idx), cache)  # fmt: skip
             printer = _MetricPrinter(queue, metrics_path, all_metrics, quiet)
@@ -220,8 +236,9 @@ def _datasets(files: list[str], train_keys: dict[str, int], val_keys: dict[str, 
         # Tasks, not actors: a task frees its CPU share when done, an actor would hold it for good
         # and starve the reads (seen hanging on 2 cores).
         ds = ray.data.from_items([{PATH_COLUMN: f} for f in files], override_num_blocks=len(files))
-        ds = ds.map_batches(select_cells, fn_kwargs={"targets": keys}, batch_size=1,
-                            num_cpus=READ_TASK_CPUS, batch_format="numpy")
+        ds = ds.map_batches(
+            select_cells, fn_kwargs={"targets": keys}, batch_size=1, num_cpus=READ_TASK_CPUS, batch_format="numpy"
+        )
         # Cached blocks are owned by this driver: one lost with a node is rebuilt from its lineage.
         return ds.materialize() if cache else ds
 
@@ -241,17 +258,22 @@ def _fit(name: str, run_dir: str, loop_config: dict, datasets: dict, config: Tra
         train_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=config.workers, use_gpu=config.gpu, resources_per_worker={"CPU": cpus_per_worker,
-            **({"GPU": 1} if config.gpu else {})}),  # fmt: skip
+            num_workers=config.workers,
+            use_gpu=config.gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if config.gpu else {})},
+        ),  # fmt: skip
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(
-                max_failures=config.max_failures, controller_failure_limit=start_retries,
-                max_preemption_failures=int(os.environ.get(PREEMPTION_RETRIES_ENV, PREEMPTION_RETRIES))),
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_score",
-                                               checkpoint_score_order="max"),
+                max_failures=config.max_failures,
+                controller_failure_limit=start_retries,
+                max_preemption_failures=int(os.environ.get(PREEMPTION_RETRIES_ENV, PREEMPTION_RETRIES)),
+            ),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute="val_score", checkpoint_score_order="max"
+            ),
         ),
         datasets=datasets,
         # Validation is not split: rank 0 scores the whole validation side each epoch.
@@ -266,7 +288,8 @@ def _fit(name: str, run_dir: str, loop_config: dict, datasets: dict, config: Tra
         raise ClusterTooSmallError(
             f"allray train {name}: the cluster cannot place {config.workers} worker(s) x {cpus_per_worker:g} CPU "
             f"(a node lost, or its CPUs taken): gave up after {start_retries + 1} tries of {wait_s:g} s; add nodes "
-            f"and continue with --resume --out {run_dir} (it starts from the last checkpoint)") from None
+            f"and continue with --resume --out {run_dir} (it starts from the last checkpoint)"
+        ) from None
 
 
 def _best_of(result, arch_dir: str, all_metrics: list[dict], arch: str, fold: int) -> dict:
@@ -371,8 +394,11 @@ def comparison_table(summary: dict) -> str:
     for arch, r in summary["archs"].items():
         if "folds" in r:
             acc = f"{100 * (r['val_acc_mean'] or 0):.1f}±{100 * (r['val_acc_sd'] or 0):.1f}"
-            f1 = "  -  " if r.get("val_macro_f1_mean") is None else \
-                f"{r['val_macro_f1_mean']:.3f}±{r.get('val_macro_f1_sd') or 0:.3f}"
+            f1 = (
+                "  -  "
+                if r.get("val_macro_f1_mean") is None
+                else f"{r['val_macro_f1_mean']:.3f}±{r.get('val_macro_f1_sd') or 0:.3f}"
+            )
             lines.append(f"{arch:<8} {r['params'] or 0:>10,} {'-':>7} {acc:>10} {f1:>11} "
                          f"{_fmt(r['val_sensitivity_mean'], True):>7} {_fmt(r['val_specificity_mean'], True):>7} "
                          f"{_fmt(r['val_auc_mean']):>6} {r['seconds']:>6.0f}s")  # fmt: skip

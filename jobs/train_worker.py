@@ -16,8 +16,11 @@ def _batches(iterator, batch_size: int, image_size: int, shuffle_seed: int | Non
 
     # With the shard order shuffled every epoch, a buffer of a few shards mixes cells of several
     # images and patients into every batch; a bigger one would hold training back until it fills.
-    kwargs = {"local_shuffle_buffer_size": max(256, 8 * batch_size), "local_shuffle_seed": shuffle_seed} \
-        if shuffle_seed is not None else {}
+    kwargs = (
+        {"local_shuffle_buffer_size": max(256, 8 * batch_size), "local_shuffle_seed": shuffle_seed}
+        if shuffle_seed is not None
+        else {}
+    )
     # Prefetch a few batches so reading and decoding overlap the previous training step.
     for batch in iterator.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=4, **kwargs):
         yield decode_crops(list(batch[schema.CROP]), image_size), torch.as_tensor(batch[schema.LABEL])
@@ -86,8 +89,11 @@ def train_worker(cfg: dict) -> None:
         result = None
         if rank == 0:
             val_batches = _batches(val_data, 256, image_size, None)
-            result = evaluate(plain, val_batches, device) if criterion is None else \
-                evaluate_multiclass(plain, val_batches, device, class_names)
+            result = (
+                evaluate(plain, val_batches, device)
+                if criterion is None
+                else evaluate_multiclass(plain, val_batches, device, class_names)
+            )
         shared = [result.metrics() if result is not None else None,
                   result.confusion() if result is not None else None]  # fmt: skip
         if world > 1:

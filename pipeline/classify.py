@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import schema, taxonomy
-from pipeline.checkpoint import MODEL_FILE, CheckpointError, CheckpointMeta, load_checkpoint
+from pipeline.checkpoint import MODEL_FILE, CheckpointError, load_checkpoint
 from pipeline.locations import join_uri, read_bytes
 
 # The columns a classifier adds, in this order.
@@ -64,13 +64,16 @@ def class_probabilities(logits: np.ndarray, class_names: Sequence[str]) -> np.nd
         logits = logits[:, 0]
     if logits.ndim == 1:
         if classes != taxonomy.BINARY_CLASSES:
-            raise CheckpointError(f"the model gives one logit per cell but declares classes {classes!r} "
-                                  f"(one logit means {taxonomy.BINARY_CLASSES!r})")
+            raise CheckpointError(
+                f"the model gives one logit per cell but declares classes {classes!r} "
+                f"(one logit means {taxonomy.BINARY_CLASSES!r})"
+            )
         p = 1.0 / (1.0 + np.exp(-logits))
         return np.stack([1.0 - p, p], axis=1).astype(np.float32)
     if logits.ndim != 2 or logits.shape[1] != len(classes):
-        raise CheckpointError(f"the model gives outputs of shape {logits.shape} but declares {len(classes)} "
-                              f"classes {classes!r}")
+        raise CheckpointError(
+            f"the model gives outputs of shape {logits.shape} but declares {len(classes)} classes {classes!r}"
+        )
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -97,8 +100,12 @@ def call_cells(probs: np.ndarray, class_names: Sequence[str], threshold: float) 
     best = rest.argmax(axis=1) if n else np.zeros(0, np.int64)
     best = np.where(predicted == 1, b if b is not None else 0, best)
     names = np.asarray(classes, dtype=object)[best] if n else np.zeros(0, dtype=object)
-    return {schema.BLAST_PROB: blast, schema.PREDICTED: predicted, schema.PREDICTED_CLASS: names,
-            schema.CLASS_PROB: probs[np.arange(n), best].astype(np.float32)}
+    return {
+        schema.BLAST_PROB: blast,
+        schema.PREDICTED: predicted,
+        schema.PREDICTED_CLASS: names,
+        schema.CLASS_PROB: probs[np.arange(n), best].astype(np.float32),
+    }
 
 
 class CellClassifier:
@@ -162,8 +169,12 @@ def append_calls(table, calls: dict[str, np.ndarray], model_id: str):
     import pyarrow as pa
 
     n = table.num_rows
-    types = {schema.BLAST_PROB: pa.float32(), schema.PREDICTED: pa.int8(), schema.PREDICTED_CLASS: pa.string(),
-             schema.CLASS_PROB: pa.float32()}
+    types = {
+        schema.BLAST_PROB: pa.float32(),
+        schema.PREDICTED: pa.int8(),
+        schema.PREDICTED_CLASS: pa.string(),
+        schema.CLASS_PROB: pa.float32(),
+    }
     for name, kind in types.items():
         table = table.append_column(name, pa.array(calls[name], kind) if n else pa.array([], kind))
     return table.append_column(schema.MODEL_ID, pa.array([model_id] * n, pa.string()))

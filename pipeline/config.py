@@ -193,13 +193,17 @@ class InferConfig:
         _check(bool(str(self.slides).strip()), "give the slides to label (SLIDES)")
         _check(0.0 < self.threshold < 1.0, f"threshold={self.threshold!r} must be between 0 and 1")
         _check(0.0 < self.blast_alert <= 100.0, f"blast_alert={self.blast_alert!r} must be in (0, 100]")
-        _check(int(self.min_cells) == self.min_cells and self.min_cells >= 0,
-               f"min_cells={self.min_cells!r} must be a whole number >= 0")
+        _check(
+            int(self.min_cells) == self.min_cells and self.min_cells >= 0,
+            f"min_cells={self.min_cells!r} must be a whole number >= 0",
+        )
         _check(1 <= self.batch_size <= 65_536, f"batch_size={self.batch_size!r} must be between 1 and 65536")
         _check(self.workers is None or self.workers >= 1, f"workers={self.workers!r} must be at least 1")
         _check(self.format in FORMATS, f"format={self.format!r}: choose one of {', '.join(FORMATS)}")
-        _check(self.format != "manifest" or self.manifest is not None,
-               "format=manifest needs a manifest CSV (columns image,patient_id,sample_id)")
+        _check(
+            self.format != "manifest" or self.manifest is not None,
+            "format=manifest needs a manifest CSV (columns image,patient_id,sample_id)",
+        )
 
     def to_dict(self) -> dict:
         """Plain dict of every field, for the run record."""

@@ -32,10 +32,14 @@ from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image, h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
-from pipeline.schema import KIND_SMUDGE, KIND_WBC
 from pipeline.scale import (
-    RBC_DIAMETER_UM, estimate_um_per_pixel, measure_optical_density, measure_red_level, resize_image
+    RBC_DIAMETER_UM,
+    estimate_um_per_pixel,
+    measure_optical_density,
+    measure_red_level,
+    resize_image,
 )
+from pipeline.schema import KIND_SMUDGE, KIND_WBC
 
 __all__ = ["RBC_DIAMETER_UM", "DetectConfig", "DetectedCell", "Detection", "detect_cells", "estimate_um_per_pixel"]
 
@@ -159,8 +163,12 @@ def detect_cells(
         DetectedCell(
             x=float((c.x + 0.5) / zoom_x - 0.5),
             y=float((c.y + 0.5) / zoom_y - 0.5),
-            bbox=(max(0, math.floor(c.bbox[1] / zoom_x)), max(0, math.floor(c.bbox[0] / zoom_y)),
-                  min(w, math.ceil(c.bbox[3] / zoom_x)), min(h, math.ceil(c.bbox[2] / zoom_y))),  # fmt: skip
+            bbox=(
+                max(0, math.floor(c.bbox[1] / zoom_x)),
+                max(0, math.floor(c.bbox[0] / zoom_y)),
+                min(w, math.ceil(c.bbox[3] / zoom_x)),
+                min(h, math.ceil(c.bbox[2] / zoom_y)),
+            ),  # fmt: skip
             area=max(1, round(c.area / (zoom_x * zoom_y))),
             kind=c.kind,
             at_border=c.at_border,
@@ -287,8 +295,9 @@ def assemble_cells(
         features = measure_smudge_features(nuclei[r, c] == i, body[r, c], purple[r, c], px_per_um)
         kind = KIND_WBC  # smudge cells are told in find_cells, against the whole image's nuclei
         box = (r.start, c.start, r.stop, c.stop)
-        found.append(WorkingCell(float(cx[i]), float(cy[i]), box, int(cell_area[i]), kind, False, int(n_split[i]),
-                                 features))
+        found.append(
+            WorkingCell(float(cx[i]), float(cy[i]), box, int(cell_area[i]), kind, False, int(n_split[i]), features)
+        )
     return found
 
 

@@ -59,7 +59,8 @@ def stored_geometry(out: str | Path) -> dict | None:
     if len(seen) > 1:
         raise GeometryMismatchError(
             f"{out} already holds crops cut with {len(seen)} different settings (made before allray kept one "
-            "geometry per output): re-cut it with --rebuild, or ingest into a new --out")
+            "geometry per output): re-cut it with --rebuild, or ingest into a new --out"
+        )
     return json.loads(seen.pop())
 
 
@@ -78,7 +79,8 @@ def check_geometry(out: str | Path, crops: CropSettings, rebuild: bool = False) 
         diff = "; ".join(differences(stored, asked))
         raise GeometryMismatchError(
             f"{out} was cut with other settings than this run: {diff}. Ingest into a new --out, or pass --rebuild "
-            f"to re-cut every image of {out} with the new settings")
+            f"to re-cut every image of {out} with the new settings"
+        )
     return SAME if is_file(join_uri(out, schema.GEOMETRY_FILE)) else NEW
 
 

@@ -23,8 +23,14 @@ from pipeline import locations, schema, taxonomy
 from pipeline.config import CropSettings
 from pipeline.crops import assign_labels, background_colour, cut_crop, window_pixels
 from pipeline.detect import detect_cells
-from pipeline.io import (DEFAULT_MAX_MEGAPIXELS, ImageReadError, check_decode_budget, decode_image, encode_png,
-                         sha256_hex)
+from pipeline.io import (
+    DEFAULT_MAX_MEGAPIXELS,
+    ImageReadError,
+    check_decode_budget,
+    decode_image,
+    encode_png,
+    sha256_hex,
+)
 from pipeline.single_cell import cut_single_cell, measure_pad_fraction
 from pipeline.sources import SINGLE_CELL, ImageTask
 from pipeline.store import new_shard_id, write_shard
@@ -96,7 +102,9 @@ def ingest_image(task: ImageTask, data: bytes, settings: CropSettings, sha: str,
                 schema.BBOX_X1: cut.bbox[2],
                 schema.BBOX_Y1: cut.bbox[3],
                 schema.AREA: cut.area,
-                schema.DIAMETER_UM: None if cut.area is None else 2.0 * math.sqrt(cut.area / math.pi) * cut.um_per_pixel,
+                schema.DIAMETER_UM: None
+                if cut.area is None
+                else 2.0 * math.sqrt(cut.area / math.pi) * cut.um_per_pixel,
                 schema.KIND: schema.KIND_SINGLE_CELL,
                 schema.AT_BORDER: False,
                 schema.CROP: encode_png(cut.crop),
@@ -179,9 +187,15 @@ class IngestStage:
         attempts = Attempts(self.out)
         cell_rows, quarantine_rows, ledger_rows, statuses = [], [], [], []
         for task in tasks:
-            outcome, sha = process_task(task, self.settings, self.settings_json, self.known,
-                                        max_megapixels=self.max_megapixels, memory_bytes=self.memory_bytes,
-                                        before_decode=lambda sha, image=task.image: attempts.begin(image, sha))
+            outcome, sha = process_task(
+                task,
+                self.settings,
+                self.settings_json,
+                self.known,
+                max_megapixels=self.max_megapixels,
+                memory_bytes=self.memory_bytes,
+                before_decode=lambda sha, image=task.image: attempts.begin(image, sha),
+            )
             if sha is not None and self.known.get(task.image) == sha:
                 statuses.append((task.image, schema.STATUS_SKIPPED, 0, 0, 0, None, False))
                 continue
@@ -192,8 +206,13 @@ class IngestStage:
             cell_rows.extend(outcome.cells)
             if outcome.reason:
                 quarantine_rows.append(
-                    {schema.IMAGE: task.image, schema.REASON: outcome.reason, schema.SOURCE_SHA256: sha,
-                     schema.RUN_ID: self.run_id, schema.SHARD: shard}
+                    {
+                        schema.IMAGE: task.image,
+                        schema.REASON: outcome.reason,
+                        schema.SOURCE_SHA256: sha,
+                        schema.RUN_ID: self.run_id,
+                        schema.SHARD: shard,
+                    }
                 )
             ledger_rows.append(
                 {
@@ -265,8 +284,12 @@ class Attempts:
 
 
 def process_task(
-    task: ImageTask, settings: CropSettings, settings_json: str, known: dict[str, str] | None = None,
-    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, memory_bytes: int | None = None,
+    task: ImageTask,
+    settings: CropSettings,
+    settings_json: str,
+    known: dict[str, str] | None = None,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    memory_bytes: int | None = None,
     before_decode: Callable[[str], str | None] | None = None,
 ) -> tuple[ImageOutcome, str | None]:
     """Read and ingest one task, never raising: (outcome, sha256 or None if unreadable).

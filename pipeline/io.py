@@ -113,7 +113,8 @@ def check_decode_budget(data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIX
     if memory_bytes is not None and header.peak_bytes() > memory_bytes:
         raise ImageReadError(
             f"image too large for the worker memory budget: {size} needs about {header.peak_bytes() / 2**30:.1f} GiB "
-            f"to ingest, the budget is {memory_bytes / 2**30:.1f} GiB (--worker-memory-gb); not decoded")
+            f"to ingest, the budget is {memory_bytes / 2**30:.1f} GiB (--worker-memory-gb); not decoded"
+        )
     return header
 
 

@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow.fs as pafs
 
@@ -37,7 +37,7 @@ class OutputLockedError(ValueError):
 
 def _holder_record(purpose: str) -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "purpose": purpose, "token": uuid.uuid4().hex,
-            "started_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "started_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
             "command": " ".join(sys.argv[:1])}  # fmt: skip
 
 

@@ -201,4 +201,3 @@ def evaluate_multiclass(model: nn.Module, batches: Iterable[Batch], device: torc
         return score_multiclass(np.zeros(0, np.int64), np.zeros((0, k), np.float32), class_names)
     return score_multiclass(torch.cat(all_bits).numpy(), torch.cat(all_probs).numpy(), class_names,
                             loss=loss_sum / n)  # fmt: skip
-

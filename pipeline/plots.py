@@ -50,8 +50,15 @@ def plot_curves(metrics: list[dict], confusions: dict[str, list[list[int]]], pat
             ax.imshow(cm, cmap="Blues")
             for i in range(len(cm)):
                 for j in range(len(cm)):
-                    ax.text(j, i, str(cm[i][j]), ha="center", va="center", fontsize=14 if k <= 3 else 8,
-                            color="white" if cm[i][j] > max(map(max, cm)) / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(cm[i][j]),
+                        ha="center",
+                        va="center",
+                        fontsize=14 if k <= 3 else 8,
+                        color="white" if cm[i][j] > max(map(max, cm)) / 2 else "black",
+                    )
             ticks = list(range(len(cm)))
             ax.set_xticks(ticks, labels[: len(cm)], rotation=0 if k <= 3 else 60, ha="center" if k <= 3 else "right")
             ax.set_yticks(ticks, labels[: len(cm)])

@@ -25,8 +25,18 @@ TOP_BLASTS = 12  # crops called blasts kept per image for the report's gallery
 TOP_PER_CLASS = 3  # crops kept per image and predicted class for the report's class gallery
 # The per-image head columns, then what the driver aggregates (source_sha256 names the input images).
 _HEAD_COLUMNS = (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE, schema.STATUS, schema.REASON, schema.SOURCE_SHA256)
-SUMMARY_COLUMNS = (*_HEAD_COLUMNS, schema.N_CELLS, "predicted", "kinds", "blast_crops", "blast_probs", "classes",
-                   "class_crops", "class_picks", "class_probs")
+SUMMARY_COLUMNS = (
+    *_HEAD_COLUMNS,
+    schema.N_CELLS,
+    "predicted",
+    "kinds",
+    "blast_crops",
+    "blast_probs",
+    "classes",
+    "class_crops",
+    "class_picks",
+    "class_probs",
+)
 _CLASSIFIER_COLUMNS = (schema.BLAST_PROB, schema.PREDICTED, schema.PREDICTED_CLASS, schema.CLASS_PROB, schema.MODEL_ID)
 _CELL_COLUMNS = [f.name for f in schema.PREDICTION_SCHEMA if f.name not in _CLASSIFIER_COLUMNS]
 
@@ -43,8 +53,9 @@ def with_known_class(cells: pa.Table) -> pa.Table:
     n = cells.num_rows
     classes = cells.column(schema.CELL_CLASS).to_pylist() if schema.CELL_CLASS in cells.column_names else [None] * n
     labels = cells.column(schema.LABEL).to_pylist() if schema.LABEL in cells.column_names else [None] * n
-    return cells.append_column(schema.KNOWN_CLASS, pa.array([known_class(c, lb) for c, lb in zip(classes, labels)],
-                                                            pa.string()))
+    return cells.append_column(
+        schema.KNOWN_CLASS, pa.array([known_class(c, lb) for c, lb in zip(classes, labels)], pa.string())
+    )
 
 
 def pack_cells(table: pa.Table) -> bytes:
@@ -75,9 +86,13 @@ class SlideStage:
         for text in batch[TASK_COLUMN]:
             task = ImageTask.from_json(str(text))
             outcome, sha = process_task(task, self.settings, self.settings_json)
-            cells = [{**{k: r.get(k) for k in _CELL_COLUMNS},
-                      schema.KNOWN_CLASS: known_class(r.get(schema.CELL_CLASS), r.get(schema.LABEL))}
-                     for r in outcome.cells]
+            cells = [
+                {
+                    **{k: r.get(k) for k in _CELL_COLUMNS},
+                    schema.KNOWN_CLASS: known_class(r.get(schema.CELL_CLASS), r.get(schema.LABEL)),
+                }
+                for r in outcome.cells
+            ]
             rows[schema.PATIENT_ID].append(task.patient_id)
             rows[schema.SAMPLE_ID].append(task.sample_id)
             rows[schema.IMAGE].append(task.image)

@@ -43,10 +43,30 @@ CI_LOW = "ci_low"  # 95% Wilson interval of blast_pct, percent, 2 decimals
 CI_HIGH = "ci_high"
 FLAG = "flag"  # one of FLAGS
 N_SMUDGE = "n_smudge"  # smudge cells seen: left out of n_cells and n_blasts
-PATIENT_COLUMNS = (schema.PATIENT_ID, N_SAMPLES, N_IMAGES, schema.N_CELLS, N_BLASTS, BLAST_PCT, CI_LOW, CI_HIGH,
-                   FLAG, N_SMUDGE)
-SAMPLE_COLUMNS = (schema.PATIENT_ID, schema.SAMPLE_ID, N_IMAGES, schema.N_CELLS, N_BLASTS, BLAST_PCT, CI_LOW,
-                  CI_HIGH, FLAG, N_SMUDGE)
+PATIENT_COLUMNS = (
+    schema.PATIENT_ID,
+    N_SAMPLES,
+    N_IMAGES,
+    schema.N_CELLS,
+    N_BLASTS,
+    BLAST_PCT,
+    CI_LOW,
+    CI_HIGH,
+    FLAG,
+    N_SMUDGE,
+)
+SAMPLE_COLUMNS = (
+    schema.PATIENT_ID,
+    schema.SAMPLE_ID,
+    N_IMAGES,
+    schema.N_CELLS,
+    N_BLASTS,
+    BLAST_PCT,
+    CI_LOW,
+    CI_HIGH,
+    FLAG,
+    N_SMUDGE,
+)
 
 
 def patient_columns(classes: Sequence[str] = taxonomy.BINARY_CLASSES) -> tuple[str, ...]:
@@ -58,13 +78,28 @@ def sample_columns(classes: Sequence[str] = taxonomy.BINARY_CLASSES) -> tuple[st
     """samples.csv columns: SAMPLE_COLUMNS, then the differential of a model with `classes`."""
     return (*SAMPLE_COLUMNS, *(c for c in differential_columns(classes) if c not in SAMPLE_COLUMNS))
 
-INFO_LABELS = {"model": "Model", "classes": "Model classes", "threshold": "Blast probability threshold", "blast_alert_pct": "Alert at blast %",
-               "min_cells": "Minimum cells per patient", "started": "Run started", "elapsed_s": "Run time (s)",
-               "cells_per_s": "Cells / s", "n_images": "Images read", "n_quarantined": "Files quarantined",
-               "run_id": "Run id"}
+
+INFO_LABELS = {
+    "model": "Model",
+    "classes": "Model classes",
+    "threshold": "Blast probability threshold",
+    "blast_alert_pct": "Alert at blast %",
+    "min_cells": "Minimum cells per patient",
+    "started": "Run started",
+    "elapsed_s": "Run time (s)",
+    "cells_per_s": "Cells / s",
+    "n_images": "Images read",
+    "n_quarantined": "Files quarantined",
+    "run_id": "Run id",
+}
 TOTAL_LABELS = ("Patients", "Images counted", "White cells counted", "Blasts called", "Smudge cells (not counted)")
-_TERMINAL_FACTS = {"model": "model {}", "threshold": "threshold {}", "elapsed_s": "{} s", "cells_per_s": "{} cells/s",
-                   "n_quarantined": "{} files quarantined"}
+_TERMINAL_FACTS = {
+    "model": "model {}",
+    "threshold": "threshold {}",
+    "elapsed_s": "{} s",
+    "cells_per_s": "{} cells/s",
+    "n_quarantined": "{} files quarantined",
+}
 SUMMARY_ROWS = 20  # a terminal screen; the rest are in patients.csv
 
 
@@ -88,8 +123,9 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return low, high
 
 
-def count_row(n_images: int, n_cells: int, n_blasts: int, n_smudge: int, blast_alert_pct: float,
-              min_cells: int) -> dict:
+def count_row(
+    n_images: int, n_cells: int, n_blasts: int, n_smudge: int, blast_alert_pct: float, min_cells: int
+) -> dict:
     """The count columns shared by patient and sample rows (all but the id columns)."""
     blast_pct = round(100 * n_blasts / n_cells, 2) if n_cells else 0.0
     low, high = wilson_interval(n_blasts, n_cells)
@@ -101,8 +137,16 @@ def count_row(n_images: int, n_cells: int, n_blasts: int, n_smudge: int, blast_a
         flag = FLAG_FEW
     else:
         flag = FLAG_OK
-    return {N_IMAGES: n_images, schema.N_CELLS: n_cells, N_BLASTS: n_blasts, BLAST_PCT: blast_pct,
-            CI_LOW: round(100 * low, 2), CI_HIGH: round(100 * high, 2), FLAG: flag, N_SMUDGE: n_smudge}
+    return {
+        N_IMAGES: n_images,
+        schema.N_CELLS: n_cells,
+        N_BLASTS: n_blasts,
+        BLAST_PCT: blast_pct,
+        CI_LOW: round(100 * low, 2),
+        CI_HIGH: round(100 * high, 2),
+        FLAG: flag,
+        N_SMUDGE: n_smudge,
+    }
 
 
 @dataclass
@@ -120,8 +164,9 @@ class CountAccumulator:
     """Streams per-cell and per-image facts in; per-patient and per-sample count rows out.
     Holds only small aggregates (counts and sets of image/sample ids), never cell rows."""
 
-    def __init__(self, blast_alert_pct: float = 20.0, min_cells: int = 50,
-                 classes: Sequence[str] = taxonomy.BINARY_CLASSES):
+    def __init__(
+        self, blast_alert_pct: float = 20.0, min_cells: int = 50, classes: Sequence[str] = taxonomy.BINARY_CLASSES
+    ):
         if not 0 < blast_alert_pct <= 100:
             raise ValueError(f"blast_alert_pct must be in (0, 100], got {blast_alert_pct!r}")
         if int(min_cells) != min_cells or min_cells < 0:
@@ -134,8 +179,15 @@ class CountAccumulator:
         """Count `image` as read (call for every readable image, even one with no cells)."""
         self._tally(_name(patient_id), _name(sample_id)).images.add(str(image))
 
-    def add_cells(self, patient_id, sample_id, image, predicted: Sequence[int], kinds: Sequence[str],
-                  classes: Sequence[str] | None = None) -> None:
+    def add_cells(
+        self,
+        patient_id,
+        sample_id,
+        image,
+        predicted: Sequence[int],
+        kinds: Sequence[str],
+        classes: Sequence[str] | None = None,
+    ) -> None:
         """Add the cells of one image (scalar ids) or of several (ids as sequences as long as predicted)."""
         n = len(predicted)
         columns = [[v] * n if v is None or isinstance(v, str) else v for v in (patient_id, sample_id, image)]
@@ -151,34 +203,45 @@ class CountAccumulator:
         cols = [_to_arrow(c) for c in (patient_ids, sample_ids, images, predicted, kinds)]
         lengths = {len(c) for c in cols}
         if len(lengths) != 1:
-            raise ValueError(f"add_cell_batch needs columns of equal length, got lengths {[len(c) for c in cols]} "
-                             "(patient_ids, sample_ids, images, predicted, kinds)")
+            raise ValueError(
+                f"add_cell_batch needs columns of equal length, got lengths {[len(c) for c in cols]} "
+                "(patient_ids, sample_ids, images, predicted, kinds)"
+            )
         pid, sid, image, pred, kind = cols
         if not len(pred):
             return
         if pred.null_count or image.null_count:
-            raise ValueError(f"add_cell_batch got {pred.null_count} null predictions and {image.null_count} null "
-                             "images: every counted cell needs a 0/1 call and an image")
+            raise ValueError(
+                f"add_cell_batch got {pred.null_count} null predictions and {image.null_count} null "
+                "images: every counted cell needs a 0/1 call and an image"
+            )
         calls = np.asarray(pred.to_numpy(zero_copy_only=False))
         bad = calls[(calls != 0) & (calls != 1)]
         if bad.size:
             raise ValueError(f"predicted must be 0 or 1, got {sorted(set(bad.tolist()))[:5]!r}")
         smudge = pc.fill_null(pc.equal(kind.cast(pa.string()), schema.KIND_SMUDGE), False).to_numpy(
-            zero_copy_only=False)
+            zero_copy_only=False
+        )
         counted = ~smudge
-        table = pa.table({
-            "_p": pc.fill_null(pid.cast(pa.string()), UNKNOWN),
-            "_s": pc.fill_null(sid.cast(pa.string()), UNKNOWN),
-            "_i": image.cast(pa.string()),
-            "_cell": counted.astype(np.int64),
-            "_blast": (counted & (calls == 1)).astype(np.int64),
-            "_smudge": smudge.astype(np.int64),
-        })
+        table = pa.table(
+            {
+                "_p": pc.fill_null(pid.cast(pa.string()), UNKNOWN),
+                "_s": pc.fill_null(sid.cast(pa.string()), UNKNOWN),
+                "_i": image.cast(pa.string()),
+                "_cell": counted.astype(np.int64),
+                "_blast": (counted & (calls == 1)).astype(np.int64),
+                "_smudge": smudge.astype(np.int64),
+            }
+        )
         # One Python step per image, not per cell: a batch of 10^5 cells costs a few group sums.
-        groups = table.group_by(["_p", "_s", "_i"]).aggregate(
-            [("_cell", "sum"), ("_blast", "sum"), ("_smudge", "sum")]).to_pydict()
-        for p, s, i, cells, blasts, smudges in zip(groups["_p"], groups["_s"], groups["_i"], groups["_cell_sum"],
-                                                   groups["_blast_sum"], groups["_smudge_sum"]):
+        groups = (
+            table.group_by(["_p", "_s", "_i"])
+            .aggregate([("_cell", "sum"), ("_blast", "sum"), ("_smudge", "sum")])
+            .to_pydict()
+        )
+        for p, s, i, cells, blasts, _smudges in zip(
+            groups["_p"], groups["_s"], groups["_i"], groups["_cell_sum"], groups["_blast_sum"], groups["_smudge_sum"]
+        ):
             tally = self._tally(p, s)
             tally.images.add(i)
             tally.n_cells += cells
@@ -195,8 +258,13 @@ class CountAccumulator:
                 raise ValueError(f"add_cell_batch got {len(names)} classes for {len(calls)} cells")
         names[smudge] = taxonomy.SMUDGE
         counted = [count_class(n) for n in names.tolist()]
-        groups = table.select(["_p", "_s"]).append_column("_c", pa.array(counted, pa.string())).group_by(
-            ["_p", "_s", "_c"]).aggregate([("_c", "count")]).to_pydict()
+        groups = (
+            table.select(["_p", "_s"])
+            .append_column("_c", pa.array(counted, pa.string()))
+            .group_by(["_p", "_s", "_c"])
+            .aggregate([("_c", "count")])
+            .to_pydict()
+        )
         for p, s, c, n in zip(groups["_p"], groups["_s"], groups["_c"], groups["_c_count"]):
             if c is not None:
                 tally = self._tally(p, s)
@@ -215,8 +283,10 @@ class CountAccumulator:
             total.n_blasts += t.n_blasts
             total.n_smudge += t.n_smudge
             total.classes.update(t.classes)
-        rows = [{schema.PATIENT_ID: p, N_SAMPLES: len(sample_ids), **self._counts(t)}
-                for p, (t, sample_ids) in merged.items()]
+        rows = [
+            {schema.PATIENT_ID: p, N_SAMPLES: len(sample_ids), **self._counts(t)}
+            for p, (t, sample_ids) in merged.items()
+        ]
         return sort_rows(rows)
 
     def samples(self) -> list[dict]:
@@ -234,12 +304,19 @@ class CountAccumulator:
 
 def sort_rows(rows: list[dict]) -> list[dict]:
     """`rows` highest blast_pct first; ties by more cells, then by id, so the order is reproducible."""
-    return sorted(rows, key=lambda r: (-r[BLAST_PCT], -r[schema.N_CELLS], str(r[schema.PATIENT_ID]),
-                                       str(r.get(schema.SAMPLE_ID, ""))))
+    return sorted(
+        rows,
+        key=lambda r: (-r[BLAST_PCT], -r[schema.N_CELLS], str(r[schema.PATIENT_ID]), str(r.get(schema.SAMPLE_ID, ""))),
+    )
 
 
-def write_count_tables(out: str | Path, patients: list[dict], samples: list[dict], meta: dict,
-                       classes: Sequence[str] = taxonomy.BINARY_CLASSES) -> None:
+def write_count_tables(
+    out: str | Path,
+    patients: list[dict],
+    samples: list[dict],
+    meta: dict,
+    classes: Sequence[str] = taxonomy.BINARY_CLASSES,
+) -> None:
     """Write out/patients.csv, out/patients.json ({"patients": [...], "meta": meta}) and out/samples.csv.
 
     `out` is a local folder or a URI. CSV headers are patient_columns / sample_columns of the model's
@@ -269,18 +346,24 @@ def format_terminal_summary(patients: list[dict], info: dict, max_rows: int = SU
     n_patients, n_images, n_cells, n_blasts, n_smudge = _totals(patients)
     facts = _run_facts(patients, info)
     run = [form.format(facts[k]) for k, form in _TERMINAL_FACTS.items() if k in facts]
-    lines = [f"{n_patients:,} patients, {n_images:,} images, {n_cells:,} cells, {n_blasts:,} blasts called "
-             f"({n_smudge:,} smudge cells not counted)"] + ([", ".join(run)] if run else [])
+    lines = [
+        f"{n_patients:,} patients, {n_images:,} images, {n_cells:,} cells, {n_blasts:,} blasts called "
+        f"({n_smudge:,} smudge cells not counted)"
+    ] + ([", ".join(run)] if run else [])
     width = min(max([len(str(r[schema.PATIENT_ID])) for r in patients] + [7]), 24)
-    lines += ["", f"{'patient':<{width}}  {'images':>6}  {'cells':>7}  {'blasts':>6}  {'blast %':>7}  "
-                  f"{'95% CI':>11}  flag"]
+    lines += [
+        "",
+        f"{'patient':<{width}}  {'images':>6}  {'cells':>7}  {'blasts':>6}  {'blast %':>7}  {'95% CI':>11}  flag",
+    ]
     for r in patients[:max_rows]:
         pid = str(r[schema.PATIENT_ID])
-        pid = pid if len(pid) <= width else pid[:width - 1] + "~"
+        pid = pid if len(pid) <= width else pid[: width - 1] + "~"
         ci = f"{r[CI_LOW]:.1f}-{r[CI_HIGH]:.1f}"
         mark = "  <-- ALERT" if r[FLAG] == FLAG_ALERT else ""
-        lines.append(f"{pid:<{width}}  {r[N_IMAGES]:>6,}  {r[schema.N_CELLS]:>7,}  {r[N_BLASTS]:>6,}  "
-                     f"{r[BLAST_PCT]:>7.2f}  {ci:>11}  {r[FLAG]}{mark}")
+        lines.append(
+            f"{pid:<{width}}  {r[N_IMAGES]:>6,}  {r[schema.N_CELLS]:>7,}  {r[N_BLASTS]:>6,}  "
+            f"{r[BLAST_PCT]:>7.2f}  {ci:>11}  {r[FLAG]}{mark}"
+        )
     if len(patients) > max_rows:
         lines.append(f"... {len(patients) - max_rows} more (all in patients.csv)")
     tally = {f: sum(r[FLAG] == f for r in patients) for f in FLAGS}

@@ -30,8 +30,14 @@ from pathlib import Path, PurePosixPath
 from pipeline import taxonomy
 from pipeline.io import has_image_extension
 from pipeline.locations import absolute, is_dir, is_file, join_uri, read_bytes, resolve, walk_tree
-from pipeline.source_checks import (LINE, RowReport, check_label_row, check_manifest_row, match_rows,
-                                    normalise_image_path)
+from pipeline.source_checks import (
+    LINE,
+    RowReport,
+    check_label_row,
+    check_manifest_row,
+    match_rows,
+    normalise_image_path,
+)
 
 FORMATS = ("auto", "folders", "manifest", "allidb1", "allidb2", "classfolders")
 CLASS_COLUMN = "class"  # optional column of --labels and the manifest: a taxonomy class name
@@ -302,7 +308,8 @@ def _decode_csv(path: str | Path, data: bytes) -> str:
         line = data[: err.start].count(b"\n") + 1
         raise SourceError(
             f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}; saved as Latin-1 or another "
-            "legacy encoding?): save it as UTF-8 (in Excel: CSV UTF-8)") from None
+            "legacy encoding?): save it as UTF-8 (in Excel: CSV UTF-8)"
+        ) from None
 
 
 def _read_csv(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str]]:
@@ -377,13 +384,17 @@ def _class_problem(row: dict[str, str], path: str | Path) -> str | None:
         return None
     name = taxonomy.lookup(row[CLASS_COLUMN])
     if name is None or name == taxonomy.ROOT:
-        return f"unknown cell class {row[CLASS_COLUMN]!r}; known classes: {', '.join((*taxonomy.CLASSES, 'other', 'wbc'))}"
+        return (
+            f"unknown cell class {row[CLASS_COLUMN]!r}; known classes: {', '.join((*taxonomy.CLASSES, 'other', 'wbc'))}"
+        )
     return None
 
 
 def _require_label_or_class(path: str | Path, rows: list[dict[str, str]]) -> None:
     if rows and "label" not in rows[0] and CLASS_COLUMN not in rows[0]:
-        raise SourceError(f"{path}: needs a label (0/1) or a class column; header is {','.join(k for k in rows[0] if k != LINE)}")
+        raise SourceError(
+            f"{path}: needs a label (0/1) or a class column; header is {','.join(k for k in rows[0] if k != LINE)}"
+        )
 
 
 def _label_points(rows: list[dict[str, str]], path: str | Path) -> dict[str, list[list]]:

@@ -63,9 +63,7 @@ def _check_labels(labels: Sequence[int], n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _group_counts(
-    groups: Sequence[str], labels: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _group_counts(groups: Sequence[str], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(names (G,), inverse (N,), counts (G, K) cells of each class per group; K >= 2)."""
     g = np.asarray([str(v) for v in groups])
     y = _check_labels(labels, g.size)
@@ -227,7 +225,9 @@ def merge_groups_by_content(groups: Sequence[str], contents: Sequence[str | None
 
 
 def cell_groups(
-    patient_ids: Sequence[str | None], images: Sequence[str], mode: str = "patient",
+    patient_ids: Sequence[str | None],
+    images: Sequence[str],
+    mode: str = "patient",
     contents: Sequence[str | None] | None = None,
 ) -> tuple[list[str], str, str | None]:
     """(group id per cell, mode actually used, note) for a split or k-fold in `mode`.
@@ -257,9 +257,7 @@ def _cell_groups(
         raise ValueError(f"unknown split mode {mode!r}; allowed: {', '.join(SPLIT_MODES)}")
     images = [str(v) for v in images]
     if len(patient_ids) != len(images):
-        raise ValueError(
-            f"patient_ids and images differ in length: {len(patient_ids)}, {len(images)}"
-        )
+        raise ValueError(f"patient_ids and images differ in length: {len(patient_ids)}, {len(images)}")
     if mode == "random":
         note = "random split of cells: cells of one image or patient can be on both sides (leaks)"
         return [str(i) for i in range(len(images))], mode, note
@@ -291,8 +289,7 @@ def split_cells(
     f = _check_fraction(val_fraction)
     if len(labels) != len(images) or len(patient_ids) != len(images):
         raise ValueError(
-            f"patient_ids, images and labels differ in length: "
-            f"{len(patient_ids)}, {len(images)}, {len(labels)}"
+            f"patient_ids, images and labels differ in length: {len(patient_ids)}, {len(images)}, {len(labels)}"
         )
     groups, mode_used, note = cell_groups(patient_ids, images, mode, contents)
     n_groups = len(set(groups))

@@ -286,7 +286,8 @@ def shard_files(out: str | Path, sub: str = schema.CELLS_DIR) -> list[str]:
     if len(current) != n_rows:
         raise ReplacedVersionsError(
             f"{out} holds replaced versions of some images that are not cleaned up yet (an ingest into it is "
-            f"running or was interrupted): wait for it, or run `allray ingest` with the same --out again")
+            f"running or was interrupted): wait for it, or run `allray ingest` with the same --out again"
+        )
     committed = {_shard_of(p) for p in _list_parquet(fs, join(base, schema.IMAGES_DIR))}
     return [join_uri(absolute(out), sub, p.rsplit("/", 1)[-1]) for p in _list_parquet(fs, join(base, sub))
             if _shard_of(p) in committed]  # fmt: skip

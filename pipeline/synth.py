@@ -32,11 +32,23 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from pipeline import schema, taxonomy
-from pipeline.synth_cells import (
-    BASOPHIL, EOSINOPHIL, ERYTHROBLAST, LYMPHOBLAST, LYMPHOCYTE, MONOCYTE, NEUTROPHIL, PLATELET_RADIUS_UM,
-    WBC_KINDS, WBC_RADIUS_UM, Stains, draw_platelet, draw_red_cell, draw_white_cell,
-)
 from pipeline.synth_all import choose_all_patient, make_all_smear
+from pipeline.synth_cells import (
+    BASOPHIL,
+    EOSINOPHIL,
+    ERYTHROBLAST,
+    LYMPHOBLAST,
+    LYMPHOCYTE,
+    MONOCYTE,
+    NEUTROPHIL,
+    PLATELET_RADIUS_UM,
+    WBC_KINDS,
+    WBC_RADIUS_UM,
+    Stains,
+    draw_platelet,
+    draw_red_cell,
+    draw_white_cell,
+)
 
 RBC_DIAMETER_UM = 7.5  # the ruler of every smear: detectors estimate the scale from red cells
 MIN_SIDE = 128  # px: the largest white cell is ~130 px across at the highest magnification
@@ -52,8 +64,9 @@ ERYTHROBLAST_PROB = 0.06
 # truth/patients.csv class columns: the white classes drawn (% of white cells), then the cells
 # counted apart (per 100 white cells), named as `allray infer` names its differential columns.
 TRUTH_WHITE_CLASSES = tuple(c for c in taxonomy.WHITE_CLASSES if c in WBC_KINDS)
-PATIENT_CLASS_COLUMNS = tuple(col for c in (*TRUTH_WHITE_CLASSES, *taxonomy.APART_CLASSES)
-                              for col in taxonomy.column_names(c)[:2])
+PATIENT_CLASS_COLUMNS = tuple(
+    col for c in (*TRUTH_WHITE_CLASSES, *taxonomy.APART_CLASSES) for col in taxonomy.column_names(c)[:2]
+)
 TOUCHING_PROB = 0.3  # per image: one white cell is placed against another
 BORDER_PROB = 0.2  # per white cell: placed so the image border cuts it
 PLATELETS_PER_MPX = 17.0  # ~8 platelets on an 800x600 field
@@ -120,8 +133,7 @@ class SmearStyle:
         _check_range("vignette", self.vignette, 0.0, 0.9)
         _check_range("noise_sigma", self.noise_sigma, 0.0, 50.0)
         _check_range("blur_sigma", self.blur_sigma, 0.0, 10.0)
-        for name, values, n in (("hue", self.hue, 3), ("light", self.light, 3),
-                                ("gradient", self.gradient, 2)):
+        for name, values, n in (("hue", self.hue, 3), ("light", self.light, 3), ("gradient", self.gradient, 2)):
             if len(values) != n:
                 raise ValueError(f"SmearStyle.{name} needs {n} values, got {values!r}")
 
@@ -177,8 +189,9 @@ def choose_blast_fraction(seed: int, patient: int) -> float:
     return _round(_rng(seed, 3, patient).uniform(low, high))
 
 
-def make_smear(rng: np.random.Generator, size: tuple[int, int], blast_fraction: float,
-               style: SmearStyle) -> tuple[np.ndarray, list[TruthCell]]:
+def make_smear(
+    rng: np.random.Generator, size: tuple[int, int], blast_fraction: float, style: SmearStyle
+) -> tuple[np.ndarray, list[TruthCell]]:
     """One smear image (H, W, 3) uint8 RGB and its white cells. size = (width, height).
 
     The list holds every white cell drawn (2-6; fewer only where a small field cannot hold them),
@@ -201,14 +214,19 @@ def make_smear(rng: np.random.Generator, size: tuple[int, int], blast_fraction: 
     for cx, cy, r, kind in wbcs:
         drawn = draw_white_cell(od, rng, kind, cx, cy, r, stains)
         if drawn is not None:
-            truth.append(TruthCell(x=drawn.x, y=drawn.y, r=drawn.r,
-                                   label=taxonomy.binary_label(kind), kind=kind))
+            truth.append(TruthCell(x=drawn.x, y=drawn.y, r=drawn.r, label=taxonomy.binary_label(kind), kind=kind))
     return _photograph(od, rng, style), truth
 
 
-def write_cohort(out: Path, patients: int, images_per_patient: int, seed: int = 0,
-                 size: tuple[int, int] = (800, 600), samples_per_patient: int = 1,
-                 profile: str = "default") -> CohortSummary:
+def write_cohort(
+    out: Path,
+    patients: int,
+    images_per_patient: int,
+    seed: int = 0,
+    size: tuple[int, int] = (800, 600),
+    samples_per_patient: int = 1,
+    profile: str = "default",
+) -> CohortSummary:
     """Write a synthetic cohort's slides and ground truth under `out`; return its totals.
 
     Images are spread over the samples in order (img000.. in S0, then S1, ..); image numbers run
@@ -223,14 +241,18 @@ def write_cohort(out: Path, patients: int, images_per_patient: int, seed: int = 
     _check_count("images_per_patient", images_per_patient, 1)
     _check_count("samples_per_patient", samples_per_patient, 1)
     if samples_per_patient > images_per_patient:
-        raise ValueError(f"samples_per_patient={samples_per_patient} exceeds images_per_patient="
-                         f"{images_per_patient}: every sample needs at least one image")
+        raise ValueError(
+            f"samples_per_patient={samples_per_patient} exceeds images_per_patient="
+            f"{images_per_patient}: every sample needs at least one image"
+        )
     _check_count("seed", seed, 0)
     width, height = _check_size(size)
     for sub in ("slides", "truth"):
         if (out / sub).exists() and any((out / sub).iterdir()):
-            raise FileExistsError(f"{out / sub} is not empty: write the cohort to a new folder "
-                                  f"(stale images would not match the new ground truth)")
+            raise FileExistsError(
+                f"{out / sub} is not empty: write the cohort to a new folder "
+                f"(stale images would not match the new ground truth)"
+            )
 
     cell_rows, patient_rows, styles = [], [], {}
     n_images = 0
@@ -238,8 +260,13 @@ def write_cohort(out: Path, patients: int, images_per_patient: int, seed: int = 
         patient_id = f"P{p:03d}"
         if profile == "all":
             style, fraction, *extra = choose_all_patient(seed, p)
-            styles[patient_id] = {"blast_fraction": fraction, "style": asdict(style), "smudge_share": extra[0],
-                                  "rbc_on_wbc": extra[1], "jpeg_quality": extra[2]}
+            styles[patient_id] = {
+                "blast_fraction": fraction,
+                "style": asdict(style),
+                "smudge_share": extra[0],
+                "rbc_on_wbc": extra[1],
+                "jpeg_quality": extra[2],
+            }
         else:
             style, fraction = choose_patient_style(seed, p), choose_blast_fraction(seed, p)
             styles[patient_id] = {"blast_fraction": fraction, "style": asdict(style)}
@@ -258,8 +285,18 @@ def write_cohort(out: Path, patients: int, images_per_patient: int, seed: int = 
             n_images += 1
             for c in cells:
                 label = "" if (c.label is None or c.smudge) else c.label
-                cell_rows.append((rel, f"{c.x:.2f}", f"{c.y:.2f}", f"{c.r:.2f}", label,
-                                  schema.KIND_SMUDGE if c.smudge else schema.KIND_WBC, c.cluster or "", c.kind))
+                cell_rows.append(
+                    (
+                        rel,
+                        f"{c.x:.2f}",
+                        f"{c.y:.2f}",
+                        f"{c.r:.2f}",
+                        label,
+                        schema.KIND_SMUDGE if c.smudge else schema.KIND_WBC,
+                        c.cluster or "",
+                        c.kind,
+                    )
+                )
             counted = [c for c in cells if not c.smudge]  # smudge cells are left out of the counts
             n_wbc += sum(c.label is not None for c in counted)
             n_blast += sum(c.label == 1 for c in counted)
@@ -271,13 +308,24 @@ def write_cohort(out: Path, patients: int, images_per_patient: int, seed: int = 
     truth.mkdir(parents=True, exist_ok=True)
     _write_csv(truth / "cells.csv", schema.TRUTH_COLUMNS, cell_rows)
     _write_csv(truth / "patients.csv", (*schema.PATIENT_TRUTH_COLUMNS, *PATIENT_CLASS_COLUMNS), patient_rows)
-    settings = {"seed": seed, "patients": patients, "images_per_patient": images_per_patient,
-                "samples_per_patient": samples_per_patient, "size": [width, height],
-                "rbc_diameter_um": RBC_DIAMETER_UM, "profile": profile, "per_patient": styles}
+    settings = {
+        "seed": seed,
+        "patients": patients,
+        "images_per_patient": images_per_patient,
+        "samples_per_patient": samples_per_patient,
+        "size": [width, height],
+        "rbc_diameter_um": RBC_DIAMETER_UM,
+        "profile": profile,
+        "per_patient": styles,
+    }
     (truth / "cohort.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    return CohortSummary(out=out, n_patients=patients, n_images=n_images,
-                         n_wbc=sum(r[1] for r in patient_rows),
-                         n_blast=sum(r[2] for r in patient_rows))
+    return CohortSummary(
+        out=out,
+        n_patients=patients,
+        n_images=n_images,
+        n_wbc=sum(r[1] for r in patient_rows),
+        n_blast=sum(r[2] for r in patient_rows),
+    )
 
 
 def truth_class_counts(classes: list[str]) -> tuple:
@@ -293,12 +341,15 @@ def truth_class_counts(classes: list[str]) -> tuple:
 
 # --- composition -----------------------------------------------------------------------------
 
+
 def _place_white_cells(rng, width, height, blast_fraction, px_per_um, style):
     """White cells to draw: [(cx, cy, r_px, kind)], centres inside the image, none overlapping
     except pairs placed on purpose to touch."""
     n = int(rng.integers(WBC_PER_IMAGE[0], WBC_PER_IMAGE[1] + 1))
-    kinds = [LYMPHOBLAST if rng.random() < blast_fraction
-             else OTHER_KINDS[rng.choice(len(OTHER_KINDS), p=OTHER_WEIGHTS)] for _ in range(n)]
+    kinds = [
+        LYMPHOBLAST if rng.random() < blast_fraction else OTHER_KINDS[rng.choice(len(OTHER_KINDS), p=OTHER_WEIGHTS)]
+        for _ in range(n)
+    ]
     if blast_fraction > 0 and rng.random() < ERYTHROBLAST_PROB:
         kinds.append(ERYTHROBLAST)
     gap = 0.4 * style.rbc_diameter_px  # separate cells stay clearly apart for the detector
@@ -317,8 +368,7 @@ def _place_white_cells(rng, width, height, blast_fraction, px_per_um, style):
                 partner = None
             if not (0 <= cx < width and 0 <= cy < height):
                 continue
-            if all((px, py) == partner or np.hypot(cx - px, cy - py) > r + pr + gap
-                   for px, py, pr, _ in placed):
+            if all((px, py) == partner or np.hypot(cx - px, cy - py) > r + pr + gap for px, py, pr, _ in placed):
                 placed.append((float(cx), float(cy), float(r), kind))
                 break
     return placed
@@ -380,8 +430,10 @@ def _mix_stains(style: SmearStyle) -> Stains:
         return (np.asarray(od, np.float32) * np.float32(strength) * hue).astype(np.float32)
 
     return Stains(
-        plasma=vec(PLASMA_OD, style.eosin), rbc=vec(RBC_OD, style.eosin),
-        nucleus=vec(NUCLEUS_OD, style.azure), platelet=vec(PLATELET_OD, style.azure),
+        plasma=vec(PLASMA_OD, style.eosin),
+        rbc=vec(RBC_OD, style.eosin),
+        nucleus=vec(NUCLEUS_OD, style.azure),
+        platelet=vec(PLATELET_OD, style.azure),
         cyto_lymphocyte=vec(CYTO_OD[LYMPHOCYTE], style.azure),
         cyto_blast=vec(CYTO_OD[LYMPHOBLAST], style.azure),
         cyto_neutrophil=vec(CYTO_OD[NEUTROPHIL], style.azure),
@@ -413,6 +465,7 @@ def _photograph(od, rng, style):
 
 
 # --- small things ----------------------------------------------------------------------------
+
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
     """Generator for one stream of a cohort: (0, p) styles, (1, p, i) images, (2, b) blocks,
@@ -447,8 +500,7 @@ def _check_size(size) -> tuple[int, int]:
     except (TypeError, ValueError):
         raise ValueError(f"size must be (width, height) in pixels, got {size!r}") from None
     if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
-        raise ValueError(f"size {width}x{height} is out of range: each side must be within "
-                         f"[{MIN_SIDE}, {MAX_SIDE}] px")
+        raise ValueError(f"size {width}x{height} is out of range: each side must be within [{MIN_SIDE}, {MAX_SIDE}] px")
     return width, height
 
 

@@ -23,7 +23,12 @@ import numpy as np
 from PIL import Image
 
 from pipeline.synth_cells import (
-    LYMPHOBLAST, SMUDGE_RADIUS_UM, WBC_RADIUS_UM, draw_blast_cluster, draw_red_cell, draw_smudge_cell,
+    LYMPHOBLAST,
+    SMUDGE_RADIUS_UM,
+    WBC_RADIUS_UM,
+    draw_blast_cluster,
+    draw_red_cell,
+    draw_smudge_cell,
     draw_white_cell,
 )
 
@@ -45,14 +50,24 @@ def choose_all_patient(seed: int, patient: int):
     hue = np.clip(1 + rng.normal(0, 0.08, 3), 0.8, 1.2)
     light = np.clip(rng.uniform(215, 250) * (1 + rng.normal(0, 0.03, 3)), 190, 255)
     style = SmearStyle(
-        rbc_diameter_px=_round(rng.uniform(36, 52)), rbc_coverage=_round(rng.uniform(0.3, 0.7)),
-        azure=_round(rng.uniform(0.7, 1.4)), eosin=_round(rng.uniform(0.7, 1.3)),
-        hue=tuple(_round(v) for v in hue), light=tuple(_round(v) for v in light),
-        vignette=_round(rng.uniform(0.05, 0.3)), gradient=tuple(_round(v) for v in rng.normal(0, 0.06, 2)),
-        noise_sigma=_round(rng.uniform(1.5, 6.0)), blur_sigma=_round(rng.uniform(0.4, 2.0)),
+        rbc_diameter_px=_round(rng.uniform(36, 52)),
+        rbc_coverage=_round(rng.uniform(0.3, 0.7)),
+        azure=_round(rng.uniform(0.7, 1.4)),
+        eosin=_round(rng.uniform(0.7, 1.3)),
+        hue=tuple(_round(v) for v in hue),
+        light=tuple(_round(v) for v in light),
+        vignette=_round(rng.uniform(0.05, 0.3)),
+        gradient=tuple(_round(v) for v in rng.normal(0, 0.06, 2)),
+        noise_sigma=_round(rng.uniform(1.5, 6.0)),
+        blur_sigma=_round(rng.uniform(0.4, 2.0)),
     )
-    return (style, _round(rng.uniform(*ALL_BLAST)), _round(rng.uniform(*SMUDGE_SHARE)),
-            _round(rng.uniform(*RBC_ON_WBC)), int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)))
+    return (
+        style,
+        _round(rng.uniform(*ALL_BLAST)),
+        _round(rng.uniform(*SMUDGE_SHARE)),
+        _round(rng.uniform(*RBC_ON_WBC)),
+        int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)),
+    )
 
 
 def make_all_smear(rng: np.random.Generator, size: tuple[int, int], seed_patient: tuple[int, int]):
@@ -61,7 +76,13 @@ def make_all_smear(rng: np.random.Generator, size: tuple[int, int], seed_patient
     seed_patient = (seed, patient) picks the patient's style; only `rng` draws the field.
     """
     from pipeline.synth import (
-        OTHER_KINDS, OTHER_WEIGHTS, RBC_DIAMETER_UM, TruthCell, _check_size, _draw_platelets, _mix_stains,
+        OTHER_KINDS,
+        OTHER_WEIGHTS,
+        RBC_DIAMETER_UM,
+        TruthCell,
+        _check_size,
+        _draw_platelets,
+        _mix_stains,
         _photograph,
     )
 
@@ -69,8 +90,9 @@ def make_all_smear(rng: np.random.Generator, size: tuple[int, int], seed_patient
     style, blast_fraction, smudge_share, rbc_on_wbc, quality = choose_all_patient(*seed_patient)
     px_per_um = style.rbc_diameter_px / RBC_DIAMETER_UM
     stains = _mix_stains(style)
-    groups = _place_groups(rng, width, height, blast_fraction, smudge_share, px_per_um, style,
-                           OTHER_KINDS, OTHER_WEIGHTS)
+    groups = _place_groups(
+        rng, width, height, blast_fraction, smudge_share, px_per_um, style, OTHER_KINDS, OTHER_WEIGHTS
+    )
     discs = [(x, y, r) for _, members, _ in groups for x, y, r in members]
     od = np.empty((height, width, 3), np.float32)
     od[:] = stains.plasma
@@ -102,8 +124,10 @@ def _place_groups(rng, width, height, blast_fraction, smudge_share, px_per_um, s
     area = width * height / (ALL_FIELD[0] * ALL_FIELD[1])
     n = max(1, round(rng.uniform(*WBC_PER_FIELD) * area))
     n_smudge = int(rng.binomial(n, smudge_share / (1 + smudge_share)))
-    kinds = [LYMPHOBLAST if rng.random() < blast_fraction
-             else other_kinds[rng.choice(len(other_kinds), p=other_weights)] for _ in range(n - n_smudge)]
+    kinds = [
+        LYMPHOBLAST if rng.random() < blast_fraction else other_kinds[rng.choice(len(other_kinds), p=other_weights)]
+        for _ in range(n - n_smudge)
+    ]
     n_blast = kinds.count(LYMPHOBLAST)
     plan = [(k, 1) for k in kinds if k != LYMPHOBLAST] + [("smudge", 1)] * n_smudge
     while n_blast > 0:

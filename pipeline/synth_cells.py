@@ -87,8 +87,9 @@ def window(shape: tuple[int, int], cx: float, cy: float, reach: float):
     return (slice(y0, y1), slice(x0, x1)), xs, ys
 
 
-def soft_blob(xs, ys, radius: float, rng: np.random.Generator, wobble: float = 0.0,
-              aspect: float = 1.0, angle: float = 0.0) -> np.ndarray:
+def soft_blob(
+    xs, ys, radius: float, rng: np.random.Generator, wobble: float = 0.0, aspect: float = 1.0, angle: float = 0.0
+) -> np.ndarray:
     """Coverage in [0, 1] of an irregular ellipse centred at offset (0, 0): (h, w) float32.
 
     The ellipse has semi-axes radius*sqrt(aspect) (along `angle`) and radius/sqrt(aspect), so its
@@ -118,8 +119,7 @@ def texture(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> n
     return field / (field.std() + 1e-6)
 
 
-def draw_red_cell(od: np.ndarray, rng: np.random.Generator, cx: float, cy: float, r: float,
-                  stains: Stains) -> None:
+def draw_red_cell(od: np.ndarray, rng: np.random.Generator, cx: float, cy: float, r: float, stains: Stains) -> None:
     """Add one red cell (a biconcave disc: dense rim, pale centre) to `od` in place."""
     win = window(od.shape[:2], cx, cy, r * 1.2 + 1)
     if win is None:
@@ -135,22 +135,21 @@ def draw_red_cell(od: np.ndarray, rng: np.random.Generator, cx: float, cy: float
     od[sl] += density[..., None] * stains.rbc
 
 
-def draw_platelet(od: np.ndarray, rng: np.random.Generator, cx: float, cy: float, r: float,
-                  stains: Stains) -> None:
+def draw_platelet(od: np.ndarray, rng: np.random.Generator, cx: float, cy: float, r: float, stains: Stains) -> None:
     """Add one platelet (small, irregular, granular purple body) to `od` in place."""
     win = window(od.shape[:2], cx, cy, r * 1.4 + 2)
     if win is None:
         return
     sl, xs, ys = win
-    cover = soft_blob(xs, ys, r, rng, wobble=0.15, aspect=rng.uniform(1.0, 1.5),
-                      angle=rng.uniform(0, np.pi))
+    cover = soft_blob(xs, ys, r, rng, wobble=0.15, aspect=rng.uniform(1.0, 1.5), angle=rng.uniform(0, np.pi))
     grain = 1 + 0.35 * texture(cover.shape, 0.8, rng)
     density = cover * np.clip(grain, 0.2, None) * np.float32(rng.uniform(0.4, 0.6))
     od[sl] += density[..., None] * stains.platelet
 
 
-def draw_white_cell(od: np.ndarray, rng: np.random.Generator, kind: str, cx: float, cy: float,
-                    r: float, stains: Stains) -> DrawnCell | None:
+def draw_white_cell(
+    od: np.ndarray, rng: np.random.Generator, kind: str, cx: float, cy: float, r: float, stains: Stains
+) -> DrawnCell | None:
     """Add one white cell of `kind` to `od` in place; return it with its visible centre.
 
     Returns None when no part of the cell lands on the canvas.
@@ -159,8 +158,7 @@ def draw_white_cell(od: np.ndarray, rng: np.random.Generator, kind: str, cx: flo
     if win is None:
         return None
     sl, xs, ys = win
-    body = soft_blob(xs, ys, r, rng, wobble=0.04, aspect=rng.uniform(1.0, 1.08),
-                     angle=rng.uniform(0, np.pi))
+    body = soft_blob(xs, ys, r, rng, wobble=0.04, aspect=rng.uniform(1.0, 1.08), angle=rng.uniform(0, np.pi))
     mass = float(body.sum())
     if mass < 1:
         return None
@@ -177,8 +175,7 @@ def _lymphocyte(xs, ys, r, rng, stains):
     """Small round dense nucleus filling most of the cell; thin pale-blue rim."""
     rn = r * rng.uniform(0.78, 0.88)
     ox, oy = _offset(rng, (r - rn) * 0.6)
-    nuc = soft_blob(xs - ox, ys - oy, rn, rng, wobble=0.05, aspect=rng.uniform(1.0, 1.1),
-                    angle=rng.uniform(0, np.pi))
+    nuc = soft_blob(xs - ox, ys - oy, rn, rng, wobble=0.05, aspect=rng.uniform(1.0, 1.1), angle=rng.uniform(0, np.pi))
     # Coarse chromatin clumps: large, strong blotches.
     clumps = texture(nuc.shape, max(rn * 0.12, 1.0), rng)
     density = rng.uniform(1.0, 1.2) * np.clip(1 + 0.2 * clumps, 0.5, None)
@@ -190,8 +187,7 @@ def _lymphoblast(xs, ys, r, rng, stains):
     """Large round-ish nucleus (high N:C), fine pale chromatin, nucleoli, thin basophilic rim."""
     rn = r * rng.uniform(0.8, 0.9)
     ox, oy = _offset(rng, (r - rn) * 0.5)
-    nuc = soft_blob(xs - ox, ys - oy, rn, rng, wobble=0.07, aspect=rng.uniform(1.0, 1.12),
-                    angle=rng.uniform(0, np.pi))
+    nuc = soft_blob(xs - ox, ys - oy, rn, rng, wobble=0.07, aspect=rng.uniform(1.0, 1.12), angle=rng.uniform(0, np.pi))
     if rng.random() < 0.25:  # a cleft or notch, seen in some blasts
         a = rng.uniform(0, 2 * np.pi)
         notch = soft_blob(xs - ox - rn * np.cos(a), ys - oy - rn * np.sin(a), rn * 0.25, rng)
@@ -201,8 +197,9 @@ def _lymphoblast(xs, ys, r, rng, stains):
     for _ in range(rng.choice([0, 1, 1, 2])):
         d = rng.uniform(0, 0.45) * rn
         a = rng.uniform(0, 2 * np.pi)
-        spot = soft_blob(xs - ox - d * np.cos(a), ys - oy - d * np.sin(a),
-                         rn * rng.uniform(0.1, 0.16), rng, wobble=0.05)
+        spot = soft_blob(
+            xs - ox - d * np.cos(a), ys - oy - d * np.sin(a), rn * rng.uniform(0.1, 0.16), rng, wobble=0.05
+        )
         density = density * (1 - 0.4 * spot)  # nucleoli are paler than the chromatin around them
     cyto = 1.0 + 0.08 * texture(nuc.shape, 2.0, rng)
     return stains.cyto_blast, cyto, nuc * density
@@ -220,8 +217,15 @@ def _neutrophil(xs, ys, r, rng, stains):
     nuc = np.zeros(np.broadcast_shapes(xs.shape, ys.shape), np.float32)
     for i in range(n_lobes):
         # Lobes are elongated along the arc, like beads on a bent string.
-        lobe = soft_blob(xs - px[i], ys - py[i], r * rng.uniform(0.32, 0.38), rng, wobble=0.08,
-                         aspect=rng.uniform(1.1, 1.4), angle=angles[i] + np.pi / 2)
+        lobe = soft_blob(
+            xs - px[i],
+            ys - py[i],
+            r * rng.uniform(0.32, 0.38),
+            rng,
+            wobble=0.08,
+            aspect=rng.uniform(1.1, 1.4),
+            angle=angles[i] + np.pi / 2,
+        )
         nuc = np.maximum(nuc, lobe)
         if i:  # chromatin strand to the previous lobe
             nuc = np.maximum(nuc, _strand(xs, ys, px[i - 1], py[i - 1], px[i], py[i], r * 0.05))
@@ -249,8 +253,7 @@ def _monocyte(xs, ys, r, rng, stains):
     cyto = 1.0 + 0.1 * texture(nuc.shape, 3.0, rng)
     for _ in range(int(rng.integers(0, 4))):
         d, b = rng.uniform(0.5, 0.85) * r, rng.uniform(0, 2 * np.pi)
-        cyto = cyto * (1 - 0.7 * soft_blob(xs - d * np.cos(b), ys - d * np.sin(b),
-                                           r * rng.uniform(0.05, 0.09), rng))
+        cyto = cyto * (1 - 0.7 * soft_blob(xs - d * np.cos(b), ys - d * np.sin(b), r * rng.uniform(0.05, 0.09), rng))
     return stains.cyto_monocyte, cyto, nuc * density
 
 
@@ -279,8 +282,18 @@ def _eosinophil(xs, ys, r, rng, stains):
         b = a + step * (i - (n_lobes - 1) / 2)
         d = r * rng.uniform(0.3, 0.4)
         px, py = d * np.cos(b), d * np.sin(b)
-        nuc = np.maximum(nuc, soft_blob(xs - px, ys - py, r * rng.uniform(0.3, 0.36), rng, wobble=0.06,
-                                        aspect=rng.uniform(1.0, 1.2), angle=rng.uniform(0, np.pi)))
+        nuc = np.maximum(
+            nuc,
+            soft_blob(
+                xs - px,
+                ys - py,
+                r * rng.uniform(0.3, 0.36),
+                rng,
+                wobble=0.06,
+                aspect=rng.uniform(1.0, 1.2),
+                angle=rng.uniform(0, np.pi),
+            ),
+        )
         if prev is not None:
             nuc = np.maximum(nuc, _strand(xs, ys, prev[0], prev[1], px, py, r * 0.05))
         prev = (px, py)
@@ -295,8 +308,15 @@ def _eosinophil(xs, ys, r, rng, stains):
 def _basophil(xs, ys, r, rng, stains):
     """Lobed nucleus half hidden under coarse, uneven, very dark purple granules."""
     ox, oy = _offset(rng, r * 0.15)
-    nuc = soft_blob(xs - ox, ys - oy, r * rng.uniform(0.5, 0.6), rng, wobble=0.12, aspect=rng.uniform(1.1, 1.4),
-                    angle=rng.uniform(0, np.pi))
+    nuc = soft_blob(
+        xs - ox,
+        ys - oy,
+        r * rng.uniform(0.5, 0.6),
+        rng,
+        wobble=0.12,
+        aspect=rng.uniform(1.1, 1.4),
+        angle=rng.uniform(0, np.pi),
+    )
     density = rng.uniform(0.7, 0.85) * np.clip(1 + 0.15 * texture(nuc.shape, 1.5, rng), 0.5, None)
     # Granules sit over the nucleus too: blotchy dark dots over the whole cell, unevenly spread.
     dots = np.clip(texture(nuc.shape, max(r * 0.06, 1.0), rng) + 0.5, 0, None)
@@ -343,8 +363,13 @@ _DRAWERS = {
 SMUDGE_RADIUS_UM = (5.0, 11.0)  # spread chromatin: often wider than an intact nucleus (~10-14 um)
 
 
-def draw_blast_cluster(od: np.ndarray, rng: np.random.Generator, members: list[tuple[float, float, float]],
-                       stains: Stains, on_top: frozenset[int] = frozenset()) -> list[DrawnCell]:
+def draw_blast_cluster(
+    od: np.ndarray,
+    rng: np.random.Generator,
+    members: list[tuple[float, float, float]],
+    stains: Stains,
+    on_top: frozenset[int] = frozenset(),
+) -> list[DrawnCell]:
     """Add a packed cluster of lymphoblasts to `od` in place; return them with their visible centres.
 
     members: [(cx, cy, r_px)], overlapping discs. Packed cells deform against each other: each
@@ -397,18 +422,27 @@ def draw_blast_cluster(od: np.ndarray, rng: np.random.Generator, members: list[t
         density = rng.uniform(0.65, 0.85) * (1 + 0.1 * texture(shape, 0.8, rng))
         for _ in range(rng.choice([0, 1, 1, 2])):  # nucleoli: paler spots
             d, a = rng.uniform(0, 0.45) * r, rng.uniform(0, 2 * np.pi)
-            spot = soft_blob(xs - np.float32(d * np.cos(a)), ys - np.float32(d * np.sin(a)),
-                             r * rng.uniform(0.08, 0.14), rng, wobble=0.05)
+            spot = soft_blob(
+                xs - np.float32(d * np.cos(a)),
+                ys - np.float32(d * np.sin(a)),
+                r * rng.uniform(0.08, 0.14),
+                rng,
+                wobble=0.05,
+            )
             density = density * (1 - 0.4 * spot)
         od[sl] += (own * (1.0 + 0.08 * texture(shape, 2.0, rng)))[..., None] * stains.cyto_blast
         od[sl] += (nuc * density)[..., None] * stains.nucleus
-        drawn.append(DrawnCell(x=cx + float((own * xs).sum()) / mass, y=cy + float((own * ys).sum()) / mass,
-                               r=r, kind=LYMPHOBLAST))
+        drawn.append(
+            DrawnCell(
+                x=cx + float((own * xs).sum()) / mass, y=cy + float((own * ys).sum()) / mass, r=r, kind=LYMPHOBLAST
+            )
+        )
     return drawn
 
 
-def draw_smudge_cell(od: np.ndarray, rng: np.random.Generator, cx: float, cy: float, r: float,
-                     stains: Stains) -> DrawnCell | None:
+def draw_smudge_cell(
+    od: np.ndarray, rng: np.random.Generator, cx: float, cy: float, r: float, stains: Stains
+) -> DrawnCell | None:
     """Add one smudge (basket) cell to `od` in place: a ruptured cell whose chromatin is spread into
     a pale lacy or streaky net, with a ragged outline, no cytoplasm rim and no membrane, sometimes
     trailing strands. Returns it with its visible centre, or None when it lands off the canvas."""
@@ -426,11 +460,11 @@ def draw_smudge_cell(od: np.ndarray, rng: np.random.Generator, cx: float, cy: fl
     # Chromatin pattern: a lacy net (where a smooth noise field crosses zero) or streaks (wavy
     # parallel threads along one direction), or a mix.
     strand_px = max(r * rng.uniform(0.05, 0.1), 0.8)
-    net = np.exp(-(texture(shape, strand_px * 1.5, rng) / 0.45) ** 2)
+    net = np.exp(-((texture(shape, strand_px * 1.5, rng) / 0.45) ** 2))
     phase = 3.0 * texture(shape, r * 0.4, rng)
     streak = 0.5 + 0.5 * np.cos((-xs * s + ys * c) / strand_px + phase)
     mix = rng.uniform(0, 1)
-    pattern = (1 - mix) * net + mix * streak ** 2
+    pattern = (1 - mix) * net + mix * streak**2
     density = rng.uniform(0.3, 0.55) * (0.3 + 0.7 * pattern) * cover
     if rng.random() < 0.4:  # a denser remnant of the nucleus, off-centre
         d, a = rng.uniform(0, 0.4) * r, rng.uniform(0, 2 * np.pi)
@@ -447,5 +481,6 @@ def draw_smudge_cell(od: np.ndarray, rng: np.random.Generator, cx: float, cy: fl
     if mass < 1:
         return None
     od[sl] += density[..., None].astype(np.float32) * stains.nucleus
-    return DrawnCell(x=cx + float((cover * xs).sum()) / mass, y=cy + float((cover * ys).sum()) / mass, r=r,
-                     kind="smudge")
+    return DrawnCell(
+        x=cx + float((cover * xs).sum()) / mass, y=cy + float((cover * ys).sum()) / mass, r=r, kind="smudge"
+    )

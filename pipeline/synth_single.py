@@ -27,7 +27,20 @@ from pipeline.synth import RBC_DIAMETER_UM
 SIDE_UM = 25.7  # ALL-IDB2: 257 px at ALL-IDB1's ~0.1 um/px
 DOWNSCALED_SIDE_PX = 103  # the circulating copies
 JPEG_QUALITY = 85
-TRUTH_COLUMNS = ("name", "image", "source_x", "source_y", "x", "y", "r", "label", "um_per_pixel", "width", "height", "downscaled")
+TRUTH_COLUMNS = (
+    "name",
+    "image",
+    "source_x",
+    "source_y",
+    "x",
+    "y",
+    "r",
+    "label",
+    "um_per_pixel",
+    "width",
+    "height",
+    "downscaled",
+)
 
 
 @dataclass(frozen=True)
@@ -94,11 +107,27 @@ def write_single_cells(
             (out / name).write_bytes(buffer.getvalue())
         else:
             picture.save(out / name)
-        written.append(SingleCellImage(name, rel, x, y, cx, cy, r, label, upp, picture.width, picture.height, downscaled))
+        written.append(
+            SingleCellImage(name, rel, x, y, cx, cy, r, label, upp, picture.width, picture.height, downscaled)
+        )
     with open(out / "truth.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(TRUTH_COLUMNS)
         for c in written:
-            writer.writerow([c.name, c.image, f"{c.source_x:.2f}", f"{c.source_y:.2f}", f"{c.x:.2f}", f"{c.y:.2f}",
-                             f"{c.r:.2f}", c.label, f"{c.um_per_pixel:.5f}", c.width, c.height, int(c.downscaled)])
+            writer.writerow(
+                [
+                    c.name,
+                    c.image,
+                    f"{c.source_x:.2f}",
+                    f"{c.source_y:.2f}",
+                    f"{c.x:.2f}",
+                    f"{c.y:.2f}",
+                    f"{c.r:.2f}",
+                    c.label,
+                    f"{c.um_per_pixel:.5f}",
+                    c.width,
+                    c.height,
+                    int(c.downscaled),
+                ]
+            )
     return written

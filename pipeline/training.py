@@ -30,8 +30,9 @@ def _channel(values: Sequence[float], x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
 
 
-def decode_crops(pngs: Sequence[bytes], image_size: int, mean: Sequence[float] = MEAN,
-                 std: Sequence[float] = STD) -> torch.Tensor:
+def decode_crops(
+    pngs: Sequence[bytes], image_size: int, mean: Sequence[float] = MEAN, std: Sequence[float] = STD
+) -> torch.Tensor:
     """(N, 3, S, S) float32 normalised with `mean`/`std` (per RGB channel, default MEAN/STD), from
     encoded RGB crops (PNG or any PIL kind). Inference passes the checkpoint's stored values.
 
@@ -221,9 +222,7 @@ class EvalResult:
         return {k: v for k, v in asdict(self).items() if k not in ("labels", "probs")}
 
 
-def confusion_matrix(
-    labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5
-) -> list[list[int]]:
+def confusion_matrix(labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5) -> list[list[int]]:
     """[[tn, fp], [fn, tp]] where a probability >= threshold predicts lymphoblast (1)."""
     y = np.asarray(labels).astype(bool).ravel()
     pred = np.asarray(probs, dtype=np.float64).ravel() >= threshold

@@ -60,8 +60,9 @@ def s3_bucket() -> str:
     server.stop()
 
 
-def write_truth_cells(out: Path, patients: int = 6, images_per_patient: int = 4, seed: int = 5,
-                      size=(400, 300)) -> Path:
+def write_truth_cells(
+    out: Path, patients: int = 6, images_per_patient: int = 4, seed: int = 5, size=(400, 300)
+) -> Path:
     """An ingest-style cell table cut at the synthetic truth centres (no detector involved).
 
     Lets training and inference tests run on known labelled crops in a second or two.
@@ -73,8 +74,7 @@ def write_truth_cells(out: Path, patients: int = 6, images_per_patient: int = 4,
     from pipeline.crops import cut_crop, window_pixels
     from pipeline.io import encode_png
     from pipeline.store import open_output, write_shard
-    from pipeline.synth import (RBC_DIAMETER_UM, choose_blast_fraction, choose_patient_style, make_image_rng,
-                                make_smear)
+    from pipeline.synth import RBC_DIAMETER_UM, choose_blast_fraction, choose_patient_style, make_image_rng, make_smear
 
     settings = CropSettings()
     open_output(out)
@@ -89,15 +89,39 @@ def write_truth_cells(out: Path, patients: int = 6, images_per_patient: int = 4,
             for k, c in enumerate(truth):
                 crop = cut_crop(image, c.x, c.y, window_pixels(settings.crop_um, upp), settings.crop_size)
                 row = {f.name: None for f in schema.CELL_SCHEMA}
-                row.update({schema.PATIENT_ID: f"P{p:03d}", schema.SAMPLE_ID: "S0", schema.IMAGE: name,
-                            schema.CELL_ID: k, schema.X: c.x, schema.Y: c.y, schema.KIND: schema.KIND_WBC,
-                            schema.CROP: encode_png(crop), schema.LABEL: c.label, schema.SOURCE_SHA256: sha,
-                            schema.INGEST_SETTINGS: settings.to_json(), schema.AT_BORDER: False})
+                row.update(
+                    {
+                        schema.PATIENT_ID: f"P{p:03d}",
+                        schema.SAMPLE_ID: "S0",
+                        schema.IMAGE: name,
+                        schema.CELL_ID: k,
+                        schema.X: c.x,
+                        schema.Y: c.y,
+                        schema.KIND: schema.KIND_WBC,
+                        schema.CROP: encode_png(crop),
+                        schema.LABEL: c.label,
+                        schema.SOURCE_SHA256: sha,
+                        schema.INGEST_SETTINGS: settings.to_json(),
+                        schema.AT_BORDER: False,
+                    }
+                )
                 cells.append(row)
-            ledger.append({f.name: None for f in schema.IMAGE_SCHEMA} | {
-                schema.IMAGE: name, schema.PATIENT_ID: f"P{p:03d}", schema.SAMPLE_ID: "S0",
-                schema.STATUS: schema.STATUS_INGESTED, schema.SOURCE_SHA256: sha,
-                schema.N_CELLS: len(truth)})
-    write_shard(out, "truth-0", pa.Table.from_pylist(cells, schema=schema.CELL_SCHEMA),
-                schema.QUARANTINE_SCHEMA.empty_table(), pa.Table.from_pylist(ledger, schema=schema.IMAGE_SCHEMA))
+            ledger.append(
+                {f.name: None for f in schema.IMAGE_SCHEMA}
+                | {
+                    schema.IMAGE: name,
+                    schema.PATIENT_ID: f"P{p:03d}",
+                    schema.SAMPLE_ID: "S0",
+                    schema.STATUS: schema.STATUS_INGESTED,
+                    schema.SOURCE_SHA256: sha,
+                    schema.N_CELLS: len(truth),
+                }
+            )
+    write_shard(
+        out,
+        "truth-0",
+        pa.Table.from_pylist(cells, schema=schema.CELL_SCHEMA),
+        schema.QUARANTINE_SCHEMA.empty_table(),
+        pa.Table.from_pylist(ledger, schema=schema.IMAGE_SCHEMA),
+    )
     return out

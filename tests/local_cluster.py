@@ -67,8 +67,10 @@ class LocalCluster:
         # This venv's bin first on PATH: a job's entrypoint (`python -m jobs.ingest ...`) is run by a
         # shell under the head and finds `python` there, as on a cluster whose nodes run from the venv.
         path = os.pathsep.join([str(Path(RAY_BIN).parent), os.environ.get("PATH", "")])
-        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "token",
-                                                                                    "PATH": path}
+        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
+            "RAY_AUTH_MODE": "token",
+            "PATH": path,
+        }
         self.port = _free_port(6390)
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard_url: str | None = None
@@ -138,8 +140,10 @@ class LocalCluster:
             except OSError as err:
                 reason = str(err)
             if self.head.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the job server at {self.dashboard_url} never answered ({reason}):\n"
-                                   f"{self.head.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"the job server at {self.dashboard_url} never answered ({reason}):\n"
+                    f"{self.head.log.read_text()[-3000:]}"
+                )
             time.sleep(0.5)
 
     def add_worker(self) -> Node:
@@ -148,8 +152,9 @@ class LocalCluster:
 
         self._count += 1
         before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-        node = self._spawn(f"worker{self._count}", [f"--address={self.address}", f"--num-cpus={WORKER_CPUS}"],
-                           drain_s=WORKER_DRAIN_S)
+        node = self._spawn(
+            f"worker{self._count}", [f"--address={self.address}", f"--num-cpus={WORKER_CPUS}"], drain_s=WORKER_DRAIN_S
+        )
         deadline = time.time() + 60
         while node.node_id is None:
             for n in ray.nodes():
@@ -180,8 +185,11 @@ class LocalCluster:
         import ray
 
         at = time.time()
-        how = ("SIGKILL to it and all its processes (crash)" if crash
-               else f"SIGTERM to its `ray start` parent (drains for up to {WORKER_DRAIN_S} s, then stops)")
+        how = (
+            "SIGKILL to it and all its processes (crash)"
+            if crash
+            else f"SIGTERM to its `ray start` parent (drains for up to {WORKER_DRAIN_S} s, then stops)"
+        )
         log(f"KILL {node.name} (node {(node.node_id or '?')[:8]}, pid {node.proc.pid}) by {how}: {why}")
         if crash:
             for pid in [node.proc.pid, *_descendants(node.proc.pid)]:
@@ -261,7 +269,6 @@ def _sigkill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
 
 
 @contextmanager

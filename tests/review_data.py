@@ -44,7 +44,7 @@ def write_report(out: Path, patients: dict[str, list[float]] | None = None, seed
         style = choose_patient_style(seed, p)
         upp = RBC_DIAMETER_UM / style.rbc_diameter_px
         image, truth = make_smear(make_image_rng(seed, p, 0), (400, 300), 0.4, style)
-        name = f"{'P%03d' % p}/S0/img000.png"
+        name = f"P{p:03d}/S0/img000.png"
         for k in range(len(probs) + 1):
             c = truth[k % len(truth)]
             crop = cut_crop(image, c.x, c.y, window_pixels(settings.crop_um, upp), settings.crop_size)
@@ -70,8 +70,9 @@ def write_report(out: Path, patients: dict[str, list[float]] | None = None, seed
         table = table.set_column(i, schema.CLASS_PROB, pa.array(np.maximum(probs, 1 - probs), pa.float32()))
     writer(table)
     classes = "lymphoblast, neutrophil" if class_model else "other, lymphoblast"
-    (out / schema.SUMMARY_FILE).write_text(json.dumps({"blast_alert_pct": 20.0, "min_cells": 5, "model": MODEL_ID,
-                                                       "classes": classes}))
+    (out / schema.SUMMARY_FILE).write_text(
+        json.dumps({"blast_alert_pct": 20.0, "min_cells": 5, "model": MODEL_ID, "classes": classes})
+    )
     return out
 
 

@@ -50,8 +50,11 @@ def test_explicit_class_folders_refuse_an_unknown_folder_naming_it(tmp_path):
     _png(tmp_path / "neutrophil" / "a.jpg")
     _png(tmp_path / "megakaryocyte" / "b.jpg")
     assert discover_images(tmp_path).format == "folders"  # not every folder a class: not auto-detected
-    with pytest.raises(SourceError, match=r"megakaryocyte.*unknown cell class 'megakaryocyte'; known classes: "
-                                          r"lymphoblast, neutrophil"):
+    with pytest.raises(
+        SourceError,
+        match=r"megakaryocyte.*unknown cell class 'megakaryocyte'; known classes: "
+        r"lymphoblast, neutrophil",
+    ):
         discover_images(tmp_path, fmt="classfolders")
     only_one = tmp_path / "one"
     _png(only_one / "monocyte" / "m.png")
@@ -61,8 +64,7 @@ def test_explicit_class_folders_refuse_an_unknown_folder_naming_it(tmp_path):
 def test_labels_csv_class_column_takes_precedence(tmp_path):
     _png(tmp_path / "P" / "S" / "a.png")
     labels = tmp_path / "cells.csv"
-    labels.write_text("image,x,y,r,label,class\nP/S/a.png,1,2,,1,\nP/S/a.png,3,4,,0,eosinophil\n"
-                      "P/S/a.png,5,6,,,nrbc\n")
+    labels.write_text("image,x,y,r,label,class\nP/S/a.png,1,2,,1,\nP/S/a.png,3,4,,0,eosinophil\nP/S/a.png,5,6,,,nrbc\n")
     (t,) = discover_images(tmp_path, labels=labels).tasks
     assert [p[3] for p in json.loads(t.points_json)] == ["lymphoblast", "eosinophil", "erythroblast"]
     class_only = tmp_path / "class_only.csv"
@@ -87,8 +89,10 @@ def test_manifest_class_column_for_single_cells_and_healthy_smears(tmp_path):
     for rel in ["Im001_1.tif", "Im002_0.tif", "Im003_1.tif"]:
         _png(tmp_path / rel, size=(257, 257))
     manifest = tmp_path / "m.csv"
-    manifest.write_text("image,patient_id,sample_id,label,class\nIm001_1.tif,P1,S1,1,\n"
-                        "Im002_0.tif,P2,S1,0,lymphocyte\nIm003_1.tif,P3,S1,,\n")
+    manifest.write_text(
+        "image,patient_id,sample_id,label,class\nIm001_1.tif,P1,S1,1,\n"
+        "Im002_0.tif,P2,S1,0,lymphocyte\nIm003_1.tif,P3,S1,,\n"
+    )
     by = {t.image: t for t in discover_images(tmp_path, manifest=manifest, fmt="allidb2").tasks}
     assert by["Im001_1.tif"].default_label == "lymphoblast"
     assert (by["Im002_0.tif"].default_label, by["Im002_0.tif"].label_source) == ("lymphocyte", "manifest")

@@ -30,15 +30,24 @@ def crops(n: int = 6, size: int = 128, seed: int = 0) -> list[bytes]:
     return [png(np.clip(rng.integers(0, 256, 3) + rng.normal(0, 20, (size, size, 3)), 0, 255)) for _ in range(n)]
 
 
-def old_checkpoint(directory: Path, model: torch.nn.Module, mean=(0.485, 0.456, 0.406),
-                   std=(0.229, 0.224, 0.225)) -> Path:
+def old_checkpoint(
+    directory: Path, model: torch.nn.Module, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+) -> Path:
     """A checkpoint exactly as allray wrote them before the differential: format 1, classes {"0", "1"}."""
     directory.mkdir(parents=True)
     torch.save(model.state_dict(), directory / "model.pt")
-    meta = {"format_version": 1, "classes": {"0": "other white cell", "1": "lymphoblast"}, "arch": "lenet",
-            "model_name": "lenet", "image_size": 126, "mean": list(mean), "std": list(std),
-            "crop_settings": {"crop_um": 24.0, "crop_size": 128, "um_per_pixel": None, "detect": {}},
-            "data_id": None, "epoch": 1}
+    meta = {
+        "format_version": 1,
+        "classes": {"0": "other white cell", "1": "lymphoblast"},
+        "arch": "lenet",
+        "model_name": "lenet",
+        "image_size": 126,
+        "mean": list(mean),
+        "std": list(std),
+        "crop_settings": {"crop_um": 24.0, "crop_size": 128, "um_per_pixel": None, "detect": {}},
+        "data_id": None,
+        "epoch": 1,
+    }
     (directory / "meta.json").write_text(json.dumps(meta))
     return directory
 
@@ -52,6 +61,7 @@ def lenet():
 
 
 # --- pure functions ---------------------------------------------------------------------------------
+
 
 def test_one_logit_is_the_blast_probability_by_sigmoid():
     probs = class_probabilities(np.array([0.0, 2.0, -1.0]), taxonomy.BINARY_CLASSES)
@@ -74,12 +84,15 @@ def test_k_logits_are_a_softmax_and_shapes_must_match_the_classes():
 
 def test_calls_follow_the_blast_threshold_then_the_most_probable_other_class():
     classes = (LB, NEU, LYM, ERY)
-    probs = np.array([
-        [0.60, 0.10, 0.20, 0.10],  # blast above threshold
-        [0.45, 0.30, 0.20, 0.05],  # blast most probable, but below 0.5: the best other class (neutrophil)
-        [0.05, 0.10, 0.15, 0.70],  # erythroblast
-        [0.50, 0.50, 0.00, 0.00],  # at the threshold: a blast, as `blast_prob >= threshold` has always said
-    ], np.float32)
+    probs = np.array(
+        [
+            [0.60, 0.10, 0.20, 0.10],  # blast above threshold
+            [0.45, 0.30, 0.20, 0.05],  # blast most probable, but below 0.5: the best other class (neutrophil)
+            [0.05, 0.10, 0.15, 0.70],  # erythroblast
+            [0.50, 0.50, 0.00, 0.00],  # at the threshold: a blast, as `blast_prob >= threshold` has always said
+        ],
+        np.float32,
+    )
     calls = call_cells(probs, classes, threshold=0.5)
     assert calls[schema.PREDICTED].tolist() == [1, 0, 0, 1]
     assert calls[schema.PREDICTED_CLASS].tolist() == [LB, NEU, ERY, LB]
@@ -93,6 +106,7 @@ def test_calls_follow_the_blast_threshold_then_the_most_probable_other_class():
 
 
 # --- checkpoints --------------------------------------------------------------------------------------
+
 
 def test_an_old_binary_checkpoint_still_infers(tmp_path, lenet):
     ckpt = old_checkpoint(tmp_path / "old", lenet)
@@ -110,8 +124,9 @@ def test_an_old_binary_checkpoint_still_infers(tmp_path, lenet):
     assert predicted.tolist() == (want >= 0.5).astype(int).tolist()
     names = table.column(schema.PREDICTED_CLASS).to_pylist()
     assert names == [LB if p else OTHER for p in predicted]
-    assert table.column(schema.CLASS_PROB).to_numpy() == pytest.approx(np.where(predicted == 1, want, 1 - want),
-                                                                        abs=1e-5)
+    assert table.column(schema.CLASS_PROB).to_numpy() == pytest.approx(
+        np.where(predicted == 1, want, 1 - want), abs=1e-5
+    )
     assert table.column(schema.LABEL).null_count == 3  # null labels stay null
 
 

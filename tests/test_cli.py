@@ -65,9 +65,13 @@ def test_infer_settings_are_checked_before_any_work(tmp_path):
 
     from pipeline.config import InferConfig
 
-    for args, words in ((["--threshold", "1.5"], "threshold=1.5"), (["--blast-alert", "0"], "blast_alert=0"),
-                        (["--min-cells", "-1"], "min_cells=-1"), (["--workers", "0"], "workers=0"),
-                        (["--format", "manifest"], "needs a manifest")):
+    for args, words in (
+        (["--threshold", "1.5"], "threshold=1.5"),
+        (["--blast-alert", "0"], "blast_alert=0"),
+        (["--min-cells", "-1"], "min_cells=-1"),
+        (["--workers", "0"], "workers=0"),
+        (["--format", "manifest"], "needs a manifest"),
+    ):
         result = _run(["infer", *args], tmp_path)
         assert result.exit_code == 1 and words in result.output and "Traceback" not in result.output, args
     assert InferConfig(slides="s", threshold=0.3).threshold == 0.3

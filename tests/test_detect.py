@@ -22,8 +22,10 @@ from pipeline.schema import KIND_SMUDGE, KIND_WBC
 
 # The shared data sit next to the repo (/work/main -> /work/shared) or next to its worktree folder.
 _ROOTS = Path(__file__).resolve().parents[2:4]
-BCCD = next((r / "shared" / "data" / "bccd" for r in _ROOTS if (r / "shared" / "data" / "bccd").exists()),
-            _ROOTS[0] / "shared" / "data" / "bccd")
+BCCD = next(
+    (r / "shared" / "data" / "bccd" for r in _ROOTS if (r / "shared" / "data" / "bccd").exists()),
+    _ROOTS[0] / "shared" / "data" / "bccd",
+)
 
 # Painted smears: red cells 30 px across, so 0.25 um per pixel.
 RBC_PX = 30.0
@@ -71,7 +73,9 @@ class Painter:
         cover = np.clip(10.0 - np.hypot(self.cols - x, self.rows - y) + 0.5, 0, 1)
         for a in rng.uniform(0, 2 * math.pi, 5):
             for t in np.linspace(6, 24, 7):
-                arm = np.clip(3.5 - np.hypot(self.cols - x - t * math.cos(a), self.rows - y - t * math.sin(a)) + 0.5, 0, 1)
+                arm = np.clip(
+                    3.5 - np.hypot(self.cols - x - t * math.cos(a), self.rows - y - t * math.sin(a)) + 0.5, 0, 1
+                )
                 cover = np.maximum(cover, arm)
         self.od += cover[..., None] * OD_NUCLEUS * 0.5
 

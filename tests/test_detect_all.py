@@ -53,8 +53,10 @@ def test_packed_blast_cluster_gives_exactly_one_cell_per_blast(k, overlap):
     rng = np.random.default_rng(100 * k + int(100 * overlap))
     od, stains = canvas(700, 700)
     members = packed(350, 350, k, rng, overlap)
-    members = [(x - np.mean([m[0] for m in members]) + 350, y - np.mean([m[1] for m in members]) + 350, r)
-               for x, y, r in members]
+    members = [
+        (x - np.mean([m[0] for m in members]) + 350, y - np.mean([m[1] for m in members]) + 350, r)
+        for x, y, r in members
+    ]
     drawn = draw_blast_cluster(od, rng, members, stains)
     assert len(drawn) == k
     cells = detect_cells(_photograph(od, rng, STYLE), um_per_pixel=UM_PER_PX).cells
@@ -82,8 +84,11 @@ def test_smudge_cells_are_called_smudge_and_intact_cells_are_not():
     smudge call on a smudge cell, every intact cell intact."""
     rng = np.random.default_rng(11)
     od, stains = canvas(1200, 950)
-    smudges = [draw_smudge_cell(od, rng, x, y, rng.uniform(6, 10) * PX_PER_UM, stains)
-               for x in (200, 600, 1000) for y in (170, 430)]
+    smudges = [
+        draw_smudge_cell(od, rng, x, y, rng.uniform(6, 10) * PX_PER_UM, stains)
+        for x in (200, 600, 1000)
+        for y in (170, 430)
+    ]
     intact = draw_blast_cluster(od, rng, [(200, 760, 7 * PX_PER_UM)], stains)
     intact += draw_blast_cluster(od, rng, packed(600, 760, 2, rng, 0.85), stains)
     intact.append(draw_white_cell(od, rng, NEUTROPHIL, 1000, 760, 6.8 * PX_PER_UM, stains))

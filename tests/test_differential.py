@@ -57,8 +57,20 @@ def test_a_binary_models_differential_is_lymphoblast_vs_other():
     acc.add_cells("P1", None, "a", [1, 0, 0, 1, 0], [WBC, WBC, WBC, WBC, SMUDGE])
     (row,) = acc.patients()
     assert differential_columns(taxonomy.BINARY_CLASSES) == (
-        N_WBC, "n_lymphoblast", "lymphoblast_pct", "lymphoblast_ci_low", "lymphoblast_ci_high", "n_other",
-        "other_pct", "other_ci_low", "other_ci_high", "n_smudge", "smudge_pct", "smudge_ci_low", "smudge_ci_high")
+        N_WBC,
+        "n_lymphoblast",
+        "lymphoblast_pct",
+        "lymphoblast_ci_low",
+        "lymphoblast_ci_high",
+        "n_other",
+        "other_pct",
+        "other_ci_low",
+        "other_ci_high",
+        "n_smudge",
+        "smudge_pct",
+        "smudge_ci_low",
+        "smudge_ci_high",
+    )
     assert (row[N_WBC], row["n_lymphoblast"], row["n_other"], row[N_SMUDGE]) == (4, 2, 2, 1)
     assert row["lymphoblast_pct"] == row[BLAST_PCT] == 50.0
     assert "n_erythroblast" not in row  # a binary model cannot see them: no column claiming zero

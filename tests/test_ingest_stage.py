@@ -46,7 +46,9 @@ def test_planted_cells_found_with_labels_and_fixed_size_crops(smear):
     for r in rows:
         crop = decode_png(r[schema.CROP])
         assert crop.shape == (128, 128, 3)
-        assert r[schema.BBOX_X0] < r[schema.X] < r[schema.BBOX_X1] and r[schema.BBOX_Y0] < r[schema.Y] < r[schema.BBOX_Y1]
+        assert (
+            r[schema.BBOX_X0] < r[schema.X] < r[schema.BBOX_X1] and r[schema.BBOX_Y0] < r[schema.Y] < r[schema.BBOX_Y1]
+        )
         assert 4.0 < r[schema.DIAMETER_UM] < 25.0  # white cells are ~8-20 um across
     assert outcome.scale_source == "red_cells"
 
@@ -134,7 +136,9 @@ def test_stage_quarantines_every_bad_kind_and_commits_the_rest(smear, tmp_path):
     assert read_table(out, schema.IMAGES_DIR).num_rows == 6
     # same content again: skipped, nothing written twice
     state = open_output(out)
-    again = IngestStage(SETTINGS.to_json(), str(out), "run2", state.known)({TASK_COLUMN: np.array([tasks[0].to_json()])})
+    again = IngestStage(SETTINGS.to_json(), str(out), "run2", state.known)(
+        {TASK_COLUMN: np.array([tasks[0].to_json()])}
+    )
     assert list(again[schema.STATUS]) == ["skipped"] and read_table(out).num_rows == 2 * len(truth)
 
 

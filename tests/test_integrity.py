@@ -75,8 +75,13 @@ def test_changed_image_replaces_its_old_version_and_quarantine_row(smear, tmp_pa
     second = _run_stage(out, src, ["a.png", "b.png"], "run2")
     assert list(second[schema.STATUS]) == ["ingested", "ingested"]
     assert list(second["replaced"]) == [True, True]
-    new_sha = {r: s for r, s in zip(read_table(out, schema.IMAGES_DIR).column(schema.IMAGE).to_pylist(),
-                                    read_table(out, schema.IMAGES_DIR).column(schema.SOURCE_SHA256).to_pylist())}
+    new_sha = {
+        r: s
+        for r, s in zip(
+            read_table(out, schema.IMAGES_DIR).column(schema.IMAGE).to_pylist(),
+            read_table(out, schema.IMAGES_DIR).column(schema.SOURCE_SHA256).to_pylist(),
+        )
+    }
     # the current view holds each image once, under its new hash, before any clean-up
     ledger = read_table(out, schema.IMAGES_DIR)
     assert sorted(ledger.column(schema.IMAGE).to_pylist()) == ["a.png", "b.png"]
@@ -295,16 +300,27 @@ def test_a_second_writer_is_refused_with_the_holder_and_a_dead_holder_is_taken_o
     )
 
     out = tmp_path / "out"
-    code = ("import sys; from pipeline.lock import lock_output\n"
-            "try:\n    lock_output(sys.argv[1], 'ingest')\nexcept ValueError as e:\n    print(e); sys.exit(3)\n")
+    code = (
+        "import sys; from pipeline.lock import lock_output\n"
+        "try:\n    lock_output(sys.argv[1], 'ingest')\nexcept ValueError as e:\n    print(e); sys.exit(3)\n"
+    )
     with lock_output(str(out), "ingest"):
         other = subprocess.run([sys.executable, "-c", code, str(out)], cwd=REPO, capture_output=True, text=True)
         assert other.returncode == 3
         line = other.stdout.strip()
         assert "\n" not in line and f"pid {os.getpid()}" in line and "started" in line and "host" in line
         # and open_output never cleans up under a live writer
-        cleanup = subprocess.run([sys.executable, "-c", "import sys; from pipeline.store import open_output; "
-                                  "open_output(sys.argv[1])", str(out)], cwd=REPO, capture_output=True, text=True)
+        cleanup = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pipeline.store import open_output; open_output(sys.argv[1])",
+                str(out),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         assert cleanup.returncode == 1 and "OutputLockedError" in cleanup.stderr
     # a lock file left by a dead process (no kernel lock held) is taken over
     (out / LOCK_FILE).write_text(json.dumps({"host": "here", "pid": 999999, "started_utc": "yesterday"}))

@@ -109,8 +109,8 @@ def test_infer_on_an_output_with_a_replaced_image_counts_it_once(ray_session, tm
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
-
     from conftest import write_truth_cells
+
     from jobs.infer import run_infer
     from jobs.train import run_train
     from pipeline.config import TrainConfig
@@ -138,7 +138,8 @@ def test_infer_on_an_output_with_a_replaced_image_counts_it_once(ray_session, tm
     compact(cells)
     run_infer(str(cells), str(run), str(tmp_path / "report"), min_cells=5, quiet=True)
     predicted = pads.dataset(str(tmp_path / "report" / schema.PREDICTIONS_DIR), format="parquet").to_table(
-        columns=[schema.IMAGE, schema.SOURCE_SHA256])
+        columns=[schema.IMAGE, schema.SOURCE_SHA256]
+    )
     assert predicted.num_rows == n_before
     shas = set(predicted.filter(pc.equal(predicted.column(schema.IMAGE), image)).column(1).to_pylist())
     assert shas == {"sha-new"}

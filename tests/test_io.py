@@ -106,6 +106,8 @@ def test_png_crop_codec_is_lossless():
     assert np.array_equal(decode_png(encode_png(arr)), arr)
 
 
-@pytest.mark.parametrize("name,ok", [("a.JPG", True), ("b.Tiff", True), ("c.png", True), ("d.xml", False), ("e", False)])
+@pytest.mark.parametrize(
+    "name,ok", [("a.JPG", True), ("b.Tiff", True), ("c.png", True), ("d.xml", False), ("e", False)]
+)
 def test_extensions_match_any_case(name, ok):
     assert has_image_extension(name) is ok

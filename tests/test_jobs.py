@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+from conftest import write_truth_cells
 
 from pipeline import schema
 from pipeline.config import IngestConfig, TrainConfig
 from pipeline.store import read_table
-
-from conftest import write_truth_cells
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -50,8 +49,9 @@ def test_ingest_end_to_end_accounts_for_every_image(ray_session, cohort, tmp_pat
     from jobs.ingest import run_ingest
 
     out = tmp_path / "cells"
-    s = run_ingest(IngestConfig(src=str(cohort / "slides"), out=str(out), labels=str(cohort / "truth" / "cells.csv")),
-                   quiet=True)
+    s = run_ingest(
+        IngestConfig(src=str(cohort / "slides"), out=str(out), labels=str(cohort / "truth" / "cells.csv")), quiet=True
+    )
     assert s["images_seen"] == 9 + 4
     assert s["images_seen"] == s["images_ingested"] + s["images_skipped"] + s["images_quarantined"]
     reasons = {q["image"]: q["reason"] for q in s["quarantined"]}
@@ -137,8 +137,19 @@ def test_train_two_workers_writes_every_output(tiny_run):
         assert (run / name).is_file(), name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
-    for key in ("arch", "epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_sensitivity",
-                "val_specificity", "val_auc", "seconds", "samples_per_s"):
+    for key in (
+        "arch",
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "train_acc",
+        "val_acc",
+        "val_sensitivity",
+        "val_specificity",
+        "val_auc",
+        "seconds",
+        "samples_per_s",
+    ):
         assert key in rows[0]
     best = run / "lenet" / "best"
     import torch
@@ -222,8 +233,10 @@ def test_infer_end_to_end_reports_reconcile(ray_session, tiny_run, cohort, tmp_p
         assert int(row["n_cells"]) == not_smudge.num_rows
         assert int(row["n_blasts"]) == pc.sum(not_smudge.column(schema.PREDICTED)).as_py()
         # a binary model's differential: lymphoblast vs other, over the same cells
-        assert (int(row["n_lymphoblast"]), int(row["n_other"])) == (int(row["n_blasts"]),
-                                                                   int(row["n_cells"]) - int(row["n_blasts"]))
+        assert (int(row["n_lymphoblast"]), int(row["n_other"])) == (
+            int(row["n_blasts"]),
+            int(row["n_cells"]) - int(row["n_blasts"]),
+        )
     calls = table.column(schema.PREDICTED).to_pylist()
     assert table.column(schema.PREDICTED_CLASS).to_pylist() == ["lymphoblast" if c else "other" for c in calls]
     probs, class_probs = (table.column(k).to_numpy() for k in (schema.BLAST_PROB, schema.CLASS_PROB))
@@ -243,7 +256,8 @@ def test_infer_on_an_ingest_output_labels_every_cell_once(ray_session, tiny_run,
     import pyarrow.dataset as pads
 
     predicted = pads.dataset(str(out / schema.PREDICTIONS_DIR), format="parquet").to_table(
-        columns=[schema.CELL_ID, schema.IMAGE, schema.LABEL, schema.KNOWN_CLASS])
+        columns=[schema.CELL_ID, schema.IMAGE, schema.LABEL, schema.KNOWN_CLASS]
+    )
     assert predicted.num_rows == cells.num_rows  # every cell labelled, none twice
     # the known class of an old (binary-labelled) ingest output: what its label stands for
     want = {1: "lymphoblast", 0: "other", None: None}

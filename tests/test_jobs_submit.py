@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from local_cluster import HEAD_CPUS, RAY_BIN, WORKER_CPUS, connected_cluster, log
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.multinode]
@@ -124,8 +123,11 @@ def test_ingest_train_infer_as_submitted_jobs(cluster, cohorts, tmp_path):
     assert list(trained["archs"]) == ["lenet"]
     _assert_ran_on_the_cluster(trained)
 
-    _submit(cluster, ["python", "-m", "jobs.infer", str(new / "slides"), "--model", str(run), "--out", str(report)],
-            timeout_s=300)
+    _submit(
+        cluster,
+        ["python", "-m", "jobs.infer", str(new / "slides"), "--model", str(run), "--out", str(report)],
+        timeout_s=300,
+    )
     with (report / "patients.csv").open() as fh:
         patients = {row["patient_id"]: row for row in csv.DictReader(fh)}
     with (new / "truth" / "patients.csv").open() as fh:

@@ -6,13 +6,27 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.locations import (absolute, is_dir, is_file, join_uri, list_names, list_tree, read_bytes, read_text,
-                                remove_dir, resolve, upload_dir, write_text)  # fmt: skip
+from pipeline.locations import (
+    absolute,
+    is_dir,
+    is_file,
+    join_uri,
+    list_names,
+    list_tree,
+    read_bytes,
+    read_text,
+    remove_dir,  # fmt: skip
+    resolve,
+    upload_dir,
+    write_text,
+)
 
 
 def test_join_uri_keeps_options_and_escapes_parts():
-    assert join_uri("s3://b/x?endpoint_override=h:1&scheme=http", "P 1", "a?.png") == \
-        "s3://b/x/P%201/a%3F.png?endpoint_override=h:1&scheme=http"
+    assert (
+        join_uri("s3://b/x?endpoint_override=h:1&scheme=http", "P 1", "a?.png")
+        == "s3://b/x/P%201/a%3F.png?endpoint_override=h:1&scheme=http"
+    )
     assert join_uri("file:///tmp/x/", "cells") == "file:///tmp/x/cells"
     assert join_uri("relative/dir", "a b.png") == str(Path("relative/dir", "a b.png"))
 

@@ -14,8 +14,16 @@ from pipeline import schema, taxonomy
 from pipeline.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
 from pipeline.config import CropSettings, TrainConfig, parse_classes
 from pipeline.models import build_model
-from pipeline.multiclass import (PartialLabelCriterion, bits_to_mask, class_metrics, exact_class, partial_label_loss,
-                                 resolve_model_classes, score_multiclass, training_targets)  # fmt: skip
+from pipeline.multiclass import (
+    PartialLabelCriterion,
+    bits_to_mask,
+    class_metrics,
+    exact_class,
+    partial_label_loss,
+    resolve_model_classes,  # fmt: skip
+    score_multiclass,
+    training_targets,
+)
 
 PBC = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
 
@@ -121,8 +129,16 @@ def _meta(**kw) -> CheckpointMeta:
 
 
 def test_checkpoint_meta_round_trip(tmp_path):
-    meta = _meta(class_names=tuple(c for c in taxonomy.CLASSES if c in PBC), data_id="abc", epoch=3, params=17,
-                 split={"n_train": 4}, metrics={"val_acc": 0.5}, confusion=[[1, 0], [0, 1]], cells=("/x",))
+    meta = _meta(
+        class_names=tuple(c for c in taxonomy.CLASSES if c in PBC),
+        data_id="abc",
+        epoch=3,
+        params=17,
+        split={"n_train": 4},
+        metrics={"val_acc": 0.5},
+        confusion=[[1, 0], [0, 1]],
+        cells=("/x",),
+    )
     assert meta.n_outputs == 8 and not meta.is_binary
     model = build_model("lenet", 126, num_classes=meta.n_outputs)
     save_checkpoint(tmp_path, model.state_dict(), meta)
@@ -174,12 +190,18 @@ def test_old_ingest_output_without_cell_class_still_trains(tmp_path):
     (tmp_path / schema.CELLS_DIR).mkdir()
     pq.write_table(pa.Table.from_pylist(rows, schema=old_schema), tmp_path / schema.CELLS_DIR / "old.parquet")
     # the shard's ledger (written last: it commits the shard), as an old output has it
-    ledger = [{schema.IMAGE: f"im{i}.png", schema.STATUS: schema.STATUS_INGESTED, schema.SHARD: "old"} for i in range(4)]
+    ledger = [
+        {schema.IMAGE: f"im{i}.png", schema.STATUS: schema.STATUS_INGESTED, schema.SHARD: "old"} for i in range(4)
+    ]
     (tmp_path / schema.IMAGES_DIR).mkdir()
-    pq.write_table(pa.Table.from_pylist(ledger, schema=schema.IMAGE_SCHEMA), tmp_path / schema.IMAGES_DIR / "old.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(ledger, schema=schema.IMAGE_SCHEMA), tmp_path / schema.IMAGES_DIR / "old.parquet"
+    )
     index = read_cell_index([str(tmp_path)])
     assert index.table.column(schema.CELL_CLASS).to_pylist() == ["other", "lymphoblast", "lymphoblast"]
     assert index.n_unlabelled == 1 and index.crop_settings == CropSettings()
-    y, ok = training_targets(index.table.column(schema.CELL_CLASS).to_pylist(),
-                             resolve_model_classes("auto", index.table.column(schema.CELL_CLASS).to_pylist()))
+    y, ok = training_targets(
+        index.table.column(schema.CELL_CLASS).to_pylist(),
+        resolve_model_classes("auto", index.table.column(schema.CELL_CLASS).to_pylist()),
+    )
     assert y.tolist() == [0, 1, 1] and ok.all()

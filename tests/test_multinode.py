@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from conftest import write_truth_cells
 from local_cluster import HEAD_CPUS, LocalCluster, Node, connected_cluster
 from local_cluster import log as _log
@@ -90,8 +89,10 @@ class KillWhen:
         def run():
             try:
                 _wait_for(condition, timeout_s, f"the moment to kill {node.name} ({why})", cancel=self.job_ended)
-                _log(f"just before the kill: free CPUs per node: {_cpus_line()}; actors on {node.name}: "
-                     f"{', '.join(_actors_on(node.node_id)) or 'none'}")
+                _log(
+                    f"just before the kill: free CPUs per node: {_cpus_line()}; actors on {node.name}: "
+                    f"{', '.join(_actors_on(node.node_id)) or 'none'}"
+                )
                 if before:
                     before()
                 self.at = cluster.kill(node, why, crash=crash)
@@ -191,7 +192,8 @@ def _check_exactly_once(out: Path, images: list[str]) -> dict:
     listed = ledger.column(schema.IMAGE).to_pylist()
     assert sorted(listed) == sorted(images), (
         f"ledger: {len(listed)} rows for {len(images)} images; twice: "
-        f"{sorted({i for i in listed if listed.count(i) > 1})[:5]}, missing: {sorted(set(images) - set(listed))[:5]}")
+        f"{sorted({i for i in listed if listed.count(i) > 1})[:5]}, missing: {sorted(set(images) - set(listed))[:5]}"
+    )
     keys = list(zip(cells.column(schema.IMAGE).to_pylist(), cells.column(schema.CELL_ID).to_pylist()))
     assert len(keys) == len(set(keys)), "a cell is in the cell table twice"
     assert sum(ledger.column(schema.N_CELLS).to_pylist()) == cells.num_rows
@@ -248,12 +250,18 @@ def test_ingest_survives_losing_the_worker_node(cluster, cohort, tmp_path, crash
     out = tmp_path / "cells"
     images = [t.image for t in discover_images(cohort / "slides").tasks]
     config = IngestConfig(src=str(cohort / "slides"), out=str(out), labels=str(cohort / "truth" / "cells.csv"))
+
     # Kill once the first shards are committed while an ingest actor works on the worker node.
     def busy_and_committed() -> bool:
         return _ledger_files(out) >= 1 and _free_cpus().get(worker.node_id, 1) < 0.01
 
-    killer = KillWhen(cluster, worker, busy_and_committed, crash=crash,
-                      why="ingest part-way: first shard committed, an ingest actor busy on this node")
+    killer = KillWhen(
+        cluster,
+        worker,
+        busy_and_committed,
+        crash=crash,
+        why="ingest part-way: first shard committed, an ingest actor busy on this node",
+    )
     started = time.time()
     try:
         summary = run_ingest(config, quiet=True)
@@ -302,8 +310,14 @@ def test_train_resumes_from_checkpoint_after_losing_a_node(cluster, truth_cells,
         return seen["epoch"] is not None
 
     with cpus_held_on_head(HEAD_HELD_CPUS) as held:
-        killer = KillWhen(cluster, worker, checkpoint_registered, before=held.release, crash=crash,
-                          why="after the first epoch's checkpoint; the head can now hold both workers")
+        killer = KillWhen(
+            cluster,
+            worker,
+            checkpoint_registered,
+            before=held.release,
+            crash=crash,
+            why="after the first epoch's checkpoint; the head can now hold both workers",
+        )
         started = time.time()
         summary = run_train(TrainConfig(cells=(str(truth_cells),), out=str(run), arch="lenet", epochs=epochs,
                                         workers=2, cpus_per_worker=TRAIN_CPUS_PER_WORKER, batch_size=16),
@@ -321,7 +335,7 @@ def test_train_resumes_from_checkpoint_after_losing_a_node(cluster, truth_cells,
     assert start >= seen["epoch"] + 1  # from the checkpoint registered before the kill, or a later one
     # The first attempt's rows (up to the kill; an epoch whose checkpoint did not make it may be there
     # too), then the resumed attempt's: from `start` to the last epoch, each once, all saying so.
-    after = rows[rows.index(resumed[0]):]
+    after = rows[rows.index(resumed[0]) :]
     assert [r["epoch"] for r in after] == list(range(start, epochs))
     assert all(r["resumed_from"] == start for r in after)
     assert {r["epoch"] for r in rows[: rows.index(resumed[0])]} >= set(range(start))
@@ -339,16 +353,22 @@ def test_train_stops_in_bounded_time_when_survivors_cannot_hold_workers(cluster,
     worker = cluster.live_worker()
     run = tmp_path / "run"
     with cpus_held_on_head(HEAD_HELD_CPUS):
-        killer = KillWhen(cluster, worker, lambda: bool(_metrics(run)),
-                          why="after the first epoch, the head's CPUs still held: 0.75 free for 2 x 0.75")
+        killer = KillWhen(
+            cluster,
+            worker,
+            lambda: bool(_metrics(run)),
+            why="after the first epoch, the head's CPUs still held: 0.75 free for 2 x 0.75",
+        )
         started = time.time()
         with pytest.raises(ClusterTooSmallError, match="cannot place 2 worker") as failure:
             run_train(TrainConfig(cells=(str(truth_cells),), out=str(run), arch="lenet", epochs=50, workers=2,
                                   cpus_per_worker=TRAIN_CPUS_PER_WORKER, batch_size=16), quiet=True)  # fmt: skip
         killed_at = killer.check()
     after_kill = time.time() - killed_at
-    _log(f"train: killed {killed_at - started:.1f} s in; run stopped {after_kill:.1f} s after the kill with: "
-         f"{failure.value}")
+    _log(
+        f"train: killed {killed_at - started:.1f} s in; run stopped {after_kill:.1f} s after the kill with: "
+        f"{failure.value}"
+    )
     assert after_kill < (retries + 1) * wait_s + 60
     assert "--resume" in str(failure.value)
 
@@ -402,8 +422,10 @@ def test_infer_survives_losing_the_worker_node(cluster, cohort, tmp_path):
     started = time.time()
     run_infer(str(cohort / "slides"), str(model), str(tmp_path / "plain"), min_cells=5, quiet=True)
     plain = _report(tmp_path / "plain")
-    _log(f"infer without a fault: {time.time() - started:.1f} s, {plain['predictions']} cells, per patient "
-         f"(cells, blasts): { {p: (r['n_cells'], r['n_blasts']) for p, r in plain['patients'].items()} }")
+    _log(
+        f"infer without a fault: {time.time() - started:.1f} s, {plain['predictions']} cells, per patient "
+        f"(cells, blasts): { {p: (r['n_cells'], r['n_blasts']) for p, r in plain['patients'].items()} }"
+    )
 
     worker = cluster.live_worker()
     out = tmp_path / "faulted"
@@ -411,8 +433,12 @@ def test_infer_survives_losing_the_worker_node(cluster, cohort, tmp_path):
     def written() -> int:
         return len(list((out / "predictions").glob("*.parquet"))) if (out / "predictions").is_dir() else 0
 
-    killer = KillWhen(cluster, worker, lambda: written() >= 1 and _free_cpus().get(worker.node_id, 1) < 0.01,
-                      why="infer part-way: first predictions written, a detection/classifier actor busy on this node")
+    killer = KillWhen(
+        cluster,
+        worker,
+        lambda: written() >= 1 and _free_cpus().get(worker.node_id, 1) < 0.01,
+        why="infer part-way: first predictions written, a detection/classifier actor busy on this node",
+    )
     started = time.time()
     run_infer(str(cohort / "slides"), str(model), str(out), min_cells=5, quiet=True)
     killed_at = killer.check()

@@ -19,10 +19,16 @@ from click.testing import CliRunner
 from pipeline import schema
 from pipeline.csvsafe import csv_text, neutralise_cell
 from pipeline.redact import REDACTED, redact, redact_text
-from pipeline.report import (BLAST_PCT, UNKNOWN, CountAccumulator, describe_info, format_terminal_summary,
-                             write_count_tables)  # fmt: skip
+from pipeline.report import (
+    BLAST_PCT,
+    UNKNOWN,
+    CountAccumulator,
+    describe_info,
+    format_terminal_summary,
+    write_count_tables,  # fmt: skip
+)
 
-HOSTILE = ["=HYPERLINK(\"http://evil/\",\"click\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)", "\tTAB", "\rCR"]
+HOSTILE = ['=HYPERLINK("http://evil/","click")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)", "\tTAB", "\rCR"]
 
 
 @pytest.mark.parametrize("value", HOSTILE)
@@ -113,8 +119,9 @@ def test_json_records_reports_and_terminal_hold_no_credentials(tmp_path):
     write_html_report(tmp_path, acc.patients(), {}, {}, [{schema.IMAGE: "x.png", schema.REASON: f"read {model}"}],
                       info)  # fmt: skip
     write_json(tmp_path, "summary.json", {"run": {"command": info["command"], "config": info}})
-    printed = format_terminal_summary(acc.patients(), info) + "\n".join(f"{k}{v}" for k, v in
-                                                                        describe_info(acc.patients(), info))
+    printed = format_terminal_summary(acc.patients(), info) + "\n".join(
+        f"{k}{v}" for k, v in describe_info(acc.patients(), info)
+    )
     for text in [p.read_text() for p in tmp_path.iterdir()] + [printed]:
         assert SECRET not in text and KEY_ID not in text
     assert "bucket/runs/r1/lenet/best" in (tmp_path / "report.html").read_text()  # the location itself stays
@@ -131,11 +138,15 @@ def test_prediction_writer_keeps_a_null_patient_null(tmp_path):
     cells = {f.name: [None] for f in schema.PREDICTION_SCHEMA} | {
         schema.IMAGE: ["flat.png"], schema.CELL_ID: [0], schema.KIND: [schema.KIND_WBC], schema.CROP: [b"png"],
         schema.BLAST_PROB: [0.9], schema.PREDICTED: [1], schema.MODEL_ID: ["lenet@x"]}  # fmt: skip
-    batch = {schema.PATIENT_ID: np.array([np.nan], dtype=np.float32),
-             schema.SAMPLE_ID: np.array([np.nan], dtype=object),
-             schema.IMAGE: np.array(["flat.png"], dtype=object), schema.STATUS: np.array([schema.STATUS_INGESTED]),
-             schema.REASON: np.array([None], dtype=object), schema.SOURCE_SHA256: np.array(["abc"], dtype=object),
-             CELLS_IPC: np.array([pack_cells(pa.table(cells, schema=schema.PREDICTION_SCHEMA))], dtype=object)}
+    batch = {
+        schema.PATIENT_ID: np.array([np.nan], dtype=np.float32),
+        schema.SAMPLE_ID: np.array([np.nan], dtype=object),
+        schema.IMAGE: np.array(["flat.png"], dtype=object),
+        schema.STATUS: np.array([schema.STATUS_INGESTED]),
+        schema.REASON: np.array([None], dtype=object),
+        schema.SOURCE_SHA256: np.array(["abc"], dtype=object),
+        CELLS_IPC: np.array([pack_cells(pa.table(cells, schema=schema.PREDICTION_SCHEMA))], dtype=object),
+    }
     summary = PredictionWriter(str(tmp_path), "run")(batch)
     assert summary[schema.PATIENT_ID] == [None] and summary[schema.SAMPLE_ID] == [None]
     acc = CountAccumulator(min_cells=1)
@@ -156,8 +167,12 @@ def test_missing_values_never_show_as_nan_or_none(tmp_path):
     from pipeline.report_html import write_html_report
 
     acc = _cohort_with_hostile_ids()
-    info = {"model": "m", "first_result_s": float("nan"), "cells_per_s_after_first_result": np.float32("nan"),
-            "elapsed_s": 2.0}
+    info = {
+        "model": "m",
+        "first_result_s": float("nan"),
+        "cells_per_s_after_first_result": np.float32("nan"),
+        "elapsed_s": 2.0,
+    }
     write_html_report(tmp_path, acc.patients(), {}, {}, [{schema.IMAGE: "x.png", schema.REASON: None}], info)
     html = (tmp_path / "report.html").read_text()
     assert ">nan<" not in html.lower() and ">None<" not in html and UNKNOWN in html

@@ -127,4 +127,3 @@ def test_no_credential_in_any_output_or_printed_line(ray_session, s3_bucket, tmp
         table = pq.read_table(io.BytesIO(read_bytes(join_uri(report, schema.PREDICTIONS_DIR, name))))
         ids |= set(table.column(schema.PATIENT_ID).to_pylist())
     assert ids == {None}  # stored as null, the missing value Arrow knows; shown as "(unknown)" only in reports
-

@@ -15,8 +15,12 @@ def test_known_class_comes_from_cell_class_else_from_the_binary_label():
     assert (known_class(None, 1), known_class(None, 0), known_class(None, None)) == ("lymphoblast", "other", None)
     old = pa.table({schema.LABEL: pa.array([1, 0, None], pa.int8())})  # an ingest output from before the classes
     assert with_known_class(old).column(schema.KNOWN_CLASS).to_pylist() == ["lymphoblast", "other", None]
-    new = pa.table({schema.LABEL: pa.array([None, 0], pa.int8()),
-                    schema.CELL_CLASS: pa.array(["erythroblast", None]).dictionary_encode()})
+    new = pa.table(
+        {
+            schema.LABEL: pa.array([None, 0], pa.int8()),
+            schema.CELL_CLASS: pa.array(["erythroblast", None]).dictionary_encode(),
+        }
+    )
     assert with_known_class(new).column(schema.KNOWN_CLASS).to_pylist() == ["erythroblast", "other"]
 
 
@@ -34,6 +38,7 @@ def test_slides_path_without_ray_carries_classes_and_known_labels(tmp_path):
 
     import pyarrow.dataset as pads
     import torch
+    from test_classify import old_checkpoint
 
     from pipeline.classify import ImageClassifier
     from pipeline.config import CropSettings
@@ -44,14 +49,18 @@ def test_slides_path_without_ray_carries_classes_and_known_labels(tmp_path):
     from pipeline.sources import ImageTask
     from pipeline.synth import choose_patient_style, make_image_rng, make_smear
 
-    from test_classify import old_checkpoint
-
     image, truth = make_smear(make_image_rng(3, 1, 0), (640, 480), 0.5, choose_patient_style(3, 1))
     path = tmp_path / "a.png"
     path.write_bytes(encode_png(image))
     points = [[c.x, c.y, c.r, c.label] for c in truth if c.label is not None]
-    task = ImageTask(path=str(path), image="P1/S1/a.png", patient_id="P1", sample_id="S1",
-                     points_json=json.dumps(points), label_source="labels_csv")
+    task = ImageTask(
+        path=str(path),
+        image="P1/S1/a.png",
+        patient_id="P1",
+        sample_id="S1",
+        points_json=json.dumps(points),
+        label_source="labels_csv",
+    )
     torch.manual_seed(0)
     ckpt = old_checkpoint(tmp_path / "ckpt", build_model("lenet", 126).eval())
     rows = SlideStage(CropSettings().to_json())({TASK_COLUMN: np.array([task.to_json()], dtype=object)})

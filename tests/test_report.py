@@ -18,9 +18,24 @@ from PIL import Image
 
 from pipeline import schema
 from pipeline.report import (
-    BLAST_PCT, CI_HIGH, CI_LOW, FLAG, FLAG_ALERT, FLAG_FEW, FLAG_OK, N_BLASTS, N_IMAGES, N_SAMPLES, N_SMUDGE,
-    UNKNOWN, CountAccumulator, format_terminal_summary, wilson_interval,
-    patient_columns, sample_columns, write_count_tables,
+    BLAST_PCT,
+    CI_HIGH,
+    CI_LOW,
+    FLAG,
+    FLAG_ALERT,
+    FLAG_FEW,
+    FLAG_OK,
+    N_BLASTS,
+    N_IMAGES,
+    N_SAMPLES,
+    N_SMUDGE,
+    UNKNOWN,
+    CountAccumulator,
+    format_terminal_summary,
+    patient_columns,
+    sample_columns,
+    wilson_interval,
+    write_count_tables,
 )
 from pipeline.report_html import draw_overlay, write_html_report
 
@@ -29,10 +44,18 @@ WBC, SMUDGE = schema.KIND_WBC, schema.KIND_SMUDGE
 
 # --- Wilson interval ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("k, n, low, high", [
-    (0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0), (2, 5, 0.1176, 0.7693),
-    (1, 100, 0.0018, 0.0545), (0, 0, 0.0, 1.0),
-])
+
+@pytest.mark.parametrize(
+    "k, n, low, high",
+    [
+        (0, 10, 0.0, 0.2775),
+        (5, 10, 0.2366, 0.7634),
+        (10, 10, 0.7225, 1.0),
+        (2, 5, 0.1176, 0.7693),
+        (1, 100, 0.0018, 0.0545),
+        (0, 0, 0.0, 1.0),
+    ],
+)
 def test_wilson_matches_hand_computed_values(k, n, low, high):
     got = wilson_interval(k, n)
     assert got == pytest.approx((low, high), abs=6e-5)
@@ -57,12 +80,20 @@ def test_wilson_rejects_impossible_counts(k, n):
 
 # --- accumulator ----------------------------------------------------------------------------------
 
+
 def hand_built(alert: float = 40.0, min_cells: int = 3) -> CountAccumulator:
     """P1: samples S1 (img a: 3 cells + 1 smudge; img b: no cells) and S2 (img c: 2 cells);
     P2: S3 (img e: 4 cells); P3: 2 cells; P4: one image, no cells; a null patient: 1 blast."""
     acc = CountAccumulator(blast_alert_pct=alert, min_cells=min_cells)
-    for p, s, i in [("P1", "S1", "a"), ("P1", "S1", "b"), ("P1", "S2", "c"), (None, None, "d"), ("P2", "S3", "e"),
-                    ("P3", "S4", "f"), ("P4", "S5", "g")]:
+    for p, s, i in [
+        ("P1", "S1", "a"),
+        ("P1", "S1", "b"),
+        ("P1", "S2", "c"),
+        (None, None, "d"),
+        ("P2", "S3", "e"),
+        ("P3", "S4", "f"),
+        ("P4", "S5", "g"),
+    ]:
         acc.add_image(p, s, i)
     acc.add_cells("P1", "S1", "a", [1, 0, 1, 1], [WBC, WBC, WBC, SMUDGE])
     acc.add_cells("P1", "S2", "c", np.array([0, 0], np.int8), [WBC, WBC])
@@ -134,18 +165,26 @@ def test_cell_batch_equals_cell_by_cell_for_every_column_type():
     as_arrow = CountAccumulator()
     for lo in range(0, n, 128):  # several batches add up
         sl = slice(lo, lo + 128)
-        as_arrow.add_cell_batch(pa.chunked_array([pa.array(pids[sl])]), pa.array(sids[sl]), pa.array(images[sl]),
-                                pa.array(pred[sl], pa.int8()), pa.array(kinds[sl]))
+        as_arrow.add_cell_batch(
+            pa.chunked_array([pa.array(pids[sl])]),
+            pa.array(sids[sl]),
+            pa.array(images[sl]),
+            pa.array(pred[sl], pa.int8()),
+            pa.array(kinds[sl]),
+        )
     assert (as_numpy.patients(), as_numpy.samples()) == expected
     assert (as_arrow.patients(), as_arrow.samples()) == expected
     assert sum(r[schema.N_CELLS] + r[N_SMUDGE] for r in expected[0]) == n
 
 
-@pytest.mark.parametrize("args, match", [
-    ((["P"], ["S"], ["i"], [2], [WBC]), "0 or 1"),
-    ((["P"], ["S"], ["i"], [None], [WBC]), "null"),
-    ((["P", "P"], ["S"], ["i"], [1], [WBC]), "equal length"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((["P"], ["S"], ["i"], [2], [WBC]), "0 or 1"),
+        ((["P"], ["S"], ["i"], [None], [WBC]), "null"),
+        ((["P", "P"], ["S"], ["i"], [1], [WBC]), "equal length"),
+    ],
+)
 def test_cell_batch_rejects_bad_input(args, match):
     with pytest.raises(ValueError, match=match):
         CountAccumulator().add_cell_batch(*args)
@@ -159,6 +198,7 @@ def test_accumulator_rejects_bad_settings(kwargs):
 
 # --- CSV / JSON -----------------------------------------------------------------------------------
 
+
 def test_count_tables_round_trip(tmp_path):
     acc = hand_built()
     patients, samples = acc.patients(), acc.samples()
@@ -166,8 +206,10 @@ def test_count_tables_round_trip(tmp_path):
     write_count_tables(tmp_path, patients, samples, meta)
     doc = json.loads((tmp_path / "patients.json").read_text())
     assert doc["patients"] == patients and doc["meta"] == {**meta, "out": str(tmp_path)}
-    for name, columns, rows in (("patients.csv", patient_columns(), patients),
-                                ("samples.csv", sample_columns(), samples)):
+    for name, columns, rows in (
+        ("patients.csv", patient_columns(), patients),
+        ("samples.csv", sample_columns(), samples),
+    ):
         with open(tmp_path / name, newline="") as f:
             reader = csv.DictReader(f)
             assert tuple(reader.fieldnames) == columns
@@ -187,22 +229,33 @@ def test_count_tables_refuse_rows_of_another_shape(tmp_path):
 
 # --- overlay --------------------------------------------------------------------------------------
 
+
 def box(x0, y0, x1, y1, predicted, prob, kind=WBC) -> dict:
-    return {schema.BBOX_X0: x0, schema.BBOX_Y0: y0, schema.BBOX_X1: x1, schema.BBOX_Y1: y1,
-            schema.PREDICTED: predicted, schema.BLAST_PROB: prob, schema.KIND: kind}
+    return {
+        schema.BBOX_X0: x0,
+        schema.BBOX_Y0: y0,
+        schema.BBOX_X1: x1,
+        schema.BBOX_Y1: y1,
+        schema.PREDICTED: predicted,
+        schema.BLAST_PROB: prob,
+        schema.KIND: kind,
+    }
 
 
 def test_overlay_is_a_downscaled_jpeg_with_red_blast_boxes():
     image = np.full((600, 800, 3), 215, np.uint8)
-    cells = [box(100, 200, 300, 400, 1, 0.93), box(500, 200, 700, 400, 0, 0.12),
-             box(350, 450, 450, 550, 1, 0.8, SMUDGE)]
+    cells = [
+        box(100, 200, 300, 400, 1, 0.93),
+        box(500, 200, 700, 400, 0, 0.12),
+        box(350, 450, 450, 550, 1, 0.8, SMUDGE),
+    ]
     data = draw_overlay(image, cells, max_side=400)
     pic = Image.open(io.BytesIO(data))
     assert pic.format == "JPEG" and pic.size == (400, 300)
     px = np.asarray(pic.convert("RGB")).astype(int)
 
     def colour(x, y):  # mean of a 3x3 patch on a box edge (JPEG blurs single pixels)
-        return px[y - 1:y + 2, x - 1:x + 2].reshape(-1, 3).mean(0)
+        return px[y - 1 : y + 2, x - 1 : x + 2].reshape(-1, 3).mean(0)
 
     r, g, b = colour(51, 150)  # left edge of the blast box, at half scale
     assert r > 170 and g < 80 and b < 80
@@ -277,8 +330,15 @@ def hostile_page(tmp_path) -> tuple[Path, list[bytes]]:
     overlays = {"A": [("A.png", images[0]), ("A2.png", images[1])], HOSTILE: [(HOSTILE, images[2])]}
     gallery = {"A": [(images[3], 0.91, "A.png #0"), (images[4], 0.62, f"{HOSTILE} #1")]}
     quarantine = [{schema.IMAGE: "bad/<b>x</b>.tif", schema.REASON: "truncated & <i>unreadable</i>"}]
-    info = {"model": "lenet-1234", "threshold": 0.5, "blast_alert_pct": 20.0, "min_cells": 2, "elapsed_s": 2.0,
-            "started": "2025-01-01 10:00", "comment": HOSTILE}
+    info = {
+        "model": "lenet-1234",
+        "threshold": 0.5,
+        "blast_alert_pct": 20.0,
+        "min_cells": 2,
+        "elapsed_s": 2.0,
+        "started": "2025-01-01 10:00",
+        "comment": HOSTILE,
+    }
     path = write_html_report(tmp_path, acc.patients(), overlays, gallery, quarantine, info)
     return path, images
 
@@ -320,6 +380,7 @@ def test_terminal_summary_fits_a_screen():
 
 # --- a realistic sample report, and the page as a browser renders it ----------------------------
 
+
 def write_sample_report(out: Path, seed: int = 3, n_patients: int = 6) -> Path:
     """A report of synthetic patients: two drawn smears each (overlays, blast crops), more counted."""
     from pipeline.synth import choose_patient_style, make_image_rng, make_smear
@@ -336,8 +397,10 @@ def write_sample_report(out: Path, seed: int = 3, n_patients: int = 6) -> Path:
             name = f"{pid}/S0/img{i:03d}.png"
             image, truth = make_smear(make_image_rng(seed, p, i), (720, 540), frac, choose_patient_style(seed, p))
             probs = [float(rng.beta(9, 2) if c.label else rng.beta(2, 9)) for c in truth]
-            cells = [box(int(c.x - c.r), int(c.y - c.r), int(c.x + c.r), int(c.y + c.r), int(q >= 0.5), q)
-                     for c, q in zip(truth, probs)]
+            cells = [
+                box(int(c.x - c.r), int(c.y - c.r), int(c.x + c.r), int(c.y + c.r), int(q >= 0.5), q)
+                for c, q in zip(truth, probs)
+            ]
             kinds = [WBC] * len(cells)
             if i == 1 and cells:
                 kinds[-1] = cells[-1][schema.KIND] = SMUDGE
@@ -347,7 +410,7 @@ def write_sample_report(out: Path, seed: int = 3, n_patients: int = 6) -> Path:
             for k, (c, cell) in enumerate(zip(truth, cells)):
                 if cell[schema.PREDICTED] and cell[schema.KIND] == WBC:
                     x0, y0 = max(0, int(c.x - 1.3 * c.r)), max(0, int(c.y - 1.3 * c.r))
-                    crop = Image.fromarray(image[y0:int(c.y + 1.3 * c.r), x0:int(c.x + 1.3 * c.r)]).resize((96, 96))
+                    crop = Image.fromarray(image[y0 : int(c.y + 1.3 * c.r), x0 : int(c.x + 1.3 * c.r)]).resize((96, 96))
                     buf = io.BytesIO()
                     crop.save(buf, format="PNG")
                     gallery.setdefault(pid, []).append((buf.getvalue(), cell[schema.BLAST_PROB], f"{name} #{k}"))
@@ -358,11 +421,21 @@ def write_sample_report(out: Path, seed: int = 3, n_patients: int = 6) -> Path:
         acc.add_cell_batch([pid] * len(images), ["S1"] * len(images), images, calls, [WBC] * len(images))
     patients = acc.patients()
     n_cells = sum(r[schema.N_CELLS] for r in patients)
-    quarantine = [{schema.IMAGE: "P002/S1/img099.tif", schema.REASON: "cannot decode: truncated TIFF strip"},
-                  {schema.IMAGE: "P004/notes.txt", schema.REASON: "not an image: starts with text 'Patient notes'"}]
-    info = {"model": "resnet-3f2a9c1b", "threshold": 0.5, "blast_alert_pct": 20.0, "min_cells": 50,
-            "started": "2025-06-02 14:31", "elapsed_s": 2.7, "cells_per_s": n_cells / 2.7,
-            "n_images": sum(r[N_IMAGES] for r in patients) + len(quarantine), "n_quarantined": len(quarantine)}
+    quarantine = [
+        {schema.IMAGE: "P002/S1/img099.tif", schema.REASON: "cannot decode: truncated TIFF strip"},
+        {schema.IMAGE: "P004/notes.txt", schema.REASON: "not an image: starts with text 'Patient notes'"},
+    ]
+    info = {
+        "model": "resnet-3f2a9c1b",
+        "threshold": 0.5,
+        "blast_alert_pct": 20.0,
+        "min_cells": 50,
+        "started": "2025-06-02 14:31",
+        "elapsed_s": 2.7,
+        "cells_per_s": n_cells / 2.7,
+        "n_images": sum(r[N_IMAGES] for r in patients) + len(quarantine),
+        "n_quarantined": len(quarantine),
+    }
     write_count_tables(out, patients, acc.samples(), info)
     return write_html_report(out, patients, overlays, gallery, quarantine, info)
 
@@ -371,8 +444,10 @@ def find_chromium() -> str:
     for name in ("chromium", "chromium-browser"):
         if path := shutil.which(name):
             return path
-    pytest.skip("chromium is not on PATH: install Debian's `chromium` package (the Makefile's test target does) "
-                "to check that report.html renders in a browser")
+    pytest.skip(
+        "chromium is not on PATH: install Debian's `chromium` package (the Makefile's test target does) "
+        "to check that report.html renders in a browser"
+    )
 
 
 @pytest.mark.slow
@@ -380,16 +455,21 @@ def test_report_renders_in_headless_chromium(tmp_path):
     browser = find_chromium()
     page = write_sample_report(tmp_path / "report")
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120,
-                         check=True).stdout
+    dom = subprocess.run(
+        flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     parser = PageParser()
     parser.feed(dom)
     assert parser.patient_rows == 6
-    n_gallery = dom.count("class=\"crop\"")
+    n_gallery = dom.count('class="crop"')
     assert n_gallery > 0 and len(parser.imgs) == 6 * 2 + n_gallery
     shot = tmp_path / "report.png"
-    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()], capture_output=True,
-                   timeout=120, check=True)
+    subprocess.run(
+        flags + [f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.shape == (1600, 1200, 3)
     assert pixels.std() > 20  # not a blank page
@@ -405,8 +485,11 @@ def differential_page(tmp_path) -> tuple[Path, str]:
     acc = CountAccumulator(min_cells=1, classes=DIFF_CLASSES)
     acc.add_cells("A", "s", "a.png", [1, 0, 0, 0], [WBC] * 4, ["lymphoblast", "neutrophil", "neutrophil", "lymphocyte"])
     acc.add_cells(HOSTILE, "s", "h.png", [0, 0, 0], [WBC, WBC, SMUDGE], ["lymphocyte", "erythroblast", "neutrophil"])
-    strips = {"neutrophil": [(png((1, 1, 1)), 0.97, "A: a.png"), (png((2, 2, 2)), 0.61, f"{HOSTILE}: h.png")],
-              "lymphocyte": [(png((3, 3, 3)), 0.88, "A: a.png")], "erythroblast": [(png((4, 4, 4)), 0.7, "h.png")]}
+    strips = {
+        "neutrophil": [(png((1, 1, 1)), 0.97, "A: a.png"), (png((2, 2, 2)), 0.61, f"{HOSTILE}: h.png")],
+        "lymphocyte": [(png((3, 3, 3)), 0.88, "A: a.png")],
+        "erythroblast": [(png((4, 4, 4)), 0.7, "h.png")],
+    }
     info = {"model": "resnet-1", "threshold": 0.5, "blast_alert_pct": 20.0, "min_cells": 1}
     path = write_html_report(tmp_path, acc.patients(), {}, {}, [], info, class_gallery=strips, classes=DIFF_CLASSES)
     return path, path.read_text(encoding="utf-8")
@@ -418,7 +501,7 @@ def test_html_differential_table_and_class_strips(tmp_path):
     parser.feed(page)
     parser.close()
     assert parser.errors == [] and parser.stack == [] and "script" not in parser.tags
-    section = page[page.index("id='differential'"):page.index("id='classes'")]
+    section = page[page.index("id='differential'") : page.index("id='classes'")]
     rows = section.split("<tbody>")[1].split("</tbody>")[0].split("<tr>")[1:]
     assert len(rows) == 2  # one row per patient, highest blast % first (A: 1 of 4)
     assert "&gt;A&lt;" not in rows[0] and ">A</a>" in rows[0]
@@ -429,8 +512,13 @@ def test_html_differential_table_and_class_strips(tmp_path):
     assert rows[1].count("<b>100.0</b>") == 3
     headers = section.split("<thead>")[1].split("</thead>")[0]
     assert [h for h in ("lymphoblast", "neutrophil", "lymphocyte", "erythroblast", "smudge") if h in headers] == [
-        "lymphoblast", "neutrophil", "lymphocyte", "erythroblast", "smudge"]
-    strips = page[page.index("id='classes'"):]
+        "lymphoblast",
+        "neutrophil",
+        "lymphocyte",
+        "erythroblast",
+        "smudge",
+    ]
+    strips = page[page.index("id='classes'") :]
     order = [strips.index(f"<h3>{t}") for t in ("neutrophil", "lymphocyte", "erythroblast")]
     assert order == sorted(order)  # strips in differential order
     assert strips.index("p = 0.97") < strips.index("p = 0.61")  # most confident first

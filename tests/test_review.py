@@ -40,7 +40,9 @@ def test_corrections_change_counts_and_are_audited_undo_restores(report):
     assert store.decisions("P001") == {}
     audit = store.audit("P001")
     assert [(a["action"], a["from_class"], a["to_class"]) for a in audit] == [
-        ("correct", "lymphoblast", "lymphocyte"), ("undo", "lymphocyte", "lymphoblast")]
+        ("correct", "lymphoblast", "lymphocyte"),
+        ("undo", "lymphocyte", "lymphoblast"),
+    ]
     assert store.revision("P001") == audit[-1]["id"] > rev
     store.close()
 
@@ -105,7 +107,15 @@ def test_database_is_sqlite_in_wal_mode(report):
 
 def test_neutralise_and_safe_filename():
     assert [neutralise(v) for v in ("=1+1", "+x", "-2", "@a", "\tz", "\rq", "ok", 3)] == [
-        "'=1+1", "'+x", "'-2", "'@a", "'\tz", "'\rq", "ok", 3]
+        "'=1+1",
+        "'+x",
+        "'-2",
+        "'@a",
+        "'\tz",
+        "'\rq",
+        "ok",
+        3,
+    ]
     name = safe_filename(XSS_ID)
     assert re.fullmatch(r"[A-Za-z0-9._-]+", name) and name != safe_filename("<img src=x onerror=alert(2)>")
     assert safe_filename("P001") == "P001" and safe_filename("../etc").startswith("etc-")
@@ -143,8 +153,12 @@ def test_exported_labels_are_what_ingest_reads(report, tmp_path):
     assert list(labels) == [cells.image[blast]]  # the image path as the predictions (and ingest) name it
     got = sorted((round(x, 2), round(y, 2), lab) for x, y, _, lab in labels[cells.image[blast]])
     # a binary model's export: the lymphocyte goes out as label 0 (other), the new blast as label 1
-    want = sorted([(round(float(cells.x[blast]), 2), round(float(cells.y[blast]), 2), taxonomy.OTHER),
-                   (round(float(cells.x[other]), 2), round(float(cells.y[other]), 2), taxonomy.LYMPHOBLAST)])
+    want = sorted(
+        [
+            (round(float(cells.x[blast]), 2), round(float(cells.y[blast]), 2), taxonomy.OTHER),
+            (round(float(cells.x[other]), 2), round(float(cells.y[other]), 2), taxonomy.LYMPHOBLAST),
+        ]
+    )
     assert got == want
 
 
@@ -203,8 +217,11 @@ def test_sign_off_over_http_writes_signed_files_and_reviewed_csv(report):
         cells = r.patients[XSS_ID]
         for k, c in zip(cells.keys, cells.confidence):
             if c < 0.8:
-                rev = client.post("/cell", data={"patient": XSS_ID, "key": k, "cls": "lymphoblast", "reviewer": "ann"},
-                                  headers={"X-CSRF-Token": csrf}).json()["revision"]
+                rev = client.post(
+                    "/cell",
+                    data={"patient": XSS_ID, "key": k, "cls": "lymphoblast", "reviewer": "ann"},
+                    headers={"X-CSRF-Token": csrf},
+                ).json()["revision"]
         done = client.post("/signoff", data={"patient": XSS_ID, "reviewer": "ann", "revision": rev, "csrf": csrf})
         assert done.status_code == 303
     name = safe_filename(XSS_ID)
@@ -222,7 +239,8 @@ def test_cli_refuses_a_folder_without_predictions_in_one_line(tmp_path):
     res = CliRunner().invoke(__import__("jobs.cli", fromlist=["cli"]).cli, ["review", str(tmp_path)])
     assert res.exit_code == 1
     assert res.output.strip().splitlines() == [
-        f"error: {tmp_path / 'predictions'}: no predictions (*.parquet): give the folder `allray infer --out` wrote"]
+        f"error: {tmp_path / 'predictions'}: no predictions (*.parquet): give the folder `allray infer --out` wrote"
+    ]
 
 
 def test_any_host_but_127_0_0_1_needs_the_token_and_the_url_carries_it(report):
@@ -231,8 +249,10 @@ def test_any_host_but_127_0_0_1_needs_the_token_and_the_url_carries_it(report):
     assert not ReviewConfig(report=str(report)).needs_token
     for host in ("127.0.0.2", "0.0.0.0", "localhost", "192.168.1.5"):
         assert ReviewConfig(report=str(report), host=host).needs_token
-    assert review_url(ReviewConfig(report=str(report), host="0.0.0.0", port=9000, token="abc")) == \
-        "http://127.0.0.1:9000/?token=abc"
+    assert (
+        review_url(ReviewConfig(report=str(report), host="0.0.0.0", port=9000, token="abc"))
+        == "http://127.0.0.1:9000/?token=abc"
+    )
     with pytest.raises(ValueError, match="unsure-below"):
         ReviewConfig(report=str(report), unsure_below=1.5)
 
@@ -247,8 +267,11 @@ def test_class_model_page_shows_the_differential_live(tmp_path):
         diff = re.search(r'<table class="diff".*?</table>', page.text, re.S).group(0)
         assert re.search(r"neutrophil</td><td class=\"num\">6</td><td class=\"num\">60.00 %", diff)
         csrf = re.search(r'name="csrf" content="([0-9a-f]+)"', page.text).group(1)
-        res = client.post("/cell", data={"patient": "P001", "key": neutrophil, "cls": "monocyte", "reviewer": "ann"},
-                          headers={"X-CSRF-Token": csrf}).json()
+        res = client.post(
+            "/cell",
+            data={"patient": "P001", "key": neutrophil, "cls": "monocyte", "reviewer": "ann"},
+            headers={"X-CSRF-Token": csrf},
+        ).json()
         assert re.search(r"neutrophil</td><td class=\"num\">5</td><td class=\"num\">50.00 %", res["counts_html"])
         assert re.search(r"monocyte</td><td class=\"num\">1</td><td class=\"num\">10.00 %", res["counts_html"])
         assert res["blast_pct"] == 40.0

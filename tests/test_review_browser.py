@@ -127,8 +127,17 @@ def test_review_scenario_correct_sign_off_reopen_export(browser, report, tmp_pat
     assert sum(1 for (p, c), label in got if p == "lymphoblast" and label == "0") == 2
     assert sum(1 for (p, c), _ in got if c < 0.8) == 3
     actions = [(r["action"], r["from_class"], r["to_class"], r["reason"]) for r in csv.DictReader(audit.open())]
-    assert [a[0] for a in actions] == ["correct", "correct", "undo", "correct", "correct", "correct", "correct",
-                                       "sign_off", "reopen"]
+    assert [a[0] for a in actions] == [
+        "correct",
+        "correct",
+        "undo",
+        "correct",
+        "correct",
+        "correct",
+        "correct",
+        "sign_off",
+        "reopen",
+    ]
     assert actions[0][1:3] == ("lymphoblast", "lymphocyte") and actions[2][1:3] == ("neutrophil", "lymphoblast")
     assert actions[-1][3] == "recount requested"
 
@@ -145,8 +154,11 @@ def test_token_csrf_and_escaping_in_the_browser(browser, report):
         link.click()
         assert page.locator("#patient-id").inner_text() == XSS_ID
         key = load_report(report).patients["P001"].keys[0]
-        status = page.evaluate("""async (key) => (await fetch('/cell', {method: 'POST', body: new URLSearchParams(
-            {patient: 'P001', key: key, cls: 'monocyte', reviewer: 'mallory'})})).status""", key)
+        status = page.evaluate(
+            """async (key) => (await fetch('/cell', {method: 'POST', body: new URLSearchParams(
+            {patient: 'P001', key: key, cls: 'monocyte', reviewer: 'mallory'})})).status""",
+            key,
+        )
         assert status == 403
         assert srv.app.state.store.audit() == []
         assert dialogs == []

@@ -70,7 +70,9 @@ def test_same_cell_same_diameter_in_single_cell_crop_as_in_slide_crop(cohort):
         smear = _smear(root, cell.image)
         smear_upp = cell.um_per_pixel  # not downscaled: the smear's own scale
         detection = ingest_image(_task("smear.png"), encode_png(smear), CropSettings(um_per_pixel=smear_upp), "x", "{}")
-        nearest = min(detection.cells, key=lambda r: math.hypot(r[schema.X] - cell.source_x, r[schema.Y] - cell.source_y))
+        nearest = min(
+            detection.cells, key=lambda r: math.hypot(r[schema.X] - cell.source_x, r[schema.Y] - cell.source_y)
+        )
         slide_crop = decode_png(nearest[schema.CROP])
         cut = cut_single_cell(_single(root, cell), CropSettings(um_per_pixel=cell.um_per_pixel))
         assert cut.scale_source == "user"

@@ -79,8 +79,10 @@ def test_allidb1_labels_from_xyc_and_filename(tmp_path):
     d = discover_images(tmp_path)
     assert d.format == "allidb1"
     by = {t.image: t for t in d.tasks}
-    assert json.loads(by["Im001_1.jpg"].points_json) == [[100.0, 200.0, None, "lymphoblast"],
-                                                         [300.0, 150.0, None, "lymphoblast"]]
+    assert json.loads(by["Im001_1.jpg"].points_json) == [
+        [100.0, 200.0, None, "lymphoblast"],
+        [300.0, 150.0, None, "lymphoblast"],
+    ]
     assert by["Im001_1.jpg"].default_label == "other" and by["Im001_1.jpg"].label_source == "xyc"
     assert by["Im002_0.JPG"].default_label == "other" and by["Im002_0.JPG"].points_json is None
     assert by["Im002_0.JPG"].sample_id == "Im002_0" and by["Im002_0.JPG"].patient_id is None
@@ -92,7 +94,9 @@ def test_allidb2_single_cells_labelled_by_suffix(tmp_path):
     d = discover_images(tmp_path)
     assert d.format == "allidb2"
     assert {(t.image, t.default_label, t.kind) for t in d.tasks} == {
-        ("Im001_1.tif", "lymphoblast", SINGLE_CELL), ("Im131_0.tif", "other", SINGLE_CELL)}
+        ("Im001_1.tif", "lymphoblast", SINGLE_CELL),
+        ("Im131_0.tif", "other", SINGLE_CELL),
+    }
 
 
 def test_allidb2_reencoded_small_jpegs_detected_by_size(tmp_path):

@@ -11,15 +11,30 @@ from pipeline.store import open_output, read_table, write_shard
 
 def _cell(image: str, cell_id: int, shard: str) -> dict:
     row = {f.name: None for f in schema.CELL_SCHEMA}
-    row.update({schema.IMAGE: image, schema.CELL_ID: cell_id, schema.CROP: b"\x89PNG", schema.LABEL: 1,
-                schema.SHARD: shard, schema.AT_BORDER: True})
+    row.update(
+        {
+            schema.IMAGE: image,
+            schema.CELL_ID: cell_id,
+            schema.CROP: b"\x89PNG",
+            schema.LABEL: 1,
+            schema.SHARD: shard,
+            schema.AT_BORDER: True,
+        }
+    )
     return row
 
 
 def _ledger(image: str, shard: str, sha: str = "abc") -> dict:
     row = {f.name: None for f in schema.IMAGE_SCHEMA}
-    row.update({schema.IMAGE: image, schema.STATUS: schema.STATUS_INGESTED, schema.N_CELLS: 2,
-                schema.SOURCE_SHA256: sha, schema.SHARD: shard})
+    row.update(
+        {
+            schema.IMAGE: image,
+            schema.STATUS: schema.STATUS_INGESTED,
+            schema.N_CELLS: 2,
+            schema.SOURCE_SHA256: sha,
+            schema.SHARD: shard,
+        }
+    )
     return row
 
 

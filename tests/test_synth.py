@@ -13,8 +13,15 @@ from scipy import ndimage as ndi
 
 from pipeline import schema, taxonomy
 from pipeline.synth import (
-    PATIENT_CLASS_COLUMNS, RBC_DIAMETER_UM, SmearStyle, choose_blast_fraction, choose_patient_style, choose_style,
-    make_image_rng, make_smear, write_cohort,
+    PATIENT_CLASS_COLUMNS,
+    RBC_DIAMETER_UM,
+    SmearStyle,
+    choose_blast_fraction,
+    choose_patient_style,
+    choose_style,
+    make_image_rng,
+    make_smear,
+    write_cohort,
 )
 
 SIZE = (400, 300)  # small fields keep the suite fast; magnification is unchanged by size
@@ -55,8 +62,7 @@ def nucleus_mask(image: np.ndarray) -> np.ndarray:
 
 
 def test_cohort_layout_and_headers(cohort):
-    slides = sorted(p.relative_to(cohort / "slides").as_posix()
-                    for p in (cohort / "slides").rglob("*.png"))
+    slides = sorted(p.relative_to(cohort / "slides").as_posix() for p in (cohort / "slides").rglob("*.png"))
     assert slides == [f"P{p:03d}/S{i * 2 // 3}/img{i:03d}.png" for p in range(3) for i in range(3)]
     with (cohort / "truth" / "cells.csv").open() as f:
         assert tuple(f.readline().strip().split(",")) == schema.TRUTH_COLUMNS
@@ -67,11 +73,9 @@ def test_cohort_layout_and_headers(cohort):
 
 
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(cohort, tmp_path):
-    write_cohort(tmp_path / "again", patients=3, images_per_patient=3, seed=7, size=SIZE,
-                 samples_per_patient=2)
+    write_cohort(tmp_path / "again", patients=3, images_per_patient=3, seed=7, size=SIZE, samples_per_patient=2)
     assert files_of(tmp_path / "again") == files_of(cohort)
-    write_cohort(tmp_path / "other", patients=3, images_per_patient=3, seed=8, size=SIZE,
-                 samples_per_patient=2)
+    write_cohort(tmp_path / "other", patients=3, images_per_patient=3, seed=8, size=SIZE, samples_per_patient=2)
     other = files_of(tmp_path / "other")
     mine = files_of(cohort)
     assert other["truth/cells.csv"] != mine["truth/cells.csv"]
@@ -86,12 +90,12 @@ def test_any_image_can_be_rebuilt_alone(cohort):
     assert np.array_equal(np.asarray(Image.open(cohort / "slides" / rel)), image)
     rows = [r for r in read_csv(cohort / "truth" / "cells.csv") if r["image"] == rel]
     assert [(float(r["x"]), float(r["y"]), r["label"], r["class"]) for r in rows] == [
-        (round(c.x, 2), round(c.y, 2), "" if c.label is None else str(c.label), c.kind) for c in cells]
+        (round(c.x, 2), round(c.y, 2), "" if c.label is None else str(c.label), c.kind) for c in cells
+    ]
 
 
 def test_smaller_cohort_is_a_prefix_of_a_larger_one(cohort, tmp_path):
-    write_cohort(tmp_path / "small", patients=2, images_per_patient=3, seed=7, size=SIZE,
-                 samples_per_patient=2)
+    write_cohort(tmp_path / "small", patients=2, images_per_patient=3, seed=7, size=SIZE, samples_per_patient=2)
     small, big = files_of(tmp_path / "small" / "slides"), files_of(cohort / "slides")
     assert small == {k: v for k, v in big.items() if not k.startswith("P002")}
 
@@ -117,8 +121,10 @@ def test_class_counts_in_patients_csv_equal_the_cells_of_each_class(tmp_path):
     write_cohort(out, patients=6, images_per_patient=8, seed=3, size=SIZE)
     cells = read_csv(out / "truth" / "cells.csv")
     assert all(taxonomy.parse_class(r["class"], "cells.csv") == r["class"] for r in cells)
-    assert all(r["label"] == str(taxonomy.binary_label(r["class"]) if taxonomy.binary_label(r["class"]) is not None
-                                 else "") for r in cells)  # the label is derived from the class
+    assert all(
+        r["label"] == str(taxonomy.binary_label(r["class"]) if taxonomy.binary_label(r["class"]) is not None else "")
+        for r in cells
+    )  # the label is derived from the class
     per_patient: dict[str, list[str]] = defaultdict(list)
     for r in cells:
         per_patient[r["image"].split("/")[0]].append(r["class"])
@@ -134,8 +140,9 @@ def test_class_counts_in_patients_csv_equal_the_cells_of_each_class(tmp_path):
         for name in ("erythroblast", "smudge"):  # per 100 white cells
             assert int(p[f"n_{name}"]) == classes.count(name)
             assert p[f"{name}_pct"] == f"{100 * classes.count(name) / len(white):.2f}"
-        assert sum(int(p[f"n_{c}"]) for c in
-                   ("lymphoblast", "neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")) == len(white)
+        assert sum(
+            int(p[f"n_{c}"]) for c in ("lymphoblast", "neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
+        ) == len(white)
         if choose_blast_fraction(3, int(p["patient_id"][1:])) == 0:
             assert int(p["n_erythroblast"]) == 0  # healthy blood has no nucleated red cells
 
@@ -214,8 +221,9 @@ def test_smears_include_cut_and_touching_white_cells(smears):
     cut = touching = 0
     for _, cells, _ in smears:
         cut += sum(min(c.x, c.y, w - 1 - c.x, h - 1 - c.y) < c.r for c in cells)
-        touching += sum(np.hypot(a.x - b.x, a.y - b.y) < 1.05 * (a.r + b.r)
-                        for i, a in enumerate(cells) for b in cells[i + 1:])
+        touching += sum(
+            np.hypot(a.x - b.x, a.y - b.y) < 1.05 * (a.r + b.r) for i, a in enumerate(cells) for b in cells[i + 1 :]
+        )
     assert cut > 0 and touching > 0
 
 

@@ -8,12 +8,22 @@ from pipeline import taxonomy as tx
 @pytest.mark.parametrize(
     "value, expected",
     [
-        ("basophil", tx.BASOPHIL), ("eosinophil", tx.EOSINOPHIL), ("erythroblast", tx.ERYTHROBLAST),
-        ("ig", tx.IG), ("lymphocyte", tx.LYMPHOCYTE), ("monocyte", tx.MONOCYTE),
-        ("neutrophil", tx.NEUTROPHIL), ("platelet", tx.PLATELET),  # the PBC folders
-        ("1", tx.LYMPHOBLAST), ("0", tx.OTHER),  # ALL-IDB's labels
-        ("Neutrophils", tx.NEUTROPHIL), ("Immature granulocyte", tx.IG), ("basket-cell", tx.SMUDGE),
-        ("NRBC", tx.ERYTHROBLAST), ("blast", tx.LYMPHOBLAST), ("WBC", tx.WBC),
+        ("basophil", tx.BASOPHIL),
+        ("eosinophil", tx.EOSINOPHIL),
+        ("erythroblast", tx.ERYTHROBLAST),
+        ("ig", tx.IG),
+        ("lymphocyte", tx.LYMPHOCYTE),
+        ("monocyte", tx.MONOCYTE),
+        ("neutrophil", tx.NEUTROPHIL),
+        ("platelet", tx.PLATELET),  # the PBC folders
+        ("1", tx.LYMPHOBLAST),
+        ("0", tx.OTHER),  # ALL-IDB's labels
+        ("Neutrophils", tx.NEUTROPHIL),
+        ("Immature granulocyte", tx.IG),
+        ("basket-cell", tx.SMUDGE),
+        ("NRBC", tx.ERYTHROBLAST),
+        ("blast", tx.LYMPHOBLAST),
+        ("WBC", tx.WBC),
     ],
 )
 def test_source_labels_map_to_one_node(value, expected):

@@ -98,11 +98,7 @@ def test_augment_without_jitter_keeps_each_crops_pixels():
 def test_augment_flips_and_rotations_are_square_symmetries():
     x = _batch(n=32)
     out = augment(x, torch.Generator().manual_seed(4), jitter=0.0, max_shift=0)
-    symmetries = [
-        lambda t, k=k, f=f: (t.flip(-1) if f else t).rot90(k, (-2, -1))
-        for k in range(4)
-        for f in (0, 1)
-    ]
+    symmetries = [lambda t, k=k, f=f: (t.flip(-1) if f else t).rot90(k, (-2, -1)) for k in range(4) for f in (0, 1)]
     used = set()
     for before, after in zip(x, out):
         matches = [i for i, s in enumerate(symmetries) if torch.equal(s(before), after)]

@@ -65,8 +65,15 @@ def check_chain(s: dict, cells: str, run: str, report: str) -> None:
     assert ingest["run"]["identities"]["cells_data_id"] == ledger_identity(cells)
 
     files, _ = list_tree(run)
-    for name in ("metrics.jsonl", "summary.json", "curves.png", "config.json", "split.json", "lenet/best/model.pt",
-                 "lenet/best/meta.json"):
+    for name in (
+        "metrics.jsonl",
+        "summary.json",
+        "curves.png",
+        "config.json",
+        "split.json",
+        "lenet/best/model.pt",
+        "lenet/best/meta.json",
+    ):
         assert name in files, name
     assert "lenet/best/optimizer.pt" not in files
     assert any(f.startswith("lenet/checkpoint_") for f in files)  # Ray Train's own, through the same filesystem

@@ -18,10 +18,8 @@ from torchvision import models as tvm
 CONFIGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M"]
-    + [512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M"]
-    + [512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M"] + [512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M"] + [512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
 NAMES = tuple(f"{arch}{suffix}" for arch in CONFIGS for suffix in ("", "_bn"))
 DEFAULT_IMAGE_SIZE = 128  # the stored crop size: no resampling, and 5 poolings leave a 4x4 map

@@ -138,8 +138,9 @@ def load_report(report: str | Path) -> ReviewReport:
     names = set(ds.schema.names)
     missing = [c for c in _INDEX_COLUMNS if c not in names]
     if missing:
-        raise ValueError(f"{path / schema.PREDICTIONS_DIR}: predictions lack column(s) {', '.join(missing)}; "
-                         "re-run `allray infer`")
+        raise ValueError(
+            f"{path / schema.PREDICTIONS_DIR}: predictions lack column(s) {', '.join(missing)}; re-run `allray infer`"
+        )
     has_classes = all(c in names for c in _CLASS_COLUMNS)
     t = ds.to_table(columns=_INDEX_COLUMNS + (_CLASS_COLUMNS if has_classes else []))
     info = _read_info(path)
@@ -151,8 +152,10 @@ def load_report(report: str | Path) -> ReviewReport:
     keys = [cell_key(s, c) for s, c in zip(t.column(schema.SOURCE_SHA256).to_pylist(),
                                            t.column(schema.CELL_ID).to_pylist())]  # fmt: skip
     if len(set(keys)) != len(keys):
-        raise ValueError(f"{path / schema.PREDICTIONS_DIR}: the same cell (image hash + cell id) appears twice; "
-                         "the predictions are not one infer output")
+        raise ValueError(
+            f"{path / schema.PREDICTIONS_DIR}: the same cell (image hash + cell id) appears twice; "
+            "the predictions are not one infer output"
+        )
     predicted, confidence = _predicted(t, has_classes)
     pids = [UNKNOWN if p is None else str(p) for p in t.column(schema.PATIENT_ID).to_pylist()]
     bbox = [t.column(c).to_numpy(zero_copy_only=False).astype(float) for c in

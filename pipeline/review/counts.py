@@ -48,8 +48,14 @@ def count_patient(cells: PatientCells, decisions: dict[str, str], unsure_below: 
     for c in classes:
         per_class[c] = per_class.get(c, 0) + 1
     white = sum(k for c, k in per_class.items() if c != NOT_A_CELL and c in taxonomy.NODES and taxonomy.is_white(c))
-    row = count_row(len(set(cells.image)), white, per_class.get(taxonomy.LYMPHOBLAST, 0),
-                    per_class.get(taxonomy.SMUDGE, 0), blast_alert_pct, min_cells)
+    row = count_row(
+        len(set(cells.image)),
+        white,
+        per_class.get(taxonomy.LYMPHOBLAST, 0),
+        per_class.get(taxonomy.SMUDGE, 0),
+        blast_alert_pct,
+        min_cells,
+    )
     mine = [k for k in cells.keys if k in decisions]
     changed = sum(decisions[k] != p for k, p in zip(cells.keys, cells.predicted) if k in decisions)
     return PatientCounts(row, per_class, sum(unsure_mask(cells, decisions, unsure_below)), len(mine), changed)

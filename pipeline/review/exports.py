@@ -44,15 +44,24 @@ def safe_filename(patient_id: str) -> str:
 def signed_record(report: ReviewReport, patient_id: str, before: PatientCounts, after: PatientCounts, reviewer: str,
                   at: str) -> dict:  # fmt: skip
     """What signed/<patient>.json holds: counts before and after review, who, when, model, cells changed."""
+
     def counts(c: PatientCounts) -> dict:
         out = {k: c.row[k] for k in PATIENT_COLUMNS if k in c.row}
         out["n_samples"] = report.patients[patient_id].n_samples
         out["per_class"] = {k: v for k, v in c.per_class.items() if v}
         return out
 
-    return {"patient_id": patient_id, "reviewer": reviewer, "signed_at": at, "model_id": report.model_id,
-            "report": str(report.path.resolve()), "n_cells_reviewed": after.n_reviewed,
-            "n_cells_changed": after.n_changed, "before_review": counts(before), "after_review": counts(after)}
+    return {
+        "patient_id": patient_id,
+        "reviewer": reviewer,
+        "signed_at": at,
+        "model_id": report.model_id,
+        "report": str(report.path.resolve()),
+        "n_cells_reviewed": after.n_reviewed,
+        "n_cells_changed": after.n_changed,
+        "before_review": counts(before),
+        "after_review": counts(after),
+    }
 
 
 def _write_atomic(path: Path, text: str) -> None:

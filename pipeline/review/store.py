@@ -12,7 +12,7 @@ were computed at and is refused when the patient changed since.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import sqlalchemy as sa
@@ -56,8 +56,11 @@ AUDIT = sa.Table(
     sa.Index("ix_audit_patient_id", "patient_id", "id"),  # a patient's revision: max(id) from the index alone
 )  # fmt: skip
 # SQLite: the audit trail refuses UPDATE and DELETE at the database, not only in this code.
-_SQLITE_TRIGGERS = [f"CREATE TRIGGER IF NOT EXISTS audit_no_{op.lower()} BEFORE {op} ON audit "
-                    "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END" for op in ("UPDATE", "DELETE")]
+_SQLITE_TRIGGERS = [
+    f"CREATE TRIGGER IF NOT EXISTS audit_no_{op.lower()} BEFORE {op} ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"
+    for op in ("UPDATE", "DELETE")
+]
 
 
 class Change(NamedTuple):
@@ -73,7 +76,7 @@ class ReviewRefused(ValueError):
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class ReviewStore:
@@ -100,8 +103,10 @@ class ReviewStore:
                                              {"key": "schema_version", "value": str(SCHEMA_VERSION)},
                                              {"key": "created", "value": now()}])  # fmt: skip
             elif meta.get("fingerprint") != fingerprint:
-                raise ValueError(f"review database {url} belongs to another report ({meta.get('report')}), not "
-                                 f"{report}: give this report its own database (--db) or review that report")
+                raise ValueError(
+                    f"review database {url} belongs to another report ({meta.get('report')}), not "
+                    f"{report}: give this report its own database (--db) or review that report"
+                )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -187,8 +192,10 @@ class ReviewStore:
             _refuse_if_signed(conn, patient_id)
             current = _revision(conn, patient_id)
             if current != int(revision_seen):
-                raise ReviewRefused("the counts shown are stale: this patient changed since the page was loaded "
-                                    "(another session?); reload and check the counts before signing")
+                raise ReviewRefused(
+                    "the counts shown are stale: this patient changed since the page was loaded "
+                    "(another session?); reload and check the counts before signing"
+                )
             conn.execute(AUDIT.insert().values(at=record["signed_at"], reviewer=reviewer, patient_id=patient_id,
                                                action=ACTION_SIGN_OFF, reason=None))  # fmt: skip
             rev = _revision(conn, patient_id)
@@ -233,5 +240,6 @@ def _is_signed(conn, patient_id: str) -> bool:
 
 def _refuse_if_signed(conn, patient_id: str) -> None:
     if _is_signed(conn, patient_id):
-        raise ReviewRefused(f"patient {patient_id!r} is signed off and read-only; reopen it (with a reason) to change "
-                            "it")
+        raise ReviewRefused(
+            f"patient {patient_id!r} is signed off and read-only; reopen it (with a reason) to change it"
+        )
