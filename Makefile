@@ -6,7 +6,7 @@ ALLRAY := $(VENV)/bin/allray
 STAMP := $(VENV)/.installed
 DEMO := demo-out
 
-.PHONY: install demo test test-fast test-multinode bench clean browser lint
+.PHONY: install demo test test-fast test-multinode bench bench-pbc clean browser lint
 
 install: $(STAMP)
 
@@ -48,12 +48,20 @@ test-fast: $(STAMP)
 
 # Every figure of the README's table; train, infer and pipeline quality use the demo's outputs.
 bench: $(STAMP)
-	$(PY) benchmarks/detect_quality.py
+	$(PY) benchmarks/detect_quality.py --all-seeds 1,2,3 --all-fields 3
+	$(PY) benchmarks/single_cell_scale.py
+	$(PY) benchmarks/review_speed.py
 	$(PY) benchmarks/ingest_speed.py
 	test -d $(DEMO)/run || $(MAKE) demo
 	$(PY) benchmarks/pipeline_quality.py $(DEMO)
 	$(PY) benchmarks/train_speed.py $(DEMO)/cells --epochs 6 --seeds 2
 	$(PY) benchmarks/infer_speed.py $(DEMO)/cells $(DEMO)/run
+
+# 5-fold cross-validation on the shared PBC cells (hours on 2 cores: LeNet and ResNet-18; a GPU helps).
+bench-pbc: $(STAMP)
+	$(ALLRAY) ingest ../shared/data/pbc --out $(DEMO)/pbc-cells
+	$(PY) benchmarks/pbc_cv.py $(DEMO)/pbc-cells --arch lenet
+	$(PY) benchmarks/pbc_cv.py $(DEMO)/pbc-cells --arch resnet18
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

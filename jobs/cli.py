@@ -329,11 +329,29 @@ def train(
     type=click.Choice(["auto", "folders", "manifest", "allidb1", "allidb2", "classfolders"]),
     help="Slides layout.",
 )
+@click.option("--follow-links", is_flag=True, help="Enter linked folders and read links to files outside SLIDES.")
+@click.option(
+    "--allow-unmatched", is_flag=True, help="Skip (and count) manifest rows that name no image or hold bad values."
+)
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--verbose", is_flag=True, help="Show Ray's logs and tracebacks.")
 @friendly_errors
 def infer(
-    slides, model, out, gpu, workers, batch_size, threshold, blast_alert, min_cells, manifest, fmt, address, verbose
+    slides,
+    model,
+    out,
+    gpu,
+    workers,
+    batch_size,
+    threshold,
+    blast_alert,
+    min_cells,
+    manifest,
+    fmt,
+    follow_links,
+    allow_unmatched,
+    address,
+    verbose,
 ) -> None:
     """Label the white cells of SLIDES (folders, manifest, or an ingest output) and report blasts per patient.
 
@@ -353,10 +371,12 @@ def infer(
         min_cells=min_cells,
         manifest=manifest,
         format=fmt,
+        follow_links=follow_links,
+        allow_unmatched=allow_unmatched,
     )  # validated here, before Ray starts
     summary = run_infer(config, address=address, verbose=verbose)
     _echo(summary["terminal"])
-    click.echo(f"report: {summary['report']}")
+    _echo(f"report: {summary['report']}")
 
 
 @cli.command()

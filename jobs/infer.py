@@ -19,7 +19,7 @@ import math
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -269,6 +269,7 @@ def run_infer(
         "cells_per_s_after_first_result": round((n_cells - first_cells) / (seconds - first_s), 1)
         if first_s is not None and seconds > first_s and n_cells > first_cells else None,
         "workers": n_actors, "gpu": config.gpu, "run_id": run_id, "command": " ".join(sys.argv),
+        **getattr(source, "facts", {}),
     }, run_record(resolved, identities))  # fmt: skip
 
 
@@ -302,13 +303,21 @@ class SlidesSource:
     image_paths: dict[str, str]
     settings: CropSettings  # the model's: slides are cut exactly as its training crops were
     files: tuple = ()
+    facts: dict = field(default_factory=dict)  # what discovery left out: links not followed, manifest rows
 
     @classmethod
     def open(cls, src: str, config: InferConfig, settings: CropSettings) -> SlidesSource:
         from pipeline.sources import discover_images
 
-        tasks = discover_images(src, config.format, config.manifest).tasks
-        return cls(tasks=tasks, image_paths={t.image: t.path for t in tasks}, settings=settings)
+        found = discover_images(src, config.format, config.manifest, follow_links=config.follow_links,
+                                allow_unmatched=config.allow_unmatched)  # fmt: skip
+        facts = {**found.row_counts, "links_not_followed": len(found.links_not_followed)}
+        if found.row_problems:
+            facts["rows_not_used"] = found.row_problems[:20]
+        if found.links_not_followed:
+            facts["links_not_followed_examples"] = found.links_not_followed[:10]
+        tasks = found.tasks
+        return cls(tasks=tasks, image_paths={t.image: t.path for t in tasks}, settings=settings, facts=facts)
 
     def known_images(self, acc) -> list[dict]:
         """Nothing is known before the run: every image reports itself (returns the quarantine so far)."""

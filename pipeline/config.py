@@ -188,6 +188,9 @@ class InferConfig:
     min_cells: int = 50  # fewer counted cells: the count is flagged too_few_cells
     manifest: str | None = None
     format: str = "auto"
+    # As for ingest: links are not followed out of SLIDES, and bad manifest rows fail the run.
+    follow_links: bool = False
+    allow_unmatched: bool = False
 
     def __post_init__(self) -> None:
         _check(bool(str(self.slides).strip()), "give the slides to label (SLIDES)")

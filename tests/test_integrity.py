@@ -410,3 +410,24 @@ def test_a_lease_on_object_storage_refuses_a_second_writer(s3_bucket):
     with claim_empty_output(report, "infer"):
         with pytest.raises(OutputLockedError):
             claim_empty_output(report, "infer")
+
+
+def test_infer_manifest_rows_that_match_nothing_fail_unless_allowed(tmp_path):
+    """`allray infer --manifest` checks rows as ingest does, and `--allow-unmatched` counts them instead."""
+    from jobs.infer import SlidesSource
+    from pipeline.config import CropSettings, InferConfig
+    from pipeline.io import encode_png
+    from pipeline.sources import SourceError
+
+    slides = tmp_path / "slides"
+    (slides / "P1" / "S1").mkdir(parents=True)
+    (slides / "P1" / "S1" / "a.png").write_bytes(encode_png(np.full((40, 40, 3), 200, np.uint8)))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,patient_id,sample_id\nP1/S1/a.png,P9,S9\nP1/S1/missing.png,P9,S9\n")
+    strict = InferConfig(slides=str(slides), manifest=str(manifest))
+    with pytest.raises(SourceError, match=r"m\.csv:3: no image P1/S1/missing\.png"):
+        SlidesSource.open(str(slides), strict, CropSettings())
+    lenient = InferConfig(slides=str(slides), manifest=str(manifest), allow_unmatched=True)
+    source = SlidesSource.open(str(slides), lenient, CropSettings())
+    assert [(t.image, t.patient_id) for t in source.tasks] == [("P1/S1/a.png", "P9")]
+    assert source.facts["manifest_rows_matched"] == 1 and source.facts["manifest_rows_unmatched"] == 1
