@@ -73,7 +73,8 @@ def write_single_cells(
     out.mkdir(parents=True, exist_ok=True)
     settings = json.loads((cohort / "truth" / "cohort.json").read_text())
     with open(cohort / "truth" / "cells.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+        # white cells only: erythroblasts and smudge cells have no 0/1 label (ALL-IDB2 holds neither)
+        rows = [r for r in csv.DictReader(f) if r["label"] in ("0", "1") and r.get("kind", "wbc") != "smudge"]
     if limit is not None:
         rows = rows[:limit]
     if len(rows) > 999:

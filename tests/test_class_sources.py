@@ -15,7 +15,7 @@ from pipeline.ingest import ingest_image
 from pipeline.io import encode_png, sha256_hex
 from pipeline.sources import SINGLE_CELL, ImageTask, SourceError, discover_images
 
-SETTINGS = CropSettings()
+SETTINGS = CropSettings(um_per_pixel=0.25)  # a blank single-cell image has no red cells to measure
 
 
 def _png(path: Path, size=(64, 48)) -> None:

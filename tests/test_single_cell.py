@@ -53,7 +53,8 @@ def _cell_diameter_px(crop: np.ndarray) -> float:
 def test_single_cells_are_cut_like_all_idb2(cohort):
     root, cells = cohort
     with open(root / "cohort" / "truth" / "cells.csv", newline="") as f:
-        assert len(cells) == len(list(csv.DictReader(f)))
+        white = [r for r in csv.DictReader(f) if r["label"] in ("0", "1")]  # erythroblasts are not cut
+        assert len(cells) == len(white)
     assert {c.name.rsplit(".", 1)[0][-1] for c in cells} == {"0", "1"}
     small = [c for c in cells if c.downscaled]
     assert len(small) == len(cells) // 3 and all(max(c.width, c.height) <= DOWNSCALED_SIDE_PX + 1 for c in small)
@@ -73,6 +74,8 @@ def test_same_cell_same_diameter_in_single_cell_crop_as_in_slide_crop(cohort):
         nearest = min(
             detection.cells, key=lambda r: math.hypot(r[schema.X] - cell.source_x, r[schema.Y] - cell.source_y)
         )
+        if math.hypot(nearest[schema.X] - cell.source_x, nearest[schema.Y] - cell.source_y) > 0.3 * cell.r:
+            continue  # the slide detection is not this cell alone (touching cells): no clean reference
         slide_crop = decode_png(nearest[schema.CROP])
         cut = cut_single_cell(_single(root, cell), CropSettings(um_per_pixel=cell.um_per_pixel))
         assert cut.scale_source == "user"
