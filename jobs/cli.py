@@ -16,6 +16,8 @@ import click
 from jobs.demo import DemoConfig
 from pipeline.redact import redact_text
 
+# pipeline.sources.FORMATS, spelled out here so that `allray --help` need not import the readers.
+SOURCE_FORMATS = ("auto", "folders", "manifest", "allidb1", "allidb2", "classfolders")
 DEMO_DEFAULTS = DemoConfig()  # the demo's sizes (jobs/demo.py), shown by `allray demo --help`
 
 
@@ -114,7 +116,7 @@ def synth(out, patients, images_per_patient, samples_per_patient, seed, size, pr
     "fmt",
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "folders", "manifest", "allidb1", "allidb2", "classfolders"]),
+    type=click.Choice(SOURCE_FORMATS),
     help="Source layout.",
 )
 @click.option("--manifest", type=click.Path(dir_okay=False), help="CSV image,patient_id,sample_id[,label].")
@@ -326,7 +328,7 @@ def train(
     "fmt",
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "folders", "manifest", "allidb1", "allidb2", "classfolders"]),
+    type=click.Choice(SOURCE_FORMATS),
     help="Slides layout.",
 )
 @click.option("--follow-links", is_flag=True, help="Enter linked folders and read links to files outside SLIDES.")

@@ -43,30 +43,10 @@ CI_LOW = "ci_low"  # 95% Wilson interval of blast_pct, percent, 2 decimals
 CI_HIGH = "ci_high"
 FLAG = "flag"  # one of FLAGS
 N_SMUDGE = "n_smudge"  # smudge cells seen: left out of n_cells and n_blasts
-PATIENT_COLUMNS = (
-    schema.PATIENT_ID,
-    N_SAMPLES,
-    N_IMAGES,
-    schema.N_CELLS,
-    N_BLASTS,
-    BLAST_PCT,
-    CI_LOW,
-    CI_HIGH,
-    FLAG,
-    N_SMUDGE,
-)
-SAMPLE_COLUMNS = (
-    schema.PATIENT_ID,
-    schema.SAMPLE_ID,
-    N_IMAGES,
-    schema.N_CELLS,
-    N_BLASTS,
-    BLAST_PCT,
-    CI_LOW,
-    CI_HIGH,
-    FLAG,
-    N_SMUDGE,
-)
+# The counts every row of patients.csv and samples.csv carries, after its ids.
+_COUNT_COLUMNS = (N_IMAGES, schema.N_CELLS, N_BLASTS, BLAST_PCT, CI_LOW, CI_HIGH, FLAG, N_SMUDGE)
+PATIENT_COLUMNS = (schema.PATIENT_ID, N_SAMPLES, *_COUNT_COLUMNS)
+SAMPLE_COLUMNS = (schema.PATIENT_ID, schema.SAMPLE_ID, *_COUNT_COLUMNS)
 
 
 def patient_columns(classes: Sequence[str] = taxonomy.BINARY_CLASSES) -> tuple[str, ...]:
