@@ -178,7 +178,10 @@ def main() -> None:
         patients = list(loaded.patients)
         keys = [(p, k) for p in patients for k in loaded.patients[p].keys[:3]]
         print(f"(copies made in {time.perf_counter() - t_start:.0f} s)")
-        print(f"review_speed: {n} cells, {len(patients)} patients (from {src}); machine shared by other work")
+        load = os.getloadavg()[0]
+        print(
+            f"review_speed: {n} cells, {len(patients)} patients (from {src}); load average {load:.1f} on {os.cpu_count()} cores"
+        )
         proc = start_server(report, args.port)
         try:
             lines = measure(f"http://127.0.0.1:{args.port}", patients, keys, args.rounds, correct=True)
