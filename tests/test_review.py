@@ -160,6 +160,24 @@ def test_exported_labels_are_what_ingest_reads(report, tmp_path):
         ]
     )
     assert got == want
+    assert "class" not in out.read_text().splitlines()[0]  # blast / other only: the header ingest always read
+
+
+def test_binary_model_export_keeps_smudge_moves_with_their_class(report, tmp_path):
+    from pipeline.sources import read_labels
+
+    r, store = _store(report)
+    cells = r.patients["P001"]
+    store.set_class("P001", cells.keys[0], taxonomy.SMUDGE, "ann")
+    store.set_class("P001", cells.keys[1], taxonomy.LYMPHOCYTE, "ann")
+    store.close()
+    out = tmp_path / "labels.csv"
+    assert _cli("review", str(report), "--export-labels", str(out)).exit_code == 0
+    rows = {(float(row["x"]), float(row["y"])): (row["label"], row["class"]) for row in csv.DictReader(out.open())}
+    at = [(round(float(cells.x[i]), 2), round(float(cells.y[i]), 2)) for i in (0, 1)]
+    assert [rows[p] for p in at] == [("", taxonomy.SMUDGE), ("0", taxonomy.LYMPHOCYTE)]
+    read = {(round(x, 2), round(y, 2)): cls for pts in read_labels(out).values() for x, y, _, cls in pts}
+    assert [read[p] for p in at] == [taxonomy.SMUDGE, taxonomy.LYMPHOCYTE]  # ingest reads both back
 
 
 def test_class_model_labels_carry_the_class(tmp_path):

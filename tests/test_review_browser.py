@@ -106,7 +106,9 @@ def test_review_scenario_correct_sign_off_reopen_export(browser, report, tmp_pat
         assert [(r["patient_id"], r["n_blasts"], r["blast_pct"]) for r in rows] == [("P001", "2", "20.0")]
         labels_signed = tmp_path / "signed_labels.csv"
         assert _cli("review", str(report), "--export-labels", str(labels_signed)).exit_code == 0
-        assert len(labels_signed.read_text().splitlines()) == 1 + 10  # signed: all 10 white cells reviewed
+        signed_rows = list(csv.DictReader(labels_signed.open()))
+        # signed: all 11 cells reviewed, the 10 white cells with a label, the smudge cell with its class alone
+        assert len(signed_rows) == 11 and [r["class"] for r in signed_rows if not r["label"]] == ["smudge"]
         # reopen with a reason
         page.locator("#reopen-reason").fill("recount requested")
         page.locator("#reopen-button").click()

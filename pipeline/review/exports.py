@@ -109,28 +109,37 @@ def write_reviewed_csv(report_dir: Path, signoffs: dict[str, dict]) -> Path:
 
 
 def reviewed_labels(report: ReviewReport, decisions: dict[str, str], signed: set[str]) -> list[dict]:
-    """One row per reviewed cell (decided, or in a signed-off patient) that a labels CSV can carry."""
+    """One row per reviewed cell (decided, or in a signed-off patient) that a labels CSV can carry.
+
+    Every row has its class; a cell the reviewer moved to a class with no blast/other label
+    (smudge, erythroblast, platelet) has an empty label. Cells marked "not a cell" are left out:
+    ingest has no class for them."""
     rows = []
     for pid, cells in report.patients.items():
         for i, key in enumerate(cells.keys):
             if key not in decisions and pid not in signed:
                 continue
             cls = decisions.get(key, cells.predicted[i])
-            label = taxonomy.binary_label(cls) if cls != NOT_A_CELL and cls in taxonomy.NODES else None
-            if label is None and not (report.has_classes and cls in taxonomy.NODES):
-                continue  # smudge, not a cell, erythroblast...: no binary label for a blast-vs-other model
+            if cls == NOT_A_CELL or cls not in taxonomy.NODES:
+                continue
+            label = taxonomy.binary_label(cls)
             row = {"image": cells.image[i], "x": round(float(cells.x[i]), 2), "y": round(float(cells.y[i]), 2),
-                   "r": round(float(cells.r[i]), 2), "label": "" if label is None else label}  # fmt: skip
-            if report.has_classes:
-                row[CLASS_COLUMN] = cls
+                   "r": round(float(cells.r[i]), 2), "label": "" if label is None else label,
+                   CLASS_COLUMN: cls}  # fmt: skip
             rows.append(row)
     rows.sort(key=lambda r: (r["image"], r["x"], r["y"]))
     return rows
 
 
+def needs_class_column(rows: list[dict], has_classes: bool) -> bool:
+    """A class model's export always has the class column; a blast/other model's only when a
+    reviewed cell was moved to a class its label cannot say (smudge, erythroblast, platelet)."""
+    return has_classes or any(r["label"] == "" for r in rows)
+
+
 def write_labels_csv(path: str | Path, rows: list[dict], has_classes: bool) -> int:
     """Write the labels CSV (`image,x,y,r,label[,class]`); returns the number of rows."""
-    columns = [*LABEL_COLUMNS, *([CLASS_COLUMN] if has_classes else [])]
+    columns = [*LABEL_COLUMNS, *([CLASS_COLUMN] if needs_class_column(rows, has_classes) else [])]
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(columns)
