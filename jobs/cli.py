@@ -18,7 +18,26 @@ from pipeline.redact import redact_text
 
 # pipeline.sources.FORMATS, spelled out here so that `allray --help` need not import the readers.
 SOURCE_FORMATS = ("auto", "folders", "manifest", "allidb1", "allidb2", "classfolders")
+SINGLE_CELL_SCALES = ("auto", "pooled", "each")  # pipeline.config.SINGLE_CELL_SCALES, likewise
 DEMO_DEFAULTS = DemoConfig()  # the demo's sizes (jobs/demo.py), shown by `allray demo --help`
+
+SINGLE_CELL_SCALE_HELP = (
+    "Single-cell images: one scale per image size, pooled from the red cells of a sample of the "
+    "source's images (one analyser, one magnification), or each image's own; auto pools class-folder exports."
+)
+
+
+def single_cell_scale_line(pool: dict) -> str:
+    """One line on the single-cell scales a run used (PooledScale.to_dict())."""
+    parts = []
+    for size, v in pool["sizes"].items():
+        if v["um_per_pixel"] is None:
+            parts.append(f"{size} px: each image measured alone ({v['reason']})")
+        else:
+            parts.append(
+                f"{size} px: {v['um_per_pixel']:.4f} um/px ({v['agreeing']} of {v['measured']} measures within 15%)"
+            )
+    return f"  single-cell scale, pooled over {pool['sampled']} sampled images: " + "; ".join(parts)
 
 
 def _echo(text: str, err: bool = False) -> None:
@@ -124,6 +143,13 @@ def synth(out, patients, images_per_patient, samples_per_patient, seed, size, pr
 @click.option("--crop-um", default=24.0, show_default=True, help="Crop window side in micrometres.")
 @click.option("--crop-size", default=128, show_default=True, help="Stored crop side in pixels.")
 @click.option("--um-per-pixel", type=float, help="Force the image scale (default: measured from red cells).")
+@click.option(
+    "--single-cell-scale",
+    default="auto",
+    show_default=True,
+    type=click.Choice(SINGLE_CELL_SCALES),
+    help=SINGLE_CELL_SCALE_HELP,
+)
 @click.option("--images-per-shard", default=16, show_default=True, help="Images per task and Parquet shard.")
 @click.option("--workers", type=int, help="Parallel ingest workers (default: one per cluster CPU).")
 @click.option("--rebuild", is_flag=True, help="Delete what OUT holds and re-cut every image (to change its settings).")
@@ -151,6 +177,7 @@ def ingest(
     crop_um,
     crop_size,
     um_per_pixel,
+    single_cell_scale,
     images_per_shard,
     workers,
     rebuild,
@@ -181,6 +208,7 @@ def ingest(
         max_megapixels=max_megapixels,
         worker_memory_gb=worker_memory_gb,
         allow_unmatched=allow_unmatched,
+        single_cell_scale=single_cell_scale,
     )
     s = run_ingest(config, address=address, verbose=verbose)
     _echo(
@@ -189,6 +217,8 @@ def ingest(
         f"({s['cells_labelled']} labelled) in {s['seconds']:.1f} s ({s['images_per_s'] or 0:.1f} images/s; "
         f"Ray start-up {s['ray_startup_seconds']:.1f} s)"
     )
+    if s["single_cell_scale"]:
+        _echo(single_cell_scale_line(s["single_cell_scale"]))
     if s["images_replaced"]:
         click.echo(f"  {s['images_replaced']} image(s) changed since the last run: their new version replaced the old")
     if s["links_not_followed"]:
@@ -335,6 +365,18 @@ def train(
 @click.option(
     "--allow-unmatched", is_flag=True, help="Skip (and count) manifest rows that name no image or hold bad values."
 )
+@click.option(
+    "--um-per-pixel",
+    type=float,
+    help="Force the slides' scale (default: measured from their red cells, whatever the model was trained at).",
+)
+@click.option(
+    "--single-cell-scale",
+    default="auto",
+    show_default=True,
+    type=click.Choice(SINGLE_CELL_SCALES),
+    help=SINGLE_CELL_SCALE_HELP,
+)
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--verbose", is_flag=True, help="Show Ray's logs and tracebacks.")
 @friendly_errors
@@ -352,6 +394,8 @@ def infer(
     fmt,
     follow_links,
     allow_unmatched,
+    um_per_pixel,
+    single_cell_scale,
     address,
     verbose,
 ) -> None:
@@ -375,9 +419,13 @@ def infer(
         format=fmt,
         follow_links=follow_links,
         allow_unmatched=allow_unmatched,
+        um_per_pixel=um_per_pixel,
+        single_cell_scale=single_cell_scale,
     )  # validated here, before Ray starts
     summary = run_infer(config, address=address, verbose=verbose)
     _echo(summary["terminal"])
+    if summary.get("single_cell_scale"):
+        _echo(single_cell_scale_line(summary["single_cell_scale"]))
     _echo(f"report: {summary['report']}")
 
 

@@ -19,7 +19,7 @@ import math
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -307,6 +307,7 @@ class SlidesSource:
 
     @classmethod
     def open(cls, src: str, config: InferConfig, settings: CropSettings) -> SlidesSource:
+        from pipeline.ingest import apply_pooled_scale
         from pipeline.sources import discover_images
 
         found = discover_images(src, config.format, config.manifest, follow_links=config.follow_links,
@@ -316,7 +317,12 @@ class SlidesSource:
             facts["rows_not_used"] = found.row_problems[:20]
         if found.links_not_followed:
             facts["links_not_followed_examples"] = found.links_not_followed[:10]
-        tasks = found.tasks
+        # The model fixes the window (crop_um, crop_size); the scale is the slides' own: measured, or
+        # infer's --um-per-pixel, never the one its training images were forced to.
+        settings = replace(settings, um_per_pixel=config.um_per_pixel)
+        tasks, pooled = apply_pooled_scale(found.tasks, settings, config.single_cell_scale, found.format)
+        if pooled is not None:
+            facts["single_cell_scale"] = pooled.to_dict()
         return cls(tasks=tasks, image_paths={t.image: t.path for t in tasks}, settings=settings, facts=facts)
 
     def known_images(self, acc) -> list[dict]:

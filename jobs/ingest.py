@@ -20,7 +20,7 @@ from jobs.runtime import ClusterTooSmallError, run_record, start_ray
 from pipeline import schema
 from pipeline.config import IngestConfig
 from pipeline.geometry import NEW, REBUILD, check_geometry, write_geometry
-from pipeline.ingest import TASK_COLUMN, IngestStage
+from pipeline.ingest import TASK_COLUMN, IngestStage, apply_pooled_scale
 from pipeline.locations import absolute, write_json
 from pipeline.lock import lock_output
 from pipeline.sources import discover_images
@@ -58,7 +58,8 @@ def _run_ingest_locked(config: IngestConfig, address: str | None, verbose: bool,
     geometry = check_geometry(config.out, config.crops, config.rebuild)  # before any work
     discovery = discover_images(config.src, config.format, config.manifest, config.labels,
                                 follow_links=config.follow_links, allow_unmatched=config.allow_unmatched)  # fmt: skip
-    tasks = discovery.tasks
+    tasks, pooled_scale = apply_pooled_scale(discovery.tasks, config.crops, config.single_cell_scale,
+                                             discovery.format, config.max_megapixels)  # fmt: skip
     if geometry == REBUILD:
         clear_output(config.out)
     if geometry in (NEW, REBUILD):
@@ -158,6 +159,7 @@ def _run_ingest_locked(config: IngestConfig, address: str | None, verbose: bool,
         **discovery.row_counts,
         "rows_not_used": discovery.row_problems[:20],
         "source_format": discovery.format,
+        "single_cell_scale": None if pooled_scale is None else pooled_scale.to_dict(),
         "workers": workers,
         "images_per_shard": per_shard,
         "ray_startup_seconds": round(startup_s, 3),

@@ -53,6 +53,11 @@ class CropSettings:
         return cls(detect=detect, **data)
 
 
+# --single-cell-scale: pooled per image size over the source's single-cell images, each image's own,
+# or auto: pooled for class-folder exports (an analyser at one magnification), else each
+SINGLE_CELL_SCALES = ("auto", "pooled", "each")
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """Settings of `allray ingest`."""
@@ -80,9 +85,13 @@ class IngestConfig:
     # Manifest or label rows that match no image or hold invalid values are skipped and counted,
     # instead of failing the run.
     allow_unmatched: bool = False
+    # Single-cell images: one scale pooled over the source (pipeline.single_cell), or each its own.
+    single_cell_scale: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.format in FORMATS, f"format={self.format!r}: choose one of {', '.join(FORMATS)}")
+        _check(self.single_cell_scale in SINGLE_CELL_SCALES,
+               f"single_cell_scale={self.single_cell_scale!r}: choose one of {', '.join(SINGLE_CELL_SCALES)}")  # fmt: skip
         _check(1 <= self.max_megapixels <= 100_000, f"max_megapixels={self.max_megapixels!r} must be 1..100000")
         _check(self.worker_memory_gb is None or 0.25 <= self.worker_memory_gb <= 4096,
                f"worker_memory_gb={self.worker_memory_gb!r} must be 0.25..4096")  # fmt: skip
@@ -191,9 +200,16 @@ class InferConfig:
     # As for ingest: links are not followed out of SLIDES, and bad manifest rows fail the run.
     follow_links: bool = False
     allow_unmatched: bool = False
+    # The slides' scale: None = measured from their red cells (never the training images' scale).
+    um_per_pixel: float | None = None
+    single_cell_scale: str = "auto"  # as for ingest
 
     def __post_init__(self) -> None:
         _check(bool(str(self.slides).strip()), "give the slides to label (SLIDES)")
+        _check(self.um_per_pixel is None or 0.005 <= self.um_per_pixel <= 10.0,
+               f"um_per_pixel={self.um_per_pixel!r} must be between 0.005 and 10 (or unset to measure it)")  # fmt: skip
+        _check(self.single_cell_scale in SINGLE_CELL_SCALES,
+               f"single_cell_scale={self.single_cell_scale!r}: choose one of {', '.join(SINGLE_CELL_SCALES)}")  # fmt: skip
         _check(0.0 < self.threshold < 1.0, f"threshold={self.threshold!r} must be between 0 and 1")
         _check(0.0 < self.blast_alert <= 100.0, f"blast_alert={self.blast_alert!r} must be in (0, 100]")
         _check(

@@ -14,7 +14,7 @@ import math
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +31,15 @@ from pipeline.io import (
     encode_png,
     sha256_hex,
 )
-from pipeline.single_cell import cut_single_cell, measure_pad_fraction
+from pipeline.single_cell import (
+    AUTO,
+    POOLED,
+    POOLED_FORMATS,
+    PooledScale,
+    cut_single_cell,
+    measure_pad_fraction,
+    pool_single_cell_scale,
+)
 from pipeline.sources import SINGLE_CELL, ImageTask
 from pipeline.store import new_shard_id, write_shard
 
@@ -74,6 +82,40 @@ class ImageOutcome:
     scale_source: str | None = None
 
 
+def apply_pooled_scale(
+    tasks: list[ImageTask],
+    settings: CropSettings,
+    mode: str,
+    source_format: str,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+) -> tuple[list[ImageTask], PooledScale | None]:
+    """The tasks with the source's pooled single-cell scales (per image size) set on their
+    single-cell images (pipeline.single_cell), and the pool; unchanged (and None) when the scale is
+    given, when `mode` (auto for `source_format`) says "each", or without single-cell images.
+    Reads a sample of the images: call before Ray starts."""
+    single = [i for i, t in enumerate(tasks) if t.kind == SINGLE_CELL]
+    pooled_mode = mode == POOLED or (mode == AUTO and source_format in POOLED_FORMATS)
+    if not pooled_mode or settings.um_per_pixel is not None or not single:
+        return tasks, None
+
+    def read_pixels(k: int) -> np.ndarray | None:
+        try:
+            data = locations.read_bytes(tasks[single[k]].path)
+            check_decode_budget(data, max_megapixels)
+            return decode_image(data).pixels
+        except Exception:  # noqa: BLE001 - any bad file
+            return None  # a bad file is left out of the sample; ingest quarantines it on its own
+
+    pooled = pool_single_cell_scale([tasks[i].image for i in single], read_pixels)
+    scales = pooled.scales()
+    if not scales:
+        return tasks, pooled
+    out = list(tasks)
+    for i in single:
+        out[i] = replace(tasks[i], pooled_scales=scales)
+    return out, pooled
+
+
 def ingest_image(task: ImageTask, data: bytes, settings: CropSettings, sha: str, settings_json: str) -> ImageOutcome:
     """Cell rows (dicts keyed by schema columns) for one image's bytes; raises ImageReadError."""
     loaded = decode_image(data)
@@ -90,7 +132,9 @@ def ingest_image(task: ImageTask, data: bytes, settings: CropSettings, sha: str,
         schema.CROP_SIZE: settings.crop_size,
     }
     if task.kind == SINGLE_CELL:
-        cut = cut_single_cell(pixels, settings)  # the slides' window; raises ScaleNotMeasured (quarantine)
+        cut = cut_single_cell(
+            pixels, settings, task.pooled_scales
+        )  # the slides' window; raises ScaleNotMeasured (quarantine)
         row = dict(
             base,
             **{

@@ -6,10 +6,17 @@ are shrunk to ~103 px). A model trained on such images counts blasts on slides o
 cells at the slides' scale, so the image is not resized whole: it gets the same window of
 `crop_um` micrometres around the cell as a slide crop.
 
-- Scale: `--um-per-pixel` when given (`scale_source = "user"`), else measured from the red cells
-  the image shows (`"red_cells"`, `pipeline.scale.estimate_single_cell_um_per_pixel`). When
-  neither is possible (no red cells, or too few to measure) the image is quarantined with that
-  reason: a guessed scale would make every size in the crop wrong without anyone seeing it.
+- Scale: `--um-per-pixel` when given (`scale_source = "user"`). Else, for a class-folder export
+  (CellaVision-style: an analyser at one fixed magnification) or with `--single-cell-scale pooled`,
+  one scale per image size, pooled from the red cells of a sample of the source's images
+  (`"pooled_red_cells"`, `pool_single_cell_scale`): one image shows only a few red cell fragments,
+  so a per-image measure is noisy (PBC: a few images in twenty off by 40% or more) where the
+  median of a few dozen is not. A size whose sampled measures disagree (under half within 15% of
+  their median: mixed magnifications) is not pooled. Otherwise (ALL-IDB2's cells were cut from
+  fields photographed at 300-500x, all at 257x257 px; `--single-cell-scale each`) each image is
+  measured alone (`"red_cells"`, `pipeline.scale.estimate_single_cell_um_per_pixel`). An image
+  whose own scale is needed but cannot be measured (no red cells, or too few) is quarantined with
+  that reason: a guessed scale would make every size in the crop wrong without anyone seeing it.
 - Centre: the white cell nearest the image centre, as slide detection finds it (at the measured
   scale); where detection finds nothing, the centroid of the stained matter nearest the centre;
   else the image centre.
@@ -19,13 +26,15 @@ cells at the slides' scale, so the image is not resized whole: it gets the same 
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from pipeline.config import CropSettings
+from pipeline.config import SINGLE_CELL_SCALES, CropSettings
 from pipeline.crops import cut_crop, window_pixels
 from pipeline.detect import detect_cells
 from pipeline.io import ImageReadError
@@ -33,6 +42,13 @@ from pipeline.scale import estimate_single_cell_um_per_pixel, find_background_co
 
 SCALE_USER = "user"
 SCALE_RED_CELLS = "red_cells"
+SCALE_POOLED = "pooled_red_cells"
+AUTO, POOLED, EACH = SINGLE_CELL_SCALES  # --single-cell-scale
+POOLED_FORMATS = ("classfolders",)  # what `auto` pools: analyser exports, one magnification per image size
+POOL_SAMPLE = 48  # images measured for a source's pooled scales
+POOL_AGREE = 0.15  # a measure "agrees" within this relative distance of the median
+POOL_MIN_AGREEING = 0.5  # share of the measures that must agree for the pool to be used
+POOL_MIN_MEASURED = 3
 NO_SCALE_REASON = (
     "single-cell image: no red cells to measure its scale from (or too few); "
     "give ingest --um-per-pixel (the micrometres per pixel of these images)"
@@ -58,10 +74,98 @@ class SingleCellCut:
     pad_fraction: float  # share of the window outside the image (filled with background)
 
 
-def choose_single_cell_scale(pixels: np.ndarray, settings: CropSettings) -> tuple[float, str]:
-    """(um_per_pixel, scale_source) of a single-cell image; raises ScaleNotMeasured."""
+def size_key(width: int, height: int) -> str:
+    """The key of an image size in a pool ("360x363"): one export setting, one scale."""
+    return f"{int(width)}x{int(height)}"
+
+
+@dataclass(frozen=True)
+class SizeScale:
+    """The pooled scale of the sampled images of one pixel size."""
+
+    um_per_pixel: float | None  # the median of the measures; None when not used (see reason)
+    sampled: int  # images of this size read
+    measured: int  # of which the scale could be measured
+    agreeing: int  # measures within POOL_AGREE of the median
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PooledScale:
+    """The scales of a source's single-cell images, pooled per image size over a sample of them.
+
+    Images of one size come from one export at one magnification (PBC: 360x363; ALL-IDB2: 257x257,
+    or ~103 px in the shrunk copies): each size gets the median of its measures. An image whose size
+    has no usable pool (too few sampled, or measures that disagree) is measured alone."""
+
+    sizes: dict[str, SizeScale]
+    sampled: int  # images read
+
+    def scales(self) -> dict[str, float]:
+        """{size key: um per pixel} of the sizes whose pool is used."""
+        return {k: v.um_per_pixel for k, v in self.sizes.items() if v.um_per_pixel is not None}
+
+    def to_dict(self) -> dict:
+        return {"sampled": self.sampled,
+                "sizes": {k: {"um_per_pixel": None if v.um_per_pixel is None else round(v.um_per_pixel, 5),
+                              "sampled": v.sampled, "measured": v.measured, "agreeing": v.agreeing,
+                              "reason": v.reason} for k, v in sorted(self.sizes.items())}}  # fmt: skip
+
+
+def pool_size(measures: Sequence[float | None]) -> SizeScale:
+    """The pooled scale of one size's measures (None: not measurable); see the module doc."""
+    values = np.asarray([m for m in measures if m is not None], dtype=float)
+    n = len(measures)
+    if values.size < POOL_MIN_MEASURED:
+        return SizeScale(None, n, int(values.size), 0,
+                         f"{values.size} of {n} sampled images measured: too few to pool")  # fmt: skip
+    median = float(np.median(values))
+    agreeing = int(np.sum(np.abs(values / median - 1.0) <= POOL_AGREE))
+    if agreeing < POOL_MIN_AGREEING * values.size:
+        return SizeScale(None, n, int(values.size), agreeing,
+                         f"the sampled images disagree on their scale ({agreeing} of {values.size} within "
+                         f"{POOL_AGREE:.0%} of the median): mixed magnifications?")  # fmt: skip
+    return SizeScale(median, n, int(values.size), agreeing)
+
+
+def pool_scales(measures: Sequence[tuple[str, float | None]]) -> PooledScale:
+    """Pool (size key, measure or None) pairs per size."""
+    by_size: dict[str, list[float | None]] = {}
+    for key, value in measures:
+        by_size.setdefault(key, []).append(value)
+    return PooledScale({k: pool_size(v) for k, v in by_size.items()}, len(measures))
+
+
+def scale_sample(images: Sequence[str], n: int = POOL_SAMPLE) -> list[int]:
+    """Indices of up to `n` of `images` (relative paths), chosen by a hash of the path: the same
+    files give the same sample on every run and machine, and every class folder is drawn from."""
+    order = sorted(range(len(images)), key=lambda i: hashlib.sha1(images[i].encode()).hexdigest())
+    return sorted(order[:n])
+
+
+def pool_single_cell_scale(images: Sequence[str], read_pixels: Callable[[int], np.ndarray | None],
+                           n: int = POOL_SAMPLE) -> PooledScale:  # fmt: skip
+    """Measure the red cells of a sample of `images` (`read_pixels(i)` -> (H, W, 3) uint8, or None
+    when the image cannot be read: left out) and pool the measures per image size."""
+    measures = []
+    for i in scale_sample(images, n):
+        pixels = read_pixels(i)
+        if pixels is not None:
+            h, w = pixels.shape[:2]
+            measures.append((size_key(w, h), estimate_single_cell_um_per_pixel(pixels)))
+    return pool_scales(measures)
+
+
+def choose_single_cell_scale(
+    pixels: np.ndarray, settings: CropSettings, pooled: Mapping[str, float] | None = None
+) -> tuple[float, str]:
+    """(um_per_pixel, scale_source) of a single-cell image, `pooled` the source's scales per image
+    size (PooledScale.scales()); raises ScaleNotMeasured."""
     if settings.um_per_pixel is not None:
         return float(settings.um_per_pixel), SCALE_USER
+    key = size_key(pixels.shape[1], pixels.shape[0])
+    if pooled and key in pooled:
+        return float(pooled[key]), SCALE_POOLED
     measured = estimate_single_cell_um_per_pixel(pixels)
     if measured is None:
         raise ScaleNotMeasured(NO_SCALE_REASON)
@@ -89,10 +193,13 @@ def find_centre_cell(
     return cx, cy, (0, 0, w, h), None
 
 
-def cut_single_cell(pixels: np.ndarray, settings: CropSettings) -> SingleCellCut:
-    """The slide-window crop of a single-cell image (H, W, 3) uint8; raises ScaleNotMeasured."""
+def cut_single_cell(
+    pixels: np.ndarray, settings: CropSettings, pooled: Mapping[str, float] | None = None
+) -> SingleCellCut:
+    """The slide-window crop of a single-cell image (H, W, 3) uint8, at the source's pooled scale
+    when one is given; raises ScaleNotMeasured."""
     h, w = pixels.shape[:2]
-    upp, source = choose_single_cell_scale(pixels, settings)
+    upp, source = choose_single_cell_scale(pixels, settings, pooled)
     x, y, bbox, area = find_centre_cell(pixels, settings, upp)
     window = window_pixels(settings.crop_um, upp)
     crop = cut_crop(pixels, x, y, window, settings.crop_size, find_background_colour(pixels))

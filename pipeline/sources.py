@@ -69,6 +69,8 @@ class ImageTask:
     points_json: str | None = None
     label_source: str | None = None
     default_label: str | None = None  # a taxonomy class name
+    # A single-cell image's source's scales per image size ("WxH": um/px, pipeline.single_cell), else None
+    pooled_scales: dict[str, float] | None = None
 
     def to_json(self) -> str:
         """This task as a JSON object (how tasks travel through a Ray Dataset)."""

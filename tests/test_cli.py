@@ -21,6 +21,14 @@ def test_help_answers_fast_without_heavy_imports():
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
 
 
+def test_choice_lists_spelled_out_for_fast_help_match_the_configs():
+    from jobs import cli as cli_module
+    from pipeline.config import SINGLE_CELL_SCALES
+    from pipeline.sources import FORMATS
+
+    assert cli_module.SOURCE_FORMATS == FORMATS and cli_module.SINGLE_CELL_SCALES == SINGLE_CELL_SCALES
+
+
 def _run(args, cwd):
     """Invoke the CLI from folder `cwd` (bare invocations resolve ./slides, ./cells, ./runs there)."""
     import os

@@ -345,6 +345,29 @@ def test_train_auto_classes_on_class_folders_gives_a_softmax_head(ray_session, t
     assert sum(v["n"] for v in row["val_per_class"].values()) == meta.split["n_val"] > 0
     assert row["val_sensitivity"] is None  # no lymphoblast class: no blast metrics
     assert len(meta.confusion) == 3 and sum(map(sum, meta.confusion)) == meta.split["n_val"]
+    # the K-class checkpoint infers on a class-folder tree: a class per cell, the known class kept,
+    # the differential in the count table
+    import pyarrow.dataset as pads
+
+    from jobs.infer import run_infer
+    from pipeline.config import InferConfig
+
+    report = tmp_path / "report"
+    infer = InferConfig(slides=str(tmp_path / "src"), model=str(tmp_path / "run"), out=str(report),
+                        um_per_pixel=0.2, min_cells=1)  # fmt: skip
+    s = run_infer(infer, quiet=True)
+    t = pads.dataset(str(report / schema.PREDICTIONS_DIR), format="parquet").to_table()
+    assert t.num_rows == 18 and set(t.column(schema.PREDICTED_CLASS).to_pylist()) <= set(colours)
+    assert sorted(t.column(schema.KNOWN_CLASS).to_pylist()) == sorted(c for c in colours for _ in range(6))
+    probs = t.column(schema.CLASS_PROB).to_numpy()
+    assert ((probs >= 1 / 3 - 1e-6) & (probs <= 1)).all()  # the top of a 3-way softmax
+    # no lymphoblast class: the model gives a blast no probability, and calls none
+    assert t.column(schema.BLAST_PROB).to_pylist() == [0.0] * 18 and set(t.column(schema.PREDICTED).to_pylist()) == {0}
+    with (report / "patients.csv").open() as fh:
+        (row,) = list(csv.DictReader(fh))
+    counted = t.filter(pc.not_equal(t.column(schema.PREDICTED_CLASS), "platelet"))
+    n_neutrophil = sum(1 for c in counted.column(schema.PREDICTED_CLASS).to_pylist() if c == "neutrophil")
+    assert int(row["n_neutrophil"]) == n_neutrophil and "lymphocyte_pct" in row
 
 
 def torch_zeros(size: int):

@@ -124,3 +124,68 @@ def test_window_larger_than_image_is_padded_and_recorded(cohort):
     assert crop[0, 0].mean() > 180 and crop[-1, -1].mean() > 180  # padded corners: the slide's background
     # the centre of the crop is the cell (nearest the image centre), found by detection
     assert math.hypot(row[schema.X] - cell.x, row[schema.Y] - cell.y) < 0.5 * cell.r
+
+
+def test_pooled_scale_is_the_median_per_image_size_and_refuses_disagreement():
+    from pipeline.single_cell import pool_scales
+
+    noisy = [0.1, 0.104, 0.097, 0.42, None, 0.101, 0.19, 0.099]  # two outliers, one unmeasurable
+    shrunk = [0.25, 0.26, 0.24]
+    mixed = [0.1, 0.2, 0.3, 0.45]
+    pool = pool_scales(
+        [("360x363", v) for v in noisy]
+        + [("103x103", v) for v in shrunk]
+        + [("257x257", v) for v in mixed]
+        + [("64x64", 0.1), ("64x64", None)]  # fmt: skip
+    )
+    assert pool.scales() == pytest.approx({"360x363": 0.101, "103x103": 0.25})
+    assert (pool.sizes["360x363"].measured, pool.sizes["360x363"].agreeing) == (7, 5)
+    assert "disagree" in pool.sizes["257x257"].reason and "too few" in pool.sizes["64x64"].reason
+    assert pool.sampled == len(noisy) + len(shrunk) + len(mixed) + 2
+
+
+def test_scale_sample_is_fixed_by_the_file_names():
+    from pipeline.single_cell import scale_sample
+
+    names = [f"{c}/img{i:03d}.jpg" for c in ("basophil", "lymphocyte", "neutrophil") for i in range(40)]
+    sample = scale_sample(names, 30)
+    assert sample == scale_sample(list(names), 30) and len(set(sample)) == 30
+    assert {names[i].split("/")[0] for i in sample} == {"basophil", "lymphocyte", "neutrophil"}
+    assert scale_sample(names[:5], 30) == [0, 1, 2, 3, 4]
+
+
+def test_class_folders_get_one_scale_per_image_size(tmp_path):
+    """A class-folder export pools its scale (auto); a shrunk copy of the same cells gets its own;
+    with `each` (or another layout under auto) every image is measured alone."""
+    from pipeline.ingest import apply_pooled_scale
+    from pipeline.single_cell import SCALE_POOLED, SCALE_RED_CELLS, size_key
+    from pipeline.sources import discover_images
+    from pipeline.synth import RBC_DIAMETER_UM, SmearStyle, make_image_rng, make_smear
+
+    style = SmearStyle(rbc_diameter_px=60.0)  # one analyser: every image at 7.5 / 60 = 0.125 um/px
+    upp = RBC_DIAMETER_UM / style.rbc_diameter_px
+    for k in range(8):
+        image, truth = make_smear(make_image_rng(5, k, 0), (360, 360), 0.45, style)
+        c = min(truth, key=lambda t: math.hypot(t.x - 180, t.y - 180))
+        x0, y0 = int(np.clip(c.x - 120, 0, 120)), int(np.clip(c.y - 120, 0, 120))
+        cell = Image.fromarray(image[y0 : y0 + 240, x0 : x0 + 240])
+        folder = tmp_path / "src" / ("lymphocyte" if k % 2 else "neutrophil")
+        folder.mkdir(parents=True, exist_ok=True)
+        cell.save(folder / f"c{k}.png")
+        cell.resize((120, 120), Image.LANCZOS).save(folder / f"c{k}_small.png")
+    found = discover_images(str(tmp_path / "src"))
+    assert found.format == "classfolders"
+    tasks, pool = apply_pooled_scale(found.tasks, SETTINGS, "auto", found.format)
+    scales = pool.scales()
+    assert set(scales) == {"240x240", "120x120"}
+    assert scales["240x240"] == pytest.approx(upp, rel=0.1) and scales["120x120"] == pytest.approx(2 * upp, rel=0.1)
+    assert all(t.pooled_scales == scales for t in tasks)
+    for t in tasks[:4]:
+        pixels = np.asarray(Image.open(t.path).convert("RGB"))
+        cut = cut_single_cell(pixels, SETTINGS, t.pooled_scales)
+        assert cut.scale_source == SCALE_POOLED and cut.um_per_pixel == scales[size_key(*pixels.shape[1::-1])]
+    for mode, fmt in (("each", "classfolders"), ("auto", "allidb2")):
+        same, none = apply_pooled_scale(found.tasks, SETTINGS, mode, fmt)
+        assert none is None and same == found.tasks
+    assert apply_pooled_scale(found.tasks, CropSettings(um_per_pixel=0.1), "pooled", found.format)[1] is None
+    assert cut_single_cell(pixels, SETTINGS).scale_source == SCALE_RED_CELLS
