@@ -21,9 +21,13 @@ SOURCE_FORMATS = ("auto", "folders", "manifest", "allidb1", "allidb2", "classfol
 SINGLE_CELL_SCALES = ("auto", "pooled", "each")  # pipeline.config.SINGLE_CELL_SCALES, likewise
 DEMO_DEFAULTS = DemoConfig()  # the demo's sizes (jobs/demo.py), shown by `allray demo --help`
 
-SINGLE_CELL_SCALE_HELP = (
-    "Single-cell images: one scale per image size, pooled from the red cells of a sample of the "
-    "source's images (one analyser, one magnification), or each image's own; auto pools class-folder exports."
+single_cell_scale_option = click.option(
+    "--single-cell-scale",
+    default="auto",
+    show_default=True,
+    type=click.Choice(SINGLE_CELL_SCALES),
+    help="Single-cell images: one scale per image size, pooled from the red cells of a sample of the "
+    "source's images (one analyser, one magnification), or each image's own; auto pools class-folder exports.",
 )
 
 
@@ -143,13 +147,7 @@ def synth(out, patients, images_per_patient, samples_per_patient, seed, size, pr
 @click.option("--crop-um", default=24.0, show_default=True, help="Crop window side in micrometres.")
 @click.option("--crop-size", default=128, show_default=True, help="Stored crop side in pixels.")
 @click.option("--um-per-pixel", type=float, help="Force the image scale (default: measured from red cells).")
-@click.option(
-    "--single-cell-scale",
-    default="auto",
-    show_default=True,
-    type=click.Choice(SINGLE_CELL_SCALES),
-    help=SINGLE_CELL_SCALE_HELP,
-)
+@single_cell_scale_option
 @click.option("--images-per-shard", default=16, show_default=True, help="Images per task and Parquet shard.")
 @click.option("--workers", type=int, help="Parallel ingest workers (default: one per cluster CPU).")
 @click.option("--rebuild", is_flag=True, help="Delete what OUT holds and re-cut every image (to change its settings).")
@@ -370,13 +368,7 @@ def train(
     type=float,
     help="Force the slides' scale (default: measured from their red cells, whatever the model was trained at).",
 )
-@click.option(
-    "--single-cell-scale",
-    default="auto",
-    show_default=True,
-    type=click.Choice(SINGLE_CELL_SCALES),
-    help=SINGLE_CELL_SCALE_HELP,
-)
+@single_cell_scale_option
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--verbose", is_flag=True, help="Show Ray's logs and tracebacks.")
 @friendly_errors
