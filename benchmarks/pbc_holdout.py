@@ -33,7 +33,8 @@ def split_tree(src: Path, train: Path, held: Path, fraction: float) -> tuple[int
     for path in sorted(src.glob("*/*")):
         if not path.is_file() or path.suffix.lower() not in (".jpg", ".jpeg", ".png", ".tif", ".tiff"):
             continue
-        h = int(hashlib.sha1(path.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        # salted: the shared subset was itself chosen by a hash of the names, so a plain one is not uniform here
+        h = int(hashlib.blake2b(b"pbc-holdout/" + path.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         side = 1 if h < fraction else 0
         dest = (held if side else train) / path.parent.name / path.name
         dest.parent.mkdir(parents=True, exist_ok=True)
