@@ -82,6 +82,9 @@ class DetectConfig:
     # No cell's nucleus (all its lobes) spans more than this; BCCD neutrophils reach ~20 um as
     # measured there (its red cells read ~20% small, so all its sizes read ~25% large).
     max_nucleus_um: float = 24.0
+    # A chromatin blob cut at its necks stays whole across a neck at least this fraction as thick as
+    # the thinner side: an oval or dented nucleus has no waist, two pressed nuclei meet at a notch.
+    split_neck_ratio: float = 0.95
     # Nucleus parts wider apart than one sure nucleus are one cell when the cell body between
     # them is at least this fraction as thick as the thinner body: one round cell has no waist,
     # two touching cells meet at a narrow one.
@@ -107,7 +110,7 @@ class DetectConfig:
         limits = {
             "working_rbc_px": (12.0, 100.0), "default_um_per_pixel": (0.005, 10.0), "nucleus_min_od": (0.01, 2.0),
             "nucleus_relative_threshold": (0.05, 0.95), "min_nucleus_um": (1.0, 20.0), "one_nucleus_um": (2.0, 30.0),
-            "max_nucleus_um": (5.0, 60.0), "neck_ratio": (0.0, 1.0), "max_lobe_gap_um": (0.0, 10.0),
+            "max_nucleus_um": (5.0, 60.0), "neck_ratio": (0.0, 1.0), "split_neck_ratio": (0.0, 1.0), "max_lobe_gap_um": (0.0, 10.0),
             "round_nucleus_um": (1.0, 30.0),
             "max_cytoplasm_um": (0.0, 15.0), "smudge_max_solidity": (0.0, 1.0), "smudge_max_thread_um": (0.0, 10.0),
             "smudge_max_level": (0.0, 1.0),
@@ -359,12 +362,32 @@ def split_fragments(
         markers, k = ndi.label(h_maxima(distance, h))
         if k < 2:
             continue
-        pieces = watershed(-distance, markers, mask=blob)
+        pieces = merge_round_pieces(watershed(-distance, markers, mask=blob), distance, config.split_neck_ratio)
         sub = labels[sl]
-        for piece in range(2, k + 1):
+        for piece in range(2, int(pieces.max()) + 1):
             sub[pieces == piece] = next_label
             next_label += 1
     return labels.astype(np.int32)
+
+
+def merge_round_pieces(pieces: np.ndarray, distance: np.ndarray, ratio: float) -> np.ndarray:
+    """(h, w) int labels 1..k' of a blob's watershed pieces after merging every two whose neck is at
+    least `ratio` as thick as the thinner piece (an oval or dented nucleus is one, two nuclei pressed
+    together meet at a waist); `distance` is the blob's distance map, so a piece's thickness is its
+    peak and a neck's is the deepest point of the seam between two pieces."""
+    k = int(pieces.max())
+    peaks = np.zeros(k + 1)
+    np.maximum.at(peaks, pieces.ravel(), distance.ravel())
+    parent = np.arange(k + 1)
+    seams = [(-cost / min(peaks[a], peaks[b]), a, b) for a, b, cost in _find_seams(pieces, -distance, np.maximum)]
+    for rel, a, b in sorted(seams, reverse=True):  # thickest necks (relative) first
+        ra, rb = _find_root(parent, a), _find_root(parent, b)
+        if ra == rb or rel * min(peaks[a], peaks[b]) < ratio * min(peaks[ra], peaks[rb]):
+            continue
+        parent[rb] = ra
+        peaks[ra] = max(peaks[ra], peaks[rb])
+    roots = np.array([_find_root(parent, i) for i in range(k + 1)])
+    return relabel_sequential(roots)[0][pieces]
 
 
 def group_fragments(

@@ -119,3 +119,52 @@ def test_all_profile_cohort_has_crowded_fields_smudge_rows_and_clusters(tmp_path
 def test_unknown_profile_is_refused(tmp_path):
     with pytest.raises(ValueError, match="profile"):
         write_cohort(tmp_path, patients=1, images_per_patient=1, profile="cll")
+
+
+def _disc(shape, cy, cx, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+
+
+@pytest.mark.parametrize(
+    "centres, radii, pieces",
+    [
+        ([(40, 30), (40, 62)], (18, 18), 2),  # two round nuclei pressed together: a waist, two cells
+        ([(40, 60)], ((16, 28),), 1),  # an oval nucleus (1.75 : 1): one
+        ([(40, 36), (40, 58), (40, 80)], (16, 16, 16), 3),  # a row of three pressed nuclei: three
+    ],
+)
+def test_nucleus_is_cut_at_a_waist_not_across_an_oval(centres, radii, pieces):
+    from scipy import ndimage as ndi
+
+    from pipeline.detect import DetectConfig, split_fragments
+
+    blob = np.zeros((80, 120), bool)
+    yy, xx = np.mgrid[:80, :120]
+    for (cy, cx), r in zip(centres, radii):
+        ry, rx = r if isinstance(r, tuple) else (r, r)
+        blob |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    labels = split_fragments(blob, DetectConfig(), px_per_um=4.0)  # 18 px = 4.5 um: a blast's nucleus radius
+    assert ndi.label(blob)[1] == 1 and int(labels.max()) == pieces
+
+
+def test_neck_merge_keeps_an_uneven_outline_whole():
+    """A dented nucleus: the distance map has two maxima but the seam between them is as thick as
+    the thinner side, so the pieces merge back."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    from pipeline.detect import merge_round_pieces
+
+    blob = _disc((80, 100), 40, 45, 22) | _disc((80, 100), 40, 55, 22)
+    distance = ndi.distance_transform_edt(blob)
+    markers = np.zeros(blob.shape, int)
+    markers[40, 40], markers[40, 60] = 1, 2
+    pieces = watershed(-distance, markers, mask=blob)
+    assert int(merge_round_pieces(pieces, distance, 0.95).max()) == 1
+    waist = _disc((80, 100), 40, 28, 18) | _disc((80, 100), 40, 64, 18)  # tangent-ish: a narrow neck
+    distance = ndi.distance_transform_edt(waist)
+    markers = np.zeros(waist.shape, int)
+    markers[40, 28], markers[40, 64] = 1, 2
+    pieces = watershed(-distance, markers, mask=waist)
+    assert int(merge_round_pieces(pieces, distance, 0.95).max()) == 2
