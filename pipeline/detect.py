@@ -46,6 +46,7 @@ __all__ = ["RBC_DIAMETER_UM", "DetectConfig", "DetectedCell", "Detection", "dete
 
 # Fixed details of the method (physical sizes are converted to working pixels where used).
 _SPLIT_DEPTH_UM = 0.5  # blobs are cut at necks 0.5 um thinner than both sides (pressed nuclei meet at shallow ones)
+_PALE_MAX_SOLIDITY = 0.9  # a burst cell's faint net has a ragged outline (a disc or an ellipse gives ~1)
 _NUCLEUS_HOLE_UM2 = 3.0  # holes in a nucleus smaller than this are pale chromatin or nucleoli
 _MAX_UPSAMPLE = 4.0  # low-resolution pictures are enlarged at most this much (more adds no detail)
 _MAX_WORKING_PX = 16e6  # ... and never beyond this many pixels (memory stays ~0.5 GB)
@@ -105,6 +106,10 @@ class DetectConfig:
     # Chromatin paler than this fraction of the image's median nucleus, and not a compact round
     # nucleus, is spread (smudged) chromatin.
     smudge_max_level: float = 0.55
+    # A smudge cell too pale for the nucleus mask: a faint net (OD(R) - OD(B) above this, smoothed
+    # over 0.5 um; plasma is ~0, red cells below) away from every nucleus, at least this wide.
+    smudge_min_od: float = 0.05
+    smudge_min_um: float = 8.0
 
     def __post_init__(self) -> None:
         limits = {
@@ -113,7 +118,7 @@ class DetectConfig:
             "max_nucleus_um": (5.0, 60.0), "neck_ratio": (0.0, 1.0), "split_neck_ratio": (0.0, 1.0), "max_lobe_gap_um": (0.0, 10.0),
             "round_nucleus_um": (1.0, 30.0),
             "max_cytoplasm_um": (0.0, 15.0), "smudge_max_solidity": (0.0, 1.0), "smudge_max_thread_um": (0.0, 10.0),
-            "smudge_max_level": (0.0, 1.0),
+            "smudge_max_level": (0.0, 1.0), "smudge_min_od": (0.0, 2.0), "smudge_min_um": (1.0, 60.0),
         }  # fmt: skip
         for f in fields(self):
             value = getattr(self, f.name)
@@ -209,9 +214,11 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
     chromatin = np.bincount(clusters[nucleus], minlength=n + 1)
     red_level = measure_red_level(od)
     found = []
+    cells_near = np.zeros(n + 1, bool)  # the clusters holding cells (their nuclei and cytoplasm)
     for k, sl in enumerate(ndi.find_objects(clusters), start=1):
         if chromatin[k] < min_area:
             continue  # platelets and debris: too little chromatin for any cell
+        cells_near[k] = True
         own = clusters[sl] == k
         nuclei = _fill_small_holes(nucleus[sl] & own, _NUCLEUS_HOLE_UM2 * px_per_um**2)
         body = segment_bodies(od[sl], red_level) & own
@@ -225,6 +232,45 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
         compact = [c.features[3] for c in found if c.features[0] >= config.smudge_max_solidity]
         image_level = float(np.median(compact or [c.features[3] for c in found]))
         found = [c._replace(kind=KIND_SMUDGE) if is_smudge(c.features, image_level, config) else c for c in found]
+    return found + find_pale_smudges(purple, cells_near[clusters], config, px_per_um)
+
+
+def find_pale_smudges(
+    purple: np.ndarray, cells: np.ndarray, config: DetectConfig, px_per_um: float
+) -> list[WorkingCell]:
+    """Smudge cells too pale for the nucleus mask: chromatin spread into a faint net (OD(R) - OD(B)
+    above `smudge_min_od`, far below an intact nucleus) over at least a disc `smudge_min_um` wide,
+    away from every cell found (`cells`: their nuclei and cytoplasm), and ragged (not a compact
+    round shape). They are marked smudge, so they are left out of the counts like every smudge cell.
+    Searched at half the working resolution (nets are >= 8 um wide; it costs a quarter as much)."""
+    step = 2 if px_per_um >= 2.5 else 1
+    ppu = px_per_um / step
+    pale = ndi.gaussian_filter(purple[::step, ::step], 0.5 * ppu) > config.smudge_min_od
+    pale &= ~ndi.binary_dilation(cells[::step, ::step], iterations=2)
+    close = max(1, round(ppu))  # threads of a net lie ~1-2 um apart
+    pale = ndi.binary_fill_holes(ndi.binary_closing(pale, iterations=close))
+    labels, n = ndi.label(pale)
+    if n == 0:
+        return []
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    low = math.pi / 4 * (config.smudge_min_um * ppu) ** 2
+    high = math.pi / 4 * (3 * config.max_nucleus_um * ppu) ** 2
+    found = []
+    for k, sl in enumerate(ndi.find_objects(labels), start=1):
+        if not low <= area[k] <= high:
+            continue
+        blob = labels[sl] == k
+        solidity = _measure_solidity(blob)
+        if solidity > _PALE_MAX_SOLIDITY:
+            continue  # a round pale patch (an out-of-focus cell, a stain blotch) is not a burst cell
+        rows, cols = np.nonzero(blob)
+        box = tuple(min(v * step, limit) for v, limit in zip(
+            (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop), (purple.shape[0], purple.shape[1]) * 2))  # fmt: skip
+        border = box[0] == 0 or box[1] == 0 or box[2] == purple.shape[0] or box[3] == purple.shape[1]
+        x = (cols.mean() + sl[1].start) * step  # pixel i here is pixel step * i of the working copy
+        y = (rows.mean() + sl[0].start) * step
+        found.append(WorkingCell(float(x), float(y), box, int(area[k]) * step * step, KIND_SMUDGE, border, 1,
+                                 (solidity, 0.0, 0.0, 0.0)))  # fmt: skip
     return found
 
 

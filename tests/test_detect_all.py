@@ -168,3 +168,32 @@ def test_neck_merge_keeps_an_uneven_outline_whole():
     markers[40, 28], markers[40, 64] = 1, 2
     pieces = watershed(-distance, markers, mask=waist)
     assert int(merge_round_pieces(pieces, distance, 0.95).max()) == 2
+
+
+def test_a_smudge_too_pale_for_the_nucleus_mask_is_still_called_smudge():
+    """A faint burst net (a third of the usual stain: below the nucleus threshold) is found by the
+    pale-net pass and called smudge; without that pass it is not found at all; the blast beside it
+    stays one intact cell, and a round pale patch is not called anything."""
+    from dataclasses import replace
+
+    from pipeline.detect import DetectConfig
+
+    rng = np.random.default_rng(5)
+    od, stains = canvas(1100, 500)
+    faint = np.zeros_like(od)
+    smudge = draw_smudge_cell(faint, rng, 250, 250, 8 * PX_PER_UM, stains)
+    od += (faint / 3).astype(np.float32)
+    (blast,) = draw_blast_cluster(od, rng, [(600, 250, 7 * PX_PER_UM)], stains)
+    yy, xx = np.mgrid[:500, :1100]
+    disc = (yy - 250) ** 2 + (xx - 900) ** 2 <= (7 * PX_PER_UM) ** 2  # a round pale patch
+    purple = float(stains.nucleus[0] - stains.nucleus[2])  # OD(R) - OD(B) per unit of chromatin
+    od[disc] += (0.09 / purple) * stains.nucleus  # as pale as the net: above smudge_min_od, below nuclei
+    image = _photograph(od, rng, STYLE)
+    cells = detect_cells(image, um_per_pixel=UM_PER_PX).cells
+    got = sorted((c.kind, round(np.hypot(c.x - smudge.x, c.y - smudge.y) / PX_PER_UM)) for c in cells)
+    near = [(c.kind, c) for c in cells if np.hypot(c.x - smudge.x, c.y - smudge.y) < 8 * PX_PER_UM]
+    assert [k for k, _ in near] == [KIND_SMUDGE], got
+    assert [c.kind for c in cells if np.hypot(c.x - blast.x, c.y - blast.y) < 7 * PX_PER_UM] == [KIND_WBC]
+    assert len(cells) == 2, got  # nothing on the round patch
+    without = detect_cells(image, replace(DetectConfig(), smudge_min_um=60.0), um_per_pixel=UM_PER_PX).cells
+    assert all(np.hypot(c.x - smudge.x, c.y - smudge.y) >= 8 * PX_PER_UM for c in without)
