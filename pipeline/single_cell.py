@@ -12,7 +12,8 @@ cells at the slides' scale, so the image is not resized whole: it gets the same 
   (`"pooled_red_cells"`, `pool_single_cell_scale`): one image shows only a few red cell fragments,
   so a per-image measure is noisy (PBC: a few images in twenty off by 40% or more) where the
   median of a few dozen is not. A size whose sampled measures disagree (under half within 15% of
-  their median: mixed magnifications) is not pooled. Otherwise (ALL-IDB2's cells were cut from
+  their median: mixed magnifications) is not pooled; a size with too few images in the sample
+  takes the pool of a size within 5% of it (the same export, cropped a little differently). Otherwise (ALL-IDB2's cells were cut from
   fields photographed at 300-500x, all at 257x257 px; `--single-cell-scale each`) each image is
   measured alone (`"red_cells"`, `pipeline.scale.estimate_single_cell_um_per_pixel`). An image
   whose own scale is needed but cannot be measured (no red cells, or too few) is quarantined with
@@ -49,6 +50,7 @@ POOL_SAMPLE = 48  # images measured for a source's pooled scales
 POOL_AGREE = 0.15  # a measure "agrees" within this relative distance of the median
 POOL_MIN_AGREEING = 0.5  # share of the measures that must agree for the pool to be used
 POOL_MIN_MEASURED = 3
+POOL_NEAR_SIZE = 0.05  # a size without a pool takes the pool of a size this close (relative, both sides)
 NO_SCALE_REASON = (
     "single-cell image: no red cells to measure its scale from (or too few); "
     "give ingest --um-per-pixel (the micrometres per pixel of these images)"
@@ -156,6 +158,24 @@ def pool_single_cell_scale(images: Sequence[str], read_pixels: Callable[[int], n
     return pool_scales(measures)
 
 
+def pooled_scale_for(pooled: Mapping[str, float] | None, width: int, height: int) -> float | None:
+    """The pooled scale of an image of this size: its own size's, else that of the nearest pooled
+    size within POOL_NEAR_SIZE in both sides (one export crops a few cells a little differently:
+    PBC has 360x363, 366x369 and 360x360), else None (the image is measured alone)."""
+    if not pooled:
+        return None
+    key = size_key(width, height)
+    if key in pooled:
+        return float(pooled[key])
+    near = []
+    for other, upp in pooled.items():
+        w, h = (int(v) for v in other.split("x"))
+        dw, dh = abs(width / w - 1.0), abs(height / h - 1.0)
+        if max(dw, dh) <= POOL_NEAR_SIZE:
+            near.append((max(dw, dh), other, upp))
+    return float(min(near)[2]) if near else None
+
+
 def choose_single_cell_scale(
     pixels: np.ndarray, settings: CropSettings, pooled: Mapping[str, float] | None = None
 ) -> tuple[float, str]:
@@ -163,9 +183,9 @@ def choose_single_cell_scale(
     size (PooledScale.scales()); raises ScaleNotMeasured."""
     if settings.um_per_pixel is not None:
         return float(settings.um_per_pixel), SCALE_USER
-    key = size_key(pixels.shape[1], pixels.shape[0])
-    if pooled and key in pooled:
-        return float(pooled[key]), SCALE_POOLED
+    upp = pooled_scale_for(pooled, pixels.shape[1], pixels.shape[0])
+    if upp is not None:
+        return upp, SCALE_POOLED
     measured = estimate_single_cell_um_per_pixel(pixels)
     if measured is None:
         raise ScaleNotMeasured(NO_SCALE_REASON)

@@ -154,6 +154,18 @@ def test_scale_sample_is_fixed_by_the_file_names():
     assert scale_sample(names[:5], 30) == [0, 1, 2, 3, 4]
 
 
+def test_a_size_without_a_pool_takes_the_pool_of_a_size_within_five_percent():
+    from pipeline.single_cell import pooled_scale_for
+
+    pooled = {"360x363": 0.114, "103x103": 0.39}
+    assert pooled_scale_for(pooled, 360, 363) == 0.114
+    assert (
+        pooled_scale_for(pooled, 366, 369) == 0.114 and pooled_scale_for(pooled, 360, 360) == 0.114
+    )  # PBC's other sizes
+    assert pooled_scale_for(pooled, 106, 104) == 0.39
+    assert pooled_scale_for(pooled, 257, 257) is None and pooled_scale_for(None, 360, 363) is None
+
+
 def test_class_folders_get_one_scale_per_image_size(tmp_path):
     """A class-folder export pools its scale (auto); a shrunk copy of the same cells gets its own;
     with `each` (or another layout under auto) every image is measured alone."""
