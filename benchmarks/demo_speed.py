@@ -8,8 +8,9 @@ process id, so workers that exit (Ray Train's) still count. The single-thread sg
 machine is measured before and after (a 1024^3 matrix product with one torch thread), per wall
 second and per CPU second of its thread (what the machine does when not shared), so a step's CPU
 seconds can be scaled to another machine: seconds x (this sgemm per CPU second / that sgemm). The demo's
-steps run on one core (synth), two (ingest, infer) or one worker thread (train); the estimate of
-an idle two-core machine printed at the end is synth + train CPU + (ingest + infer CPU) / 2.
+steps run on two processes (synth, one cohort each), two cores (ingest, infer) or one worker thread
+(train); the estimate of an idle two-core machine printed at the end is train CPU + (synth + ingest
++ infer CPU) / 2.
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def main() -> None:
         cpu_by[name] = c - last_c
         last_t, last_c = t, c
     print(f"{'total':<30} {last_t - start:8.1f} {last_c - start_cpu:8.1f}")
-    serial = sum(v for k, v in cpu_by.items() if k.startswith(("synth", "train")))
-    parallel = sum(v for k, v in cpu_by.items() if k.startswith(("ingest", "infer")))
+    serial = sum(v for k, v in cpu_by.items() if k.startswith("train"))
+    parallel = sum(v for k, v in cpu_by.items() if k.startswith(("synth", "ingest", "infer")))
     idle = serial + parallel / 2
     per_cpu = (before[1] + after[1]) / 2  # this machine's speed per CPU second
     print(

@@ -3,6 +3,7 @@
     .venv/bin/allray ingest ../shared/data/pbc --out /tmp/pbc          # class folders, auto-detected
     .venv/bin/python benchmarks/pbc_cv.py /tmp/pbc --arch lenet --epochs 15 [--folds 5] [--run-folds 0,1]
     .venv/bin/python benchmarks/pbc_cv.py /tmp/pbc --arch resnet --epochs 10 --run-folds 0 [--device cuda]
+    .venv/bin/python benchmarks/pbc_cv.py /tmp/pbc --arch resnet --epochs 10 --image-size 64   # 4x cheaper
 
 Folds are by file (each image is one cell: pipeline.splits.kfold_groups over image groups, stratified
 by class), the model trains from scratch with the same pieces `allray train` uses (decode_crops,
@@ -110,7 +111,7 @@ def summarise(results: list[dict], name: str, args, classes: list[str], class_na
 
     return {
         "arch": name, "cells": args.cells, "n_cells": len(classes), "class_names": list(class_names),
-        "epochs": args.epochs, "folds": args.folds, "folds_run": [r["fold"] for r in results], "device": args.device,
+        "epochs": args.epochs, "image_size": args.image_size, "folds": args.folds, "folds_run": [r["fold"] for r in results], "device": args.device,
         "threads": args.threads, "accuracy": ms("val_acc"), "balanced_accuracy": ms("val_balanced_acc"),
         "macro_f1": ms("val_macro_f1"), "samples_per_s": ms("samples_per_s_mean"),
         "per_class_f1": {c: statistics.fmean(r["per_class_f1"][c] or 0.0 for r in results) for c in class_names},
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--run-folds", default="", help="comma-separated fold numbers to run (default: all)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=None, help="model input side (default: the arch's own)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     name = resolve_name(args.arch)
-    size = default_image_size(name)
+    size = args.image_size or default_image_size(name)
     started = time.perf_counter()
     x, classes, images, _ = load(args.cells, size, args.limit_per_class)
     class_names = resolve_model_classes("auto", classes)
