@@ -56,12 +56,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/pipeline_quality.py $(DEMO)
 	$(PY) benchmarks/train_speed.py $(DEMO)/cells --epochs 6 --seeds 2
 	$(PY) benchmarks/infer_speed.py $(DEMO)/cells $(DEMO)/run
+	bash benchmarks/class_quality.sh $(DEMO)/class-quality
 
 # 5-fold cross-validation on the shared PBC cells (hours on 2 cores: LeNet and ResNet-18; a GPU helps).
 bench-pbc: $(STAMP)
 	$(ALLRAY) ingest ../shared/data/pbc --out $(DEMO)/pbc-cells
 	$(PY) benchmarks/pbc_cv.py $(DEMO)/pbc-cells --arch lenet
 	$(PY) benchmarks/pbc_cv.py $(DEMO)/pbc-cells --arch resnet18
+	$(PY) benchmarks/pbc_holdout.py $(DEMO)/pbc-holdout
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -13,7 +13,7 @@ IDB2=${2:?path to ALL_IDB2 (ImNNN_L.tif)}
 # from the red cells around the cell, so the model sees cells at the size it will see on slides.
 # Downscaled copies (~103 px) work the same. An image whose red cells are too few to measure is
 # quarantined with that reason; where you know the scale of every image, pass --um-per-pixel
-# (then `allray infer` uses it on the slides too, so only when they share that scale).
+# (`allray infer` measures the slides' own scale all the same, or takes its own --um-per-pixel).
 allray ingest "$IDB2" --format allidb2 --out cells-idb2
 # The study's protocol: a random 50/50 split of cells (ALL-IDB2 names no patients).
 allray train cells-idb2 --arch all --split random --val-fraction 0.5 --epochs 100 --out runs/idb2
