@@ -264,9 +264,9 @@ def find_pale_smudges(
         if solidity > _PALE_MAX_SOLIDITY:
             continue  # a round pale patch (an out-of-focus cell, a stain blotch) is not a burst cell
         rows, cols = np.nonzero(blob)
-        box = tuple(min(v * step, limit) for v, limit in zip(
-            (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop), (purple.shape[0], purple.shape[1]) * 2))  # fmt: skip
-        border = box[0] == 0 or box[1] == 0 or box[2] == purple.shape[0] or box[3] == purple.shape[1]
+        h, w = purple.shape
+        box = (sl[0].start * step, sl[1].start * step, min(sl[0].stop * step, h), min(sl[1].stop * step, w))
+        border = box[0] == 0 or box[1] == 0 or box[2] == h or box[3] == w
         x = (cols.mean() + sl[1].start) * step  # pixel i here is pixel step * i of the working copy
         y = (rows.mean() + sl[0].start) * step
         found.append(WorkingCell(float(x), float(y), box, int(area[k]) * step * step, KIND_SMUDGE, border, 1,

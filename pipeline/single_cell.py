@@ -162,17 +162,12 @@ def pooled_scale_for(pooled: Mapping[str, float] | None, width: int, height: int
     """The pooled scale of an image of this size: its own size's, else that of the nearest pooled
     size within POOL_NEAR_SIZE in both sides (one export crops a few cells a little differently:
     PBC has 360x363, 366x369 and 360x360), else None (the image is measured alone)."""
-    if not pooled:
-        return None
-    key = size_key(width, height)
-    if key in pooled:
-        return float(pooled[key])
     near = []
-    for other, upp in pooled.items():
-        w, h = (int(v) for v in other.split("x"))
-        dw, dh = abs(width / w - 1.0), abs(height / h - 1.0)
-        if max(dw, dh) <= POOL_NEAR_SIZE:
-            near.append((max(dw, dh), other, upp))
+    for key, upp in (pooled or {}).items():
+        w, h = (int(v) for v in key.split("x"))
+        off = max(abs(width / w - 1.0), abs(height / h - 1.0))  # 0 for the image's own size
+        if off <= POOL_NEAR_SIZE:
+            near.append((off, key, upp))
     return float(min(near)[2]) if near else None
 
 
