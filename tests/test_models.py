@@ -73,6 +73,17 @@ def test_parameter_counts():
     assert 9_000_000 < n_vgg < 10_000_000  # conv stack only: no 120M ImageNet head
 
 
+def test_lenet_keeps_the_study_dropout_for_one_logit_and_none_for_a_softmax_head():
+    binary, softmax = build_model("lenet"), build_model("lenet", num_classes=8)
+    assert binary.dropout.p == 0.5
+    assert softmax.dropout.p == 0.0
+    x = torch.rand(4, 3, 126, 126)
+    softmax.train()
+    assert torch.equal(softmax(x), softmax(x))  # nothing random left in training mode
+    binary.train()
+    assert not torch.equal(binary(x), binary(x))
+
+
 def test_frozen_parameters_not_counted():
     model = build_model("lenet")
     model.features.requires_grad_(False)
