@@ -186,7 +186,7 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
                     file=sys.stderr,
                 )
             datasets = _datasets(index.files, _targets_of(keys, targets, train_idx),
-                                 _targets_of(keys, targets, val_idx), cache, config.seed)  # fmt: skip
+                                 _targets_of(keys, targets, val_idx), cache)  # fmt: skip
             printer = _MetricPrinter(queue, metrics_path, all_metrics, quiet)
             printer.start()
             try:
@@ -226,36 +226,26 @@ def _should_cache(mode: str, crop_bytes: float) -> bool:
     return crop_bytes <= CACHE_SHARE * ray.available_resources().get("object_store_memory", 0)
 
 
-def _datasets(
-    files: list[str], train_keys: dict[str, int], val_keys: dict[str, int], cache: bool, seed: int = 0
-) -> dict:
-    """The train and val Datasets of {crop, label} rows; materialized once when `cache`, the
-    training side then shuffled row by row once (reproducibly from `seed`)."""
+def _datasets(files: list[str], train_keys: dict[str, int], val_keys: dict[str, int], cache: bool) -> dict:
+    """The train and val Datasets of {crop, label} rows; materialized once when `cache`."""
     import ray
 
     from pipeline.store import PATH_COLUMN
 
-    def side(keys: dict[str, int], shuffle: bool = False):
+    def side(keys: dict[str, int]):
         # Tasks, not actors: a task frees its CPU share when done, an actor would hold it for good
         # and starve the reads (seen hanging on 2 cores).
         ds = ray.data.from_items([{PATH_COLUMN: f} for f in files], override_num_blocks=len(files))
         ds = ds.map_batches(
             select_cells, fn_kwargs={"targets": keys}, batch_size=1, num_cpus=READ_TASK_CPUS, batch_format="numpy"
         )
-        if shuffle:
-            ds = ds.random_shuffle(seed=seed)
         # Cached blocks are owned by this driver: one lost with a node is rebuilt from its lineage.
         return ds.materialize() if cache else ds
 
-    # A shard holds the cells of a few images, often of one patient or one class folder: in file
-    # order, batches would be one patient's stain (or one class) at a time. Shuffling the shard
-    # order every epoch, with the workers' 256-row buffer, still drew each batch from ~16 shards:
-    # the LeNet variant on PBC class folders (one class per shard) reached 81.9% val accuracy
-    # where the same crops shuffled row by row gave 83.3%. So cached crops are shuffled row by row
-    # once, as they are cached (a row shuffle every epoch cost 2.3x the epoch time on 2 cores), and
-    # every epoch then reorders those mixed blocks and mixes them in the buffer. Streamed crops
-    # (too many for the object store) keep the shard-order shuffle alone.
-    return {"train": side(train_keys, shuffle=cache).randomize_block_order(), "val": side(val_keys)}
+    # A shard holds the cells of a few images, often of one patient: in file order, batches would
+    # be one patient's stain at a time and batch-norm statistics would follow the last patients
+    # seen. Shuffling the shard order every epoch (plus the workers' local shuffle buffer) mixes them.
+    return {"train": side(train_keys).randomize_block_order(), "val": side(val_keys)}
 
 
 def _fit(name: str, run_dir: str, loop_config: dict, datasets: dict, config: TrainConfig, cpus_per_worker: float):

@@ -14,9 +14,8 @@ def _batches(iterator, batch_size: int, image_size: int, shuffle_seed: int | Non
     from pipeline import schema
     from pipeline.training import decode_crops
 
-    # Cached crops come fully shuffled every epoch (jobs/train.py); streamed ones in a new shard
-    # order, and this buffer of a few shards mixes cells of several images and patients into
-    # every batch (a bigger one would hold training back until it fills).
+    # With the shard order shuffled every epoch, a buffer of a few shards mixes cells of several
+    # images and patients into every batch; a bigger one would hold training back until it fills.
     kwargs = (
         {"local_shuffle_buffer_size": max(256, 8 * batch_size), "local_shuffle_seed": shuffle_seed}
         if shuffle_seed is not None

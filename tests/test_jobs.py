@@ -204,34 +204,6 @@ def test_cached_and_streamed_datasets_hold_exactly_the_selected_cells(ray_sessio
     assert not _should_cache("auto", 1e15) and _should_cache("yes", 1e15) and not _should_cache("no", 1.0)
 
 
-def test_cached_training_crops_are_mixed_across_shards(ray_session, tmp_path):
-    """Each shard holds a few images of one patient (a class folder's shard, one class): cached
-    training rows are shuffled row by row, so neighbours rarely share a shard; streamed ones
-    come a whole shard at a time."""
-    import pyarrow.parquet as pq
-
-    from jobs.train import _datasets
-    from pipeline.cellsets import cell_key, read_cell_index
-
-    cells = write_truth_cells(tmp_path / "cells", patients=8, images_per_patient=2, per_patient_shards=True)
-    index = read_cell_index([str(cells)])
-    assert len(index.files) == 8
-    shard_of = {}  # the training target of each cell is its shard's number, so rows show their shard
-    for i, f in enumerate(index.files):
-        t = pq.read_table(f, columns=[schema.SOURCE_SHA256, schema.CELL_ID])
-        for s, c in zip(t.column(0).to_pylist(), t.column(1).to_pylist()):
-            shard_of[cell_key(s, c)] = i
-
-    def neighbours_in_one_shard(cache: bool) -> float:
-        rows = _datasets(index.files, shard_of, {}, cache, seed=3)["train"].take_all()
-        assert sorted(int(r[schema.LABEL]) for r in rows) == sorted(shard_of.values())
-        shards = [int(r[schema.LABEL]) for r in rows]
-        return sum(a == b for a, b in zip(shards, shards[1:])) / (len(shards) - 1)
-
-    assert neighbours_in_one_shard(cache=True) < 0.5
-    assert neighbours_in_one_shard(cache=False) > 0.8
-
-
 def test_impossible_workers_fail_fast(ray_session, truth_cells, tmp_path):
     import time
 
