@@ -26,7 +26,7 @@ import pyarrow as pa
 from jobs.runtime import ClusterTooSmallError, check_fits, run_record, start_ray
 from jobs.train_worker import train_worker
 from pipeline import schema
-from pipeline.cellsets import KEY, read_cell_index, select_cells
+from pipeline.cellsets import KEY, read_cell_index, select_cells, shard_groups
 from pipeline.config import TrainConfig
 from pipeline.locations import (
     absolute,
@@ -186,7 +186,7 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
                     file=sys.stderr,
                 )
             datasets = _datasets(index.files, _targets_of(keys, targets, train_idx),
-                                 _targets_of(keys, targets, val_idx), cache)  # fmt: skip
+                                 _targets_of(keys, targets, val_idx), cache, config.seed)  # fmt: skip
             printer = _MetricPrinter(queue, metrics_path, all_metrics, quiet)
             printer.start()
             try:
@@ -226,26 +226,34 @@ def _should_cache(mode: str, crop_bytes: float) -> bool:
     return crop_bytes <= CACHE_SHARE * ray.available_resources().get("object_store_memory", 0)
 
 
-def _datasets(files: list[str], train_keys: dict[str, int], val_keys: dict[str, int], cache: bool) -> dict:
-    """The train and val Datasets of {crop, label} rows; materialized once when `cache`."""
+def _datasets(
+    files: list[str], train_keys: dict[str, int], val_keys: dict[str, int], cache: bool, seed: int = 0
+) -> dict:
+    """The train and val Datasets of {crop, label} rows; materialized once when `cache`.
+
+    Each training block is a random group of shards, its rows shuffled (pipeline.cellsets.shard_groups
+    says why); every epoch reorders the blocks and each worker mixes them in its shuffle buffer.
+    Validation reads a shard a block, in file order.
+    """
     import ray
 
     from pipeline.store import PATH_COLUMN
 
-    def side(keys: dict[str, int]):
+    def side(groups: list[list[str]], keys: dict[str, int], shuffle_seed: int | None):
         # Tasks, not actors: a task frees its CPU share when done, an actor would hold it for good
-        # and starve the reads (seen hanging on 2 cores).
-        ds = ray.data.from_items([{PATH_COLUMN: f} for f in files], override_num_blocks=len(files))
+        # and starve the reads (seen hanging on 2 cores). One block per group, read as one batch.
+        paths = [{PATH_COLUMN: f} for group in groups for f in group]
+        ds = ray.data.from_items(paths, override_num_blocks=max(1, len(groups)))
         ds = ds.map_batches(
-            select_cells, fn_kwargs={"targets": keys}, batch_size=1, num_cpus=READ_TASK_CPUS, batch_format="numpy"
-        )
+            select_cells, fn_kwargs={"targets": keys, "shuffle_seed": shuffle_seed}, batch_size=None,
+            num_cpus=READ_TASK_CPUS, batch_format="numpy",
+        )  # fmt: skip
         # Cached blocks are owned by this driver: one lost with a node is rebuilt from its lineage.
         return ds.materialize() if cache else ds
 
-    # A shard holds the cells of a few images, often of one patient: in file order, batches would
-    # be one patient's stain at a time and batch-norm statistics would follow the last patients
-    # seen. Shuffling the shard order every epoch (plus the workers' local shuffle buffer) mixes them.
-    return {"train": side(train_keys).randomize_block_order(), "val": side(val_keys)}
+    rows_per_file = (len(train_keys) + len(val_keys)) / max(1, len(files))
+    train = side(shard_groups(files, rows_per_file, seed), train_keys, seed)
+    return {"train": train.randomize_block_order(), "val": side([[f] for f in files], val_keys, None)}
 
 
 def _fit(name: str, run_dir: str, loop_config: dict, datasets: dict, config: TrainConfig, cpus_per_worker: float):

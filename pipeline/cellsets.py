@@ -7,6 +7,8 @@ the key sets to `SelectCells`, a batch callable that keeps one side's rows as th
 from __future__ import annotations
 
 import hashlib
+import math
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,11 +17,15 @@ import pyarrow.compute as pc
 
 from pipeline import schema, taxonomy
 from pipeline.config import CropSettings
-from pipeline.store import column_bytes, read_shards, read_table, shard_files
+from pipeline.store import PATH_COLUMN, column_bytes, read_shards, read_table, shard_files
 
 INDEX_COLUMNS = [schema.PATIENT_ID, schema.IMAGE, schema.CELL_ID, schema.LABEL, schema.CELL_CLASS, schema.KIND,
                  schema.SOURCE_SHA256, schema.INGEST_SETTINGS]  # fmt: skip
 KEY = "key"
+# A training read block gathers shards until it holds about this many cells (at most MIX_MAX_FILES
+# shards): see shard_groups.
+MIX_ROWS = 1024
+MIX_MAX_FILES = 32
 
 
 def cell_key(sha: str, cell_id: int) -> str:
@@ -98,14 +104,43 @@ def _digest_label(cls: str) -> str:
     return str(taxonomy.binary_label(cls)) if cls in taxonomy.BINARY_CLASSES else cls
 
 
-def select_cells(batch: dict[str, np.ndarray], targets: dict[str, int]) -> dict[str, np.ndarray]:
+def shard_groups(files: list[str], rows_per_file: float, seed: int,
+                 rows: int = MIX_ROWS, max_files: int = MIX_MAX_FILES) -> list[list[str]]:  # fmt: skip
+    """`files` in a random order (fixed by `seed`) cut into groups of about `rows` cells each, for
+    training read blocks that each mix many shards.
+
+    A shard holds the cells of a few images, often of one patient, and for class folders of one
+    class: read a shard a block, batches drawn from a shuffle buffer of a few blocks hold a few
+    patients or classes at a time. A block of randomly chosen shards, its rows shuffled
+    (select_cells' `shuffle_seed`), mixes them the way a full row shuffle would, and stays a map
+    over files: a block lost with a node is rebuilt from its own files alone (Ray Data's all-to-all
+    random_shuffle is not: the lineage of every block then holds the whole shuffle, and a training
+    run that lost a node that way hung).
+    """
+    if not files:
+        return []
+    per_group = max(1, min(max_files, math.ceil(rows / max(1.0, rows_per_file))))
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_groups = math.ceil(len(files) / per_group)
+    return [[files[i] for i in chunk] for chunk in np.array_split(order, n_groups)]
+
+
+def select_cells(
+    batch: dict[str, np.ndarray], targets: dict[str, int], shuffle_seed: int | None = None
+) -> dict[str, np.ndarray]:
     """Batch function: of the shard files in batch["path"], the rows whose cell key is in `targets`,
     as {crop, label} columns; label is the cell's training target from `targets` (the binary label of
-    a one-logit model, or the bit mask of the classes a cell's label allows, see pipeline.multiclass)."""
+    a one-logit model, or the bit mask of the classes a cell's label allows, see pipeline.multiclass).
+    With `shuffle_seed`, the rows come in a random order fixed by the seed and the files read."""
     table = read_shards(batch, [schema.SOURCE_SHA256, schema.CELL_ID, schema.CROP])
     keyed = [cell_key(s, c) for s, c in zip(table.column(schema.SOURCE_SHA256).to_pylist(),
                                             table.column(schema.CELL_ID).to_pylist())]  # fmt: skip
     mask = np.fromiter((k in targets for k in keyed), dtype=bool, count=len(keyed))
     kept = table.filter(pa.array(mask))
     labels = np.fromiter((targets[k] for k, m in zip(keyed, mask) if m), dtype=np.int64, count=int(mask.sum()))
-    return {schema.CROP: kept.column(schema.CROP).to_numpy(zero_copy_only=False), schema.LABEL: labels}
+    crops = kept.column(schema.CROP).to_numpy(zero_copy_only=False)
+    if shuffle_seed is not None:
+        files = "\n".join(str(f) for f in batch[PATH_COLUMN]).encode()
+        order = np.random.default_rng([shuffle_seed, zlib.crc32(files)]).permutation(labels.size)
+        crops, labels = crops[order], labels[order]
+    return {schema.CROP: crops, schema.LABEL: labels}

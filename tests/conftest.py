@@ -61,9 +61,10 @@ def s3_bucket() -> str:
 
 
 def write_truth_cells(
-    out: Path, patients: int = 6, images_per_patient: int = 4, seed: int = 5, size=(400, 300)
+    out: Path, patients: int = 6, images_per_patient: int = 4, seed: int = 5, size=(400, 300), per_patient_shards=False
 ) -> Path:
-    """An ingest-style cell table cut at the synthetic truth centres (no detector involved).
+    """An ingest-style cell table cut at the synthetic truth centres (no detector involved), in one
+    shard, or one per patient (as ingest writes a few images a shard).
 
     Lets training and inference tests run on known labelled crops in a second or two.
     """
@@ -117,11 +118,17 @@ def write_truth_cells(
                     schema.N_CELLS: len(truth),
                 }
             )
-    write_shard(
-        out,
-        "truth-0",
-        pa.Table.from_pylist(cells, schema=schema.CELL_SCHEMA),
-        schema.QUARANTINE_SCHEMA.empty_table(),
-        pa.Table.from_pylist(ledger, schema=schema.IMAGE_SCHEMA),
-    )
+    groups = sorted({r[schema.PATIENT_ID] for r in ledger}) if per_patient_shards else [None]
+    for n, patient in enumerate(groups):
+
+        def mine(rows, patient=patient):
+            return [r for r in rows if patient is None or r[schema.PATIENT_ID] == patient]
+
+        write_shard(
+            out,
+            f"truth-{n}",
+            pa.Table.from_pylist(mine(cells), schema=schema.CELL_SCHEMA),
+            schema.QUARANTINE_SCHEMA.empty_table(),
+            pa.Table.from_pylist(mine(ledger), schema=schema.IMAGE_SCHEMA),
+        )
     return out

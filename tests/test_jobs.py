@@ -204,6 +204,51 @@ def test_cached_and_streamed_datasets_hold_exactly_the_selected_cells(ray_sessio
     assert not _should_cache("auto", 1e15) and _should_cache("yes", 1e15) and not _should_cache("no", 1.0)
 
 
+def test_training_blocks_mix_many_shards_and_keep_every_cell_once(ray_session, tmp_path):
+    """Each shard holds the images of one patient (for class folders: one class). Training blocks
+    are random groups of shards with their rows shuffled, so neighbouring rows rarely share a shard,
+    cached or streamed, and every selected cell comes exactly once; validation stays a shard a block."""
+    import pyarrow.parquet as pq
+
+    from jobs.train import _datasets
+    from pipeline.cellsets import cell_key, read_cell_index
+
+    cells = write_truth_cells(tmp_path / "cells", patients=8, images_per_patient=2, per_patient_shards=True)
+    index = read_cell_index([str(cells)])
+    assert len(index.files) == 8
+    shard_of = {}  # the training target of each cell is its shard's number, so rows show their shard
+    for i, f in enumerate(index.files):
+        t = pq.read_table(f, columns=[schema.SOURCE_SHA256, schema.CELL_ID])
+        for s, c in zip(t.column(0).to_pylist(), t.column(1).to_pylist()):
+            shard_of[cell_key(s, c)] = i
+
+    def neighbours_in_one_shard(rows) -> float:
+        shards = [int(r[schema.LABEL]) for r in rows]
+        return sum(a == b for a, b in zip(shards, shards[1:])) / (len(shards) - 1)
+
+    for cache in (True, False):
+        datasets = _datasets(index.files, shard_of, shard_of, cache, seed=3)
+        train, val = datasets["train"].take_all(), datasets["val"].take_all()
+        assert sorted(int(r[schema.LABEL]) for r in train) == sorted(shard_of.values())
+        assert sorted(int(r[schema.LABEL]) for r in val) == sorted(shard_of.values())
+        assert neighbours_in_one_shard(train) < 0.5
+        assert neighbours_in_one_shard(val) > 0.8
+
+
+def test_shard_groups_are_random_groups_of_about_the_target_rows():
+    from pipeline.cellsets import shard_groups
+
+    files = [f"s{i:03d}.parquet" for i in range(100)]
+    groups = shard_groups(files, rows_per_file=16, seed=1, rows=128)
+    assert sorted(f for g in groups for f in g) == files  # every shard once
+    assert len(groups) == 13 and {len(g) for g in groups} == {7, 8}  # 128 rows of 16-cell shards: 8 a group
+    assert groups[0] != files[:8]  # not in file order
+    assert groups == shard_groups(files, 16, seed=1, rows=128) != shard_groups(files, 16, seed=2, rows=128)
+    assert all(len(g) == 1 for g in shard_groups(files, rows_per_file=5000, seed=1))  # big shards: one a block
+    assert max(len(g) for g in shard_groups(files, rows_per_file=1, seed=1)) <= 32  # capped
+    assert shard_groups([], 16, seed=1) == []
+
+
 def test_impossible_workers_fail_fast(ray_session, truth_cells, tmp_path):
     import time
 
