@@ -7,7 +7,8 @@
 
 Folds are by file (each image is one cell: pipeline.splits.kfold_groups over image groups, stratified
 by class), the model trains from scratch with the same pieces `allray train` uses (decode_crops,
-augment, train_one_epoch with the partial-label criterion, cosine lr, Adam 1e-3, batch 32) in one
+augment, train_one_epoch with the partial-label criterion, cosine lr, Adam at `allray train`'s
+default rate for the model, batch 32) in one
 plain torch process (no Ray: the numbers are the model's, not the scheduler's), and each fold's
 best epoch by validation accuracy is reported: accuracy, balanced accuracy, macro F1 and per-class
 F1, then mean +- sd over the folds run, and training samples/s. --run-folds runs a subset of the K
@@ -61,20 +62,21 @@ def run_fold(x, bits, train_idx, val_idx, class_names, args, name, size, device)
     import numpy as np
     import torch
 
-    from pipeline.models import build_model
+    from pipeline.models import build_model, default_lr
     from pipeline.multiclass import PartialLabelCriterion, class_metrics, evaluate_multiclass
     from pipeline.training import augment, train_one_epoch
 
     torch.manual_seed(args.seed)
     model = build_model(name, size, num_classes=len(class_names)).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    lr = args.lr if args.lr is not None else default_lr(name, len(class_names))  # as `allray train`
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(args.seed)
     crit = PartialLabelCriterion(len(class_names))
     y = torch.as_tensor(bits)
     best, rates = None, []
     for epoch in range(args.epochs):
         for g in opt.param_groups:
-            g["lr"] = args.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / args.epochs))
+            g["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * epoch / args.epochs))
         order = np.random.default_rng(args.seed * 1000 + epoch).permutation(train_idx)
         batches = ((x[order[i : i + args.batch_size]], y[order[i : i + args.batch_size]])
                    for i in range(0, order.size, args.batch_size))  # fmt: skip
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--run-folds", default="", help="comma-separated fold numbers to run (default: all)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, default=None, help="model input side (default: the arch's own)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="Adam rate (default: allray train's for the model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")

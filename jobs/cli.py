@@ -249,7 +249,10 @@ def ingest(
 @click.option("--out", default="", help="Run folder, a local path or URI (default: a new runs/<date-time>).")
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option(
+    "--lr", type=float, default=None,
+    help="Adam learning rate (default: 1e-3, the study's; 3e-3 for the LeNet variant with a K-class head).",
+)  # fmt: skip
 @click.option("--workers", default=1, show_default=True, help="Ray Train workers (DDP).")
 @click.option("--gpu", is_flag=True, help="One GPU per worker, mixed precision.")
 @click.option("--cpus-per-worker", type=float, help="CPUs per worker (default: fit the cluster, at most 1).")

@@ -98,7 +98,7 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
 
     from pipeline.checkpoint import CheckpointMeta
     from pipeline.config import parse_classes
-    from pipeline.models import default_image_size, resolve_name
+    from pipeline.models import default_image_size, default_lr, resolve_name
     from pipeline.multiclass import resolve_model_classes, training_targets
     from pipeline.splits import cell_groups, kfold_groups, split_cells
     from pipeline.training import MEAN, STD
@@ -173,9 +173,10 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
                 data_id=index.data_id, fold=fold, cells=tuple(cells), split={**base_split.summary(), "fold": fold,
                 "n_train": int(train_idx.size), "n_val": int(val_idx.size)},
             )  # fmt: skip
+            lr = config.lr if config.lr is not None else default_lr(model_name, meta.n_outputs)
             loop_config = {
                 "arch": arch, "fold": fold, "epochs": config.epochs, "batch_size": config.batch_size,
-                "lr": config.lr, "seed": config.seed, "weights": config.weights, "image_size": config.image_size,
+                "lr": lr, "seed": config.seed, "weights": config.weights, "image_size": config.image_size,
                 "threads": max(1, int(round(cpus_per_worker))), "meta": meta, "queue": queue,
             }  # fmt: skip
             if not quiet:
@@ -194,7 +195,7 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
             finally:
                 printer.stop()
             fold_results.append(_best_of(result, join_uri(run_dir, name), all_metrics, arch, fold))
-        results[arch] = _combine_folds(fold_results)
+        results[arch] = {**_combine_folds(fold_results), "lr": lr}  # the Adam learning rate used
     summary = {
         "archs": results, "split": base_split.summary(), "folds": config.folds, "data_id": index.data_id,
         "n_cells_trainable": table.num_rows, "n_cells_unlabelled": index.n_unlabelled,

@@ -135,7 +135,7 @@ class TrainConfig:
     # The study trained 300 epochs on 130 crops; on thousands of crops 30 suffice.
     epochs: int = 30
     batch_size: int = 32  # the study's batch size
-    lr: float = 1e-3  # Adam's default, as in the study
+    lr: float | None = None  # None = the model's default (pipeline.models.default_lr: 1e-3, as the study)
     workers: int = 1
     gpu: bool = False
     # None = fit the workers on the cluster: up to 1 CPU each, leaving some for data loading.
@@ -161,7 +161,7 @@ class TrainConfig:
         parse_classes(self.classes)  # raises ValueError naming a bad class
         _check(1 <= self.epochs <= 100_000, f"epochs={self.epochs!r} must be at least 1")
         _check(1 <= self.batch_size <= 65_536, f"batch_size={self.batch_size!r} must be at least 1")
-        _check(0 < self.lr < 10, f"lr={self.lr!r} must be in (0, 10)")
+        _check(self.lr is None or 0 < self.lr < 10, f"lr={self.lr!r} must be in (0, 10)")
         _check(self.workers >= 1, f"workers={self.workers!r} must be at least 1")
         _check(
             self.cpus_per_worker is None or 0 < self.cpus_per_worker <= 256,

@@ -165,6 +165,7 @@ def test_train_two_workers_writes_every_output(tiny_run):
     # --classes auto on 0/1 labels: today's binary model, one logit
     assert meta["class_names"] == ["other", "lymphoblast"] and state["classifier.weight"].shape[0] == 1
     assert summary["class_names"] == ["other", "lymphoblast"] and "val_macro_f1" in rows[0]
+    assert summary["archs"]["lenet"]["lr"] == 1e-3  # the study's Adam rate for the one-logit model
     split = json.loads((run / "split.json").read_text())
     assert not set(split["train_groups"]) & set(split["val_groups"])  # no patient on both sides
     assert summary["split"]["split_mode_used"] == "patient"
@@ -382,6 +383,7 @@ def test_train_auto_classes_on_class_folders_gives_a_softmax_head(ray_session, t
     summary = run_train(TrainConfig(cells=(str(tmp_path / "cells"),), out=str(tmp_path / "run"), arch="lenet",
                                     epochs=1, split="random", batch_size=8), quiet=True)  # fmt: skip
     assert summary["class_names"] == ["neutrophil", "lymphocyte", "platelet"]  # taxonomy order
+    assert summary["archs"]["lenet"]["lr"] == 3e-3  # the LeNet variant's softmax-head default
     assert summary["n_cells_trainable"] == 18 and summary["n_cells_unfit_classes"] == 0
     model, meta = load_checkpoint(tmp_path / "run" / "lenet" / "best")
     assert meta.n_outputs == 3 and model(torch_zeros(126)).shape == (2, 3)

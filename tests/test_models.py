@@ -84,6 +84,17 @@ def test_lenet_keeps_the_study_dropout_for_one_logit_and_none_for_a_softmax_head
     assert not torch.equal(binary(x), binary(x))
 
 
+def test_default_learning_rate_is_the_studys_but_for_the_lenet_softmax_head():
+    from pipeline.config import TrainConfig
+    from pipeline.models import default_lr
+
+    assert default_lr("lenet", 1) == 1e-3 and default_lr("lenet", 8) == 3e-3
+    assert default_lr("resnet", 8) == default_lr("vgg", 8) == default_lr("resnet18", 1) == 1e-3
+    assert TrainConfig(lr=None).lr is None and TrainConfig(lr=2e-3).lr == 2e-3
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=-1.0)
+
+
 def test_frozen_parameters_not_counted():
     model = build_model("lenet")
     model.features.requires_grad_(False)

@@ -40,6 +40,7 @@ _DEFAULT_SIZES = {
     **{n: vgg.DEFAULT_IMAGE_SIZE for n in vgg.NAMES},
     **{n: resnet.DEFAULT_IMAGE_SIZE for n in resnet.NAMES},
 }
+ADAM_LR = 1e-3  # Adam's default, as in the study
 WEIGHT_CHOICES = ("none", "imagenet")  # or a path to a local state dict
 _STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict")  # common checkpoint wrappers
 
@@ -60,6 +61,15 @@ def resolve_name(name: str) -> str:
 def default_image_size(name: str) -> int:
     """The input side a model is built for by default (lenet 126, VGG/ResNet 128)."""
     return _DEFAULT_SIZES[resolve_name(name)]
+
+
+def default_lr(name: str, num_classes: int = 1) -> float:
+    """The Adam learning rate `allray train` uses for a model unless --lr says otherwise: the study's
+    1e-3, but for the LeNet variant's K-class softmax head (see pipeline.models.lenet)."""
+    resolved = resolve_name(name)
+    if resolved in lenet.NAMES and num_classes >= 2:
+        return lenet.MULTICLASS_LR
+    return ADAM_LR
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
