@@ -22,7 +22,7 @@ def test_help_answers_fast_without_heavy_imports():
 
 
 def test_choice_lists_spelled_out_for_fast_help_match_the_configs():
-    from jobs import cli as cli_module
+    from jobs import cli_common as cli_module
     from pipeline.config import SINGLE_CELL_SCALES
     from pipeline.sources import FORMATS
 
