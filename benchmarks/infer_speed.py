@@ -49,7 +49,8 @@ def main() -> None:
 
     import torch
 
-    from jobs.infer import find_model, run_infer
+    from jobs.infer import run_infer
+    from jobs.infer_inputs import find_model
     from jobs.runtime import start_ray
     from pipeline import schema
     from pipeline.classify import CellClassifier

@@ -9,96 +9,43 @@ The recipe, streaming end to end:
 
 SLIDES, --model and --out may be local paths or URIs (s3://, gs://, file://); every file is read
 and written through pipeline.locations.
+
+This module is the Ray wiring: cluster sizing, the pipeline and the driver's loop over its results.
+What is read (the model, SlidesSource, CellsSource) is in jobs/infer_inputs.py; the report written
+at the end in jobs/infer_report.py.
 """
 
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
+from jobs.infer_inputs import (
+    LIGHT_TASK_CPUS,
+    CellsSource,
+    ClassifyStage,
+    SlidesSource,
+    check_slides,
+    find_model,
+    is_ingest_output,
+    model_crop_settings,
+)
+from jobs.infer_report import write_outputs
 from jobs.progress import ProgressLine
 from jobs.runtime import ClusterTooSmallError, check_fits, cluster_cpus_gpus, run_record, start_ray
 from pipeline import schema
-from pipeline.checkpoint import META_FILE, CheckpointError, load_checkpoint
+from pipeline.checkpoint import load_checkpoint
 from pipeline.classify import meta_value
-from pipeline.config import CropSettings, InferConfig
-from pipeline.locations import (
-    absolute,
-    is_dir,
-    is_file,
-    join_uri,
-    list_names,
-    make_dir,
-    read_bytes,
-    read_json,
-    resolve,  # fmt: skip
-    write_json,
-)
-from pipeline.redact import REDACTED, redact_text
+from pipeline.config import InferConfig
+from pipeline.locations import absolute, make_dir
 
-OVERLAYS_PER_PATIENT = 3
 GALLERY_PER_PATIENT = 24
 GALLERY_PER_CLASS = 16  # crops per predicted class in the report's class strips, most confident first
-LIGHT_TASK_CPUS = 0.1  # Parquet reads and shard writes: I/O, never worth holding a whole core
-
-
-def find_model(model: str | None) -> str:
-    """The checkpoint location for --model: a checkpoint, a run (its best arch), or the newest run in ./runs."""
-    if model is None:
-        runs = sorted(
-            (p for p in Path("runs").glob("*") if (p / "summary.json").exists()), key=lambda p: p.stat().st_mtime
-        )
-        if not runs:
-            raise ValueError("no trained model found in ./runs: train one with `allray train`, or pass --model RUN")
-        model = str(runs[-1])
-    model = absolute(model)
-    if is_file(join_uri(model, META_FILE)):
-        return model
-    if is_file(join_uri(model, "best", META_FILE)):  # an architecture's folder of a run: its best checkpoint
-        return join_uri(model, "best")
-    archs = _run_archs(model)
-
-    def score(item):
-        r = item[1]
-        return r.get("val_acc_mean") if "folds" in r else (r.get("best") or {}).get("val_acc") or 0.0
-
-    arch, result = max(archs.items(), key=lambda item: score(item) or 0.0)
-    ckpt = result["checkpoint"] if "checkpoint" in result else result["folds"][0]["checkpoint"]
-    # Moved since, or recorded with its credentials redacted: look inside the run as given.
-    if REDACTED in ckpt or not is_file(join_uri(ckpt, META_FILE)):
-        ckpt = join_uri(model, arch, "best")
-    return ckpt
-
-
-def _run_archs(model: str) -> dict:
-    """The `archs` of the finished run at `model`; a one-line ValueError for any other kind of folder."""
-    from pipeline.folders import FolderKind, folder_kind, wrong_kind_message
-
-    kind = folder_kind(model)
-    summary_path = join_uri(model, "summary.json")
-    try:
-        archs = read_json(summary_path).get("archs") if kind == FolderKind.RUN and is_file(summary_path) else None
-    except ValueError as err:  # damaged JSON: name the file
-        raise ValueError(
-            f"{redact_text(summary_path)} is damaged ({err}): re-run `allray train`, or pass one of "
-            "the run's checkpoints (<run>/<arch>/best)"
-        ) from None
-    if not archs:
-        if kind == FolderKind.RUN:
-            raise ValueError(
-                f"--model {redact_text(model)} is a training run that has not finished (no summary.json "
-                "with its architectures): wait for it, resume it with `allray train --resume --out RUN`, "
-                "or pass one of its checkpoints (<run>/<arch>/best)"
-            )
-        raise ValueError(wrong_kind_message("--model", model, kind, "model"))
-    return archs
 
 
 def default_classifiers(
@@ -113,18 +60,6 @@ def default_classifiers(
     if from_cells:
         return max(1, min(round(cpus - reserve), shards if shards is not None else math.inf))
     return max(1, int(cpus // 8))
-
-
-def check_slides(slides: str) -> None:
-    """Refuse, in one line, a SLIDES that is a run, a checkpoint or a report (a missing one is refused by
-    discovery): a run's curves.png would otherwise be counted as a smear."""
-    from pipeline.folders import FolderKind, require_kind
-
-    require_kind("SLIDES", absolute(slides), (FolderKind.OTHER, FolderKind.INGEST_OUTPUT, FolderKind.MISSING), "slides")
-
-
-def _is_ingest_output(location: str) -> bool:
-    return is_dir(join_uri(location, schema.IMAGES_DIR)) and is_dir(join_uri(location, schema.CELLS_DIR))
 
 
 def run_infer(
@@ -164,7 +99,7 @@ def run_infer(
     src = absolute(config.slides)
     source = (
         CellsSource.open(src, ckpt, crop_settings)
-        if _is_ingest_output(src)
+        if is_ingest_output(src)
         else SlidesSource.open(src, config, crop_settings)
     )
     from_cells = isinstance(source, CellsSource)
@@ -258,7 +193,7 @@ def run_infer(
     identities = {"model_id": model_id, "model_data_id": meta_value(meta, "data_id"), "input": src,
                   "input_data_id": ledger_identity(src) if from_cells else images_identity(inputs)}  # fmt: skip
     galleries = {"blasts": gallery, "classes": class_gallery}
-    return _write_outputs(out_dir, acc, galleries, overlay_pick, source.image_paths, quarantine, {
+    return write_outputs(out_dir, acc, galleries, overlay_pick, source.image_paths, quarantine, {
         "model": ckpt, "model_id": model_id, "arch": meta_value(meta, "arch"), "classes": ", ".join(classes),
         "threshold": config.threshold, "blast_alert_pct": config.blast_alert, "min_cells": config.min_cells,
         "slides": src, "input": "ingest output (no detection)" if from_cells else "slides",
@@ -273,157 +208,6 @@ def run_infer(
     }, run_record(resolved, identities))  # fmt: skip
 
 
-def model_crop_settings(ckpt: str, meta) -> CropSettings:
-    """The CropSettings a model's training crops were cut with (an object in CheckpointMeta, a dict in
-    an older meta.json); CheckpointError when they are not usable."""
-    stored = meta_value(meta, "crop_settings")
-    if isinstance(stored, CropSettings):
-        return stored
-    try:
-        return CropSettings.from_json(json.dumps(stored))
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{ckpt}: crop settings in meta.json are not usable: {err}") from None
-
-
-@dataclass(frozen=True)
-class ClassifyStage:
-    """How the classifier runs: its constructor arguments, actor pool and resources per actor."""
-
-    kwargs: dict
-    pool: object  # ray.data.ActorPoolStrategy
-    cpus: float
-    gpus: float
-
-
-@dataclass
-class SlidesSource:
-    """Slide images to detect and crop exactly as ingest does, then classify."""
-
-    tasks: list
-    image_paths: dict[str, str]
-    settings: CropSettings  # the model's: slides are cut exactly as its training crops were
-    files: tuple = ()
-    facts: dict = field(default_factory=dict)  # what discovery left out: links not followed, manifest rows
-
-    @classmethod
-    def open(cls, src: str, config: InferConfig, settings: CropSettings) -> SlidesSource:
-        from pipeline.ingest import apply_pooled_scale
-        from pipeline.sources import discover_images
-
-        found = discover_images(src, config.format, config.manifest, follow_links=config.follow_links,
-                                allow_unmatched=config.allow_unmatched)  # fmt: skip
-        facts = {**found.row_counts, "links_not_followed": len(found.links_not_followed)}
-        if found.row_problems:
-            facts["rows_not_used"] = found.row_problems[:20]
-        if found.links_not_followed:
-            facts["links_not_followed_examples"] = found.links_not_followed[:10]
-        # The model fixes the window (crop_um, crop_size); the scale is the slides' own: measured, or
-        # infer's --um-per-pixel, never the one its training images were forced to.
-        settings = replace(settings, um_per_pixel=config.um_per_pixel)
-        tasks, pooled = apply_pooled_scale(found.tasks, settings, config.single_cell_scale, found.format)
-        if pooled is not None:
-            facts["single_cell_scale"] = pooled.to_dict()
-        return cls(tasks=tasks, image_paths={t.image: t.path for t in tasks}, settings=settings, facts=facts)
-
-    def known_images(self, acc) -> list[dict]:
-        """Nothing is known before the run: every image reports itself (returns the quarantine so far)."""
-        return []
-
-    def build(self, classify: ClassifyStage, config: InferConfig, cpus: float, reserve: float):
-        """(dataset of one classified row per image, images to expect): tasks -> SlideStage -> ImageClassifier."""
-        import ray
-
-        from pipeline.classify import ImageClassifier
-        from pipeline.ingest import TASK_COLUMN
-        from pipeline.predictions import SlideStage
-
-        items = [{TASK_COLUMN: t.to_json()} for t in self.tasks]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * int(cpus))))
-        ds = ds.map_batches(SlideStage, fn_constructor_kwargs={"settings_json": self.settings.to_json()},
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus - reserve + 1))),
-                            num_cpus=1, batch_size=4, batch_format="numpy")  # fmt: skip
-        ds = ds.map_batches(
-            ImageClassifier,
-            fn_constructor_kwargs=classify.kwargs,
-            compute=classify.pool,
-            num_cpus=classify.cpus,
-            num_gpus=classify.gpus,
-            batch_size=8,
-            batch_format="numpy",
-        )
-        return ds, len(self.tasks)
-
-
-@dataclass
-class CellsSource:
-    """An ingest output: its crops are classified as they are (no detection redone)."""
-
-    src: str
-    files: list
-    ledger: object  # pyarrow Table of the image ledger
-    image_paths: dict[str, str]
-    tasks: tuple = ()
-
-    @classmethod
-    def open(cls, src: str, ckpt: str, settings: CropSettings) -> CellsSource:
-        from pipeline.store import read_table, shard_files
-
-        ledger = read_table(src, schema.IMAGES_DIR)
-        cell_settings = read_table(src, columns=[schema.INGEST_SETTINGS]).column(0).unique().to_pylist()
-        wanted = json.loads(settings.to_json())
-        if any(json.loads(text) != wanted for text in cell_settings):
-            raise CheckpointError(
-                f"the cells in {src} were cut with other settings than model {ckpt} was trained on "
-                f"(model: {settings.to_json()}); run `allray infer` on the slides themselves instead"
-            )
-        ingest_src = _ingest_source(src)
-        image_paths = {}
-        if ingest_src is not None:
-            image_paths = {im: join_uri(ingest_src, im) for im in ledger.column(schema.IMAGE).to_pylist()}
-        return cls(src=src, files=shard_files(src), ledger=ledger, image_paths=image_paths)
-
-    def known_images(self, acc) -> list[dict]:
-        """Count every ingested image of the ledger (with or without cells); the stored quarantine."""
-        from pipeline.store import read_table
-
-        ledger = self.ledger
-        ok = ledger.filter(ledger.column(schema.STATUS).to_numpy(zero_copy_only=False) == schema.STATUS_INGESTED)
-        for p, s, im in zip(*(ok.column(c).to_pylist() for c in (schema.PATIENT_ID, schema.SAMPLE_ID, schema.IMAGE))):
-            acc.add_image(p, s, im)
-        q = read_table(self.src, schema.QUARANTINE_DIR)
-        return [{schema.IMAGE: i, schema.REASON: r} for i, r in
-                zip(q.column(schema.IMAGE).to_pylist(), q.column(schema.REASON).to_pylist())]  # fmt: skip
-
-    def build(self, classify: ClassifyStage, config: InferConfig, cpus: float, reserve: float):
-        """(dataset of classified cells, cells to expect): shard paths -> read_shards -> CellClassifier."""
-        import ray
-
-        from pipeline.classify import CellClassifier
-        from pipeline.store import PATH_COLUMN, read_shards
-
-        files = self.files
-        ds = ray.data.from_items([{PATH_COLUMN: f} for f in files], override_num_blocks=max(1, len(files)))
-        # A few reads at a time keep the classifiers fed; uncapped, a 0.1-CPU task lets Ray start a
-        # worker process per shard at once (seen: 8+ on 2 cores), which takes CPU from the classifiers.
-        ds = ds.map_batches(
-            read_shards,
-            batch_size=1,
-            num_cpus=LIGHT_TASK_CPUS,
-            batch_format="pyarrow",
-            compute=ray.data.TaskPoolStrategy(size=max(1, min(2, len(files)))),
-        )
-        ds = ds.map_batches(
-            CellClassifier,
-            fn_constructor_kwargs=classify.kwargs,
-            compute=classify.pool,
-            num_cpus=classify.cpus,
-            num_gpus=classify.gpus,
-            batch_size=config.batch_size,
-            batch_format="pyarrow",
-        )
-        return ds, sum(n or 0 for n in self.ledger.column(schema.N_CELLS).to_pylist())
-
-
 def _push(heap: list, item: tuple, k: int) -> None:
     if len(heap) < k:
         heapq.heappush(heap, item)
@@ -435,75 +219,6 @@ def _model_id(ckpt: str, meta: dict) -> str:
     from pipeline.classify import model_identity
 
     return model_identity(ckpt, meta)
-
-
-def _ingest_source(cells_dir: str) -> str | None:
-    """The SRC an ingest output was made from (its newest config-*.json), for overlays."""
-    configs = [n for n in list_names(cells_dir) if n.startswith("config-") and n.endswith(".json")]
-    if not configs:
-        return None
-    src = read_json(join_uri(cells_dir, configs[-1])).get("src") or ""
-    if not src or REDACTED in src:  # recorded without its credentials: not readable as recorded
-        return None
-    try:
-        return src if is_dir(src) else None
-    except OSError:  # storage refusing or out of reach: the report is written without overlays
-        return None
-
-
-def _write_outputs(out_dir: str, acc, galleries: dict, overlay_pick: dict, image_paths: dict, quarantine: list,
-                   info: dict, record: dict) -> dict:  # fmt: skip
-    import pyarrow.dataset as pads
-
-    from pipeline.io import decode_image
-    from pipeline.report import format_terminal_summary, write_count_tables
-    from pipeline.report_html import draw_overlay, write_html_report
-
-    patients, samples = acc.patients(), acc.samples()
-    write_count_tables(out_dir, patients, samples, info, classes=acc.classes)
-    # The images with the most blasts called are the ones a reviewer should see first.
-    chosen = {p: heapq.nlargest(OVERLAYS_PER_PATIENT, ((n, im) for im, n in images.items()))
-              for p, images in overlay_pick.items()}  # fmt: skip
-    picks = {im for items in chosen.values() for _, im in items}
-    overlays: dict[str, list] = {}
-    pred_dir = join_uri(out_dir, schema.PREDICTIONS_DIR)
-    if picks and is_dir(pred_dir):
-        cols = [schema.IMAGE, schema.BBOX_X0, schema.BBOX_Y0, schema.BBOX_X1, schema.BBOX_Y1, schema.PREDICTED,
-                schema.BLAST_PROB, schema.KIND]  # fmt: skip
-        fs, pred_path = resolve(pred_dir)
-        table = pads.dataset(pred_path, filesystem=fs, format="parquet").to_table(
-            columns=cols, filter=pads.field(schema.IMAGE).isin(sorted(picks))
-        )
-        by_image: dict[str, list] = {}
-        for row in table.to_pylist():
-            by_image.setdefault(row[schema.IMAGE], []).append(row)
-        for patient, items in chosen.items():
-            for n_blasts, im in items:
-                path = image_paths.get(im)
-                if path is None:
-                    continue
-                try:
-                    pixels = decode_image(read_bytes(path)).pixels
-                except (OSError, ValueError):
-                    continue
-                caption = f"{im}: {len(by_image.get(im, []))} cells, {n_blasts} called blasts"
-                overlays.setdefault(patient, []).append((caption, draw_overlay(pixels, by_image.get(im, []))))
-    gallery_items, class_items = (
-        {
-            k: [(crop, prob, im) for prob, crop, im in sorted(items, reverse=True)]
-            for k, items in galleries[name].items()
-        }
-        for name in ("blasts", "classes")
-    )
-    write_html_report(
-        out_dir, patients, overlays, gallery_items, quarantine, info, class_gallery=class_items, classes=acc.classes
-    )
-    summary = {**info, "patients": len(patients), "n_blasts": sum(p["n_blasts"] for p in patients),
-               "flags": {f: sum(p["flag"] == f for p in patients) for f in {p["flag"] for p in patients}},
-               "report": join_uri(out_dir, "report.html"), "quarantined": quarantine, "run": record}  # fmt: skip
-    write_json(out_dir, "summary.json", summary)
-    summary["terminal"] = format_terminal_summary(patients, info)
-    return summary
 
 
 if __name__ == "__main__":  # `python -m jobs.infer ...` under `ray job submit`

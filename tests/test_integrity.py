@@ -414,7 +414,7 @@ def test_a_lease_on_object_storage_refuses_a_second_writer(s3_bucket):
 
 def test_infer_manifest_rows_that_match_nothing_fail_unless_allowed(tmp_path):
     """`allray infer --manifest` checks rows as ingest does, and `--allow-unmatched` counts them instead."""
-    from jobs.infer import SlidesSource
+    from jobs.infer_inputs import SlidesSource
     from pipeline.config import CropSettings, InferConfig
     from pipeline.io import encode_png
     from pipeline.sources import SourceError

@@ -242,7 +242,7 @@ def test_the_wrong_kind_of_folder_is_one_line_naming_it(tmp_path, args, says):
 
 
 def test_an_architecture_folder_as_model_uses_its_best_checkpoint(tmp_path):
-    from jobs.infer import find_model
+    from jobs.infer_inputs import find_model
 
     (tmp_path / "run" / "lenet" / "best").mkdir(parents=True)
     (tmp_path / "run" / "lenet" / "best" / "meta.json").write_text("{}")
