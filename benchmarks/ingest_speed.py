@@ -30,7 +30,8 @@ from pipeline.ingest import TASK_COLUMN, IngestStage, ingest_image  # noqa: E402
 from pipeline.io import encode_png, sha256_hex  # noqa: E402
 from pipeline.sources import ImageTask, discover_images  # noqa: E402
 from pipeline.store import open_output  # noqa: E402
-from pipeline.synth import choose_style, make_smear, write_cohort  # noqa: E402
+from pipeline.synth import choose_style, make_smear  # noqa: E402
+from pipeline.synth_cohort import write_cohort  # noqa: E402
 
 
 class PeakRSS:

@@ -29,7 +29,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.scale import estimate_single_cell_um_per_pixel, estimate_um_per_pixel  # noqa: E402
-from pipeline.synth import write_cohort  # noqa: E402
+from pipeline.synth_cohort import write_cohort  # noqa: E402
 from pipeline.synth_single import write_single_cells  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent.parent / "shared" / "data"

@@ -29,7 +29,7 @@ from pipeline.config import CropSettings  # noqa: E402
 from pipeline.ingest import process_task  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.sources import SINGLE_CELL, ImageTask  # noqa: E402
-from pipeline.synth import write_cohort  # noqa: E402
+from pipeline.synth_cohort import write_cohort  # noqa: E402
 from pipeline.synth_single import write_single_cells  # noqa: E402
 from pipeline.training import augment, decode_crops, train_one_epoch  # noqa: E402
 

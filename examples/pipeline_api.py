@@ -14,7 +14,7 @@ from jobs.infer import run_infer
 from jobs.ingest import run_ingest
 from jobs.train import comparison_table, run_train
 from pipeline.config import IngestConfig, TrainConfig
-from pipeline.synth import write_cohort
+from pipeline.synth_cohort import write_cohort
 
 
 def main(work: Path) -> None:

@@ -37,7 +37,7 @@ def synth(out, patients, images_per_patient, samples_per_patient, seed, size, pr
     """Write a synthetic cohort of smears with ground truth to OUT (slides/ and truth/)."""
     from pathlib import Path
 
-    from pipeline.synth import write_cohort
+    from pipeline.synth_cohort import write_cohort
 
     summary = write_cohort(
         Path(out),

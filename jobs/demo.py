@@ -52,7 +52,7 @@ def run_demo(config: DemoConfig, echo=click.echo, address: str | None = None, ve
     from jobs.ingest import run_ingest
     from jobs.train import run_train
     from pipeline.config import CropSettings, IngestConfig, TrainConfig
-    from pipeline.synth import write_cohort
+    from pipeline.synth_cohort import write_cohort
 
     out = Path(config.out)
     if out.exists() and any(out.iterdir()):

@@ -5,14 +5,9 @@ magnification, stain hue and strength, illumination, noise and blur) and a blast
 (about a third of patients are healthy). Each image is a smear of red cells, platelets and 2-6
 white cells (lymphoblasts, lymphocytes, neutrophils, monocytes, eosinophils, basophils), now and
 then a nucleated red cell (erythroblast) where the patient has blasts, some touching, some cut by
-the image border. The cells are drawn in `pipeline.synth_cells`; this module composes smears and
-writes cohorts:
-
-    OUT/slides/<patient>/<sample>/<image>.png   e.g. P000/S0/img000.png
-    OUT/truth/cells.csv                          image,x,y,r,label,kind,cluster,class (one row per nucleated cell)
-    OUT/truth/patients.csv                       patient_id,n_wbc,n_blast,blast_pct, then per class
-                                                 n_<class>,<class>_pct (PATIENT_CLASS_COLUMNS)
-    OUT/truth/cohort.json                        the settings, and each patient's style
+the image border. The cells are drawn in `pipeline.synth_cells`; this module holds the patient
+styles and composes smears (placement, stains, the camera); `pipeline.synth_cohort` writes
+cohorts of them with their ground truth (slides/ and truth/).
 
 Reproducibility: every random draw comes from a generator derived from (seed, patient) or
 (seed, patient, image) by `np.random.SeedSequence`, so any one image can be rebuilt alone, and a
@@ -21,18 +16,12 @@ cohort of N patients is the first N patients of any larger cohort with the same 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage as ndi
 
-from pipeline import schema, taxonomy
-from pipeline.synth_all import choose_all_patient, make_all_smear
+from pipeline import taxonomy
 from pipeline.synth_cells import (
     BASOPHIL,
     EOSINOPHIL,
@@ -42,7 +31,6 @@ from pipeline.synth_cells import (
     MONOCYTE,
     NEUTROPHIL,
     PLATELET_RADIUS_UM,
-    WBC_KINDS,
     WBC_RADIUS_UM,
     Stains,
     draw_platelet,
@@ -61,19 +49,12 @@ OTHER_WEIGHTS = (0.42, 0.38, 0.12, 0.05, 0.03)
 # Nucleated red cells: absent from healthy blood, a few per 100 white cells when the marrow is
 # infiltrated (leukoerythroblastic blood). One per image with this probability (~1.5 per 100 WBC).
 ERYTHROBLAST_PROB = 0.06
-# truth/patients.csv class columns: the white classes drawn (% of white cells), then the cells
-# counted apart (per 100 white cells), named as `allray infer` names its differential columns.
-TRUTH_WHITE_CLASSES = tuple(c for c in taxonomy.WHITE_CLASSES if c in WBC_KINDS)
-PATIENT_CLASS_COLUMNS = tuple(
-    col for c in (*TRUTH_WHITE_CLASSES, *taxonomy.APART_CLASSES) for col in taxonomy.column_names(c)[:2]
-)
 TOUCHING_PROB = 0.3  # per image: one white cell is placed against another
 BORDER_PROB = 0.2  # per white cell: placed so the image border cuts it
 PLATELETS_PER_MPX = 17.0  # ~8 platelets on an 800x600 field
 # Patients come in blocks of three: one healthy, one low and one high blast fraction, so even a
 # three-patient cohort spans the range, and adding patients never changes earlier ones.
 LOW_BLAST, HIGH_BLAST = (0.1, 0.5), (0.5, 0.9)
-PROFILES = ("default", "all")  # "all": ALL-like patients (pipeline.synth_all)
 
 # Optical density per unit density of each stained structure (Giemsa: azure B stains nuclei and
 # basophilic cytoplasm purple/blue, eosin stains red cells pink). Derived from colours measured on
@@ -136,17 +117,6 @@ class SmearStyle:
         for name, values, n in (("hue", self.hue, 3), ("light", self.light, 3), ("gradient", self.gradient, 2)):
             if len(values) != n:
                 raise ValueError(f"SmearStyle.{name} needs {n} values, got {values!r}")
-
-
-@dataclass(frozen=True)
-class CohortSummary:
-    """What `write_cohort` wrote: the folder and the totals of its ground truth."""
-
-    out: Path
-    n_patients: int
-    n_images: int
-    n_wbc: int
-    n_blast: int
 
 
 def choose_style(rng: np.random.Generator) -> SmearStyle:
@@ -216,127 +186,6 @@ def make_smear(
         if drawn is not None:
             truth.append(TruthCell(x=drawn.x, y=drawn.y, r=drawn.r, label=taxonomy.binary_label(kind), kind=kind))
     return _photograph(od, rng, style), truth
-
-
-def write_cohort(
-    out: Path,
-    patients: int,
-    images_per_patient: int,
-    seed: int = 0,
-    size: tuple[int, int] = (800, 600),
-    samples_per_patient: int = 1,
-    profile: str = "default",
-) -> CohortSummary:
-    """Write a synthetic cohort's slides and ground truth under `out`; return its totals.
-
-    Images are spread over the samples in order (img000.. in S0, then S1, ..); image numbers run
-    per patient, so an image's content does not depend on `samples_per_patient`.
-    profile "all" makes ALL-like patients instead (`pipeline.synth_all`: crowded fields, packed
-    blast clusters, smudge cells, JPEG images).
-    """
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-    out = Path(out)
-    _check_count("patients", patients, 1)
-    _check_count("images_per_patient", images_per_patient, 1)
-    _check_count("samples_per_patient", samples_per_patient, 1)
-    if samples_per_patient > images_per_patient:
-        raise ValueError(
-            f"samples_per_patient={samples_per_patient} exceeds images_per_patient="
-            f"{images_per_patient}: every sample needs at least one image"
-        )
-    _check_count("seed", seed, 0)
-    width, height = _check_size(size)
-    for sub in ("slides", "truth"):
-        if (out / sub).exists() and any((out / sub).iterdir()):
-            raise FileExistsError(
-                f"{out / sub} is not empty: write the cohort to a new folder "
-                f"(stale images would not match the new ground truth)"
-            )
-
-    cell_rows, patient_rows, styles = [], [], {}
-    n_images = 0
-    for p in range(patients):
-        patient_id = f"P{p:03d}"
-        if profile == "all":
-            style, fraction, *extra = choose_all_patient(seed, p)
-            styles[patient_id] = {
-                "blast_fraction": fraction,
-                "style": asdict(style),
-                "smudge_share": extra[0],
-                "rbc_on_wbc": extra[1],
-                "jpeg_quality": extra[2],
-            }
-        else:
-            style, fraction = choose_patient_style(seed, p), choose_blast_fraction(seed, p)
-            styles[patient_id] = {"blast_fraction": fraction, "style": asdict(style)}
-        n_wbc = n_blast = 0
-        classes: list[str] = []
-        for i in range(images_per_patient):
-            sample_id = f"S{i * samples_per_patient // images_per_patient}"
-            rel = f"{patient_id}/{sample_id}/img{i:03d}." + ("jpg" if profile == "all" else "png")
-            if profile == "all":
-                _, data, cells = make_all_smear(make_image_rng(seed, p, i), (width, height), (seed, p))
-                (out / "slides" / rel).parent.mkdir(parents=True, exist_ok=True)
-                (out / "slides" / rel).write_bytes(data)
-            else:
-                image, cells = make_smear(make_image_rng(seed, p, i), (width, height), fraction, style)
-                _write_png(out / "slides" / rel, image)
-            n_images += 1
-            for c in cells:
-                label = "" if (c.label is None or c.smudge) else c.label
-                cell_rows.append(
-                    (
-                        rel,
-                        f"{c.x:.2f}",
-                        f"{c.y:.2f}",
-                        f"{c.r:.2f}",
-                        label,
-                        schema.KIND_SMUDGE if c.smudge else schema.KIND_WBC,
-                        c.cluster or "",
-                        c.kind,
-                    )
-                )
-            counted = [c for c in cells if not c.smudge]  # smudge cells are left out of the counts
-            n_wbc += sum(c.label is not None for c in counted)
-            n_blast += sum(c.label == 1 for c in counted)
-            classes += [c.kind for c in cells]
-        pct = 100.0 * n_blast / n_wbc if n_wbc else 0.0
-        patient_rows.append((patient_id, n_wbc, n_blast, f"{pct:.2f}", *truth_class_counts(classes)))
-
-    truth = out / "truth"
-    truth.mkdir(parents=True, exist_ok=True)
-    _write_csv(truth / "cells.csv", schema.TRUTH_COLUMNS, cell_rows)
-    _write_csv(truth / "patients.csv", (*schema.PATIENT_TRUTH_COLUMNS, *PATIENT_CLASS_COLUMNS), patient_rows)
-    settings = {
-        "seed": seed,
-        "patients": patients,
-        "images_per_patient": images_per_patient,
-        "samples_per_patient": samples_per_patient,
-        "size": [width, height],
-        "rbc_diameter_um": RBC_DIAMETER_UM,
-        "profile": profile,
-        "per_patient": styles,
-    }
-    (truth / "cohort.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    return CohortSummary(
-        out=out,
-        n_patients=patients,
-        n_images=n_images,
-        n_wbc=sum(r[1] for r in patient_rows),
-        n_blast=sum(r[2] for r in patient_rows),
-    )
-
-
-def truth_class_counts(classes: list[str]) -> tuple:
-    """The PATIENT_CLASS_COLUMNS values of a patient's drawn cells: count and % of white cells per
-    white class, count and number per 100 white cells of erythroblasts and smudge cells (2 decimals)."""
-    n_white = sum(taxonomy.is_white(c) for c in classes)
-    out: list = []
-    for name in (*TRUTH_WHITE_CLASSES, *taxonomy.APART_CLASSES):
-        k = classes.count(name)
-        out += [k, f"{100.0 * k / n_white:.2f}" if n_white else "0.00"]
-    return tuple(out)
 
 
 # --- composition -----------------------------------------------------------------------------
@@ -473,22 +322,6 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    """Write (H, W, 3) uint8 as PNG with no metadata, so equal pixels give equal bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    # Camera noise makes pixels incompressible: higher levels save ~10% and take twice as long.
-    Image.fromarray(image, "RGB").save(buf, format="PNG", compress_level=1)
-    path.write_bytes(buf.getvalue())
-
-
-def _write_csv(path: Path, header, rows) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
 def _round(v: float) -> float:
     """Round a drawn setting so the recorded style (cohort.json) reproduces it exactly."""
     return round(float(v), 4)
@@ -502,11 +335,6 @@ def _check_size(size) -> tuple[int, int]:
     if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
         raise ValueError(f"size {width}x{height} is out of range: each side must be within [{MIN_SIDE}, {MAX_SIDE}] px")
     return width, height
-
-
-def _check_count(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:

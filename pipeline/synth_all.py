@@ -11,7 +11,7 @@ What real ALL smears show, and what is drawn here (`pipeline.synth_cells` draws 
 - red cells that overlap white cells, and the other white cells of blood;
 - per patient: stain strength and hue, focus, noise, and JPEG compression (the images are .jpg).
 
-Truth (see `pipeline.synth.write_cohort`): every white cell and smudge cell, smudge cells with
+Truth (see `pipeline.synth_cohort.write_cohort`): every white cell and smudge cell, smudge cells with
 kind "smudge" and no label, and the id of the packed cluster each blast belongs to (0 = alone).
 """
 

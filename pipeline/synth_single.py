@@ -3,7 +3,7 @@
 ALL-IDB2's 260 images are ~257x257 px squares cut around one white cell from fields at the
 ALL-IDB1 magnification (about 25.7 um across, with parts of the red cells around the cell); the
 copies in circulation are also downscaled to ~103 px and re-encoded. This module makes the same
-from a cohort written by `pipeline.synth.write_cohort`, where the true scale of every image is
+from a cohort written by `pipeline.synth_cohort.write_cohort`, where the true scale of every image is
 known, so single-cell ingest and the train-on-single-cells, count-on-smears workflow can be
 tested against truth:
 

@@ -10,8 +10,9 @@ import pytest
 
 from pipeline.detect import detect_cells
 from pipeline.schema import KIND_SMUDGE, KIND_WBC
-from pipeline.synth import RBC_DIAMETER_UM, SmearStyle, _mix_stains, _photograph, write_cohort
+from pipeline.synth import RBC_DIAMETER_UM, SmearStyle, _mix_stains, _photograph
 from pipeline.synth_cells import NEUTROPHIL, draw_blast_cluster, draw_smudge_cell, draw_white_cell
+from pipeline.synth_cohort import write_cohort
 
 STYLE = SmearStyle()  # red cells 42 px across
 PX_PER_UM = STYLE.rbc_diameter_px / RBC_DIAMETER_UM

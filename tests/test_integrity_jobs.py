@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory) -> Path:
-    from pipeline.synth import write_cohort
+    from pipeline.synth_cohort import write_cohort
 
     out = tmp_path_factory.mktemp("cohort")
     write_cohort(out, patients=2, images_per_patient=2, seed=3, size=(400, 300))

@@ -25,7 +25,7 @@ def cohort(tmp_path_factory) -> Path:
     a truncated JPEG; and a valid PNG named .jpg (read by content)."""
     from PIL import Image
 
-    from pipeline.synth import write_cohort
+    from pipeline.synth_cohort import write_cohort
 
     out = tmp_path_factory.mktemp("cohort")
     write_cohort(out, patients=3, images_per_patient=3, seed=11, size=(500, 400))

@@ -38,7 +38,7 @@ def cluster(request):
 @pytest.fixture(scope="module")
 def cohorts(tmp_path_factory) -> dict[str, Path]:
     """A labelled training cohort (4 patients x 3 smears) and 'new' slides of 2 patients (x 3)."""
-    from pipeline.synth import write_cohort
+    from pipeline.synth_cohort import write_cohort
 
     root = tmp_path_factory.mktemp("js-cohorts")
     write_cohort(root / "train", patients=4, images_per_patient=3, seed=3, size=(640, 480))

@@ -37,7 +37,7 @@ def cluster(request):
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     """48 synthetic 800x600 smears of 4 patients: ingest and infer take ~15 s on 3 CPUs here."""
-    from pipeline.synth import write_cohort
+    from pipeline.synth_cohort import write_cohort
 
     out = tmp_path_factory.mktemp("mn-cohort")
     write_cohort(out, patients=4, images_per_patient=12, seed=11, size=(800, 600))

@@ -53,7 +53,7 @@ def strings_in_parquet(data: bytes) -> str:
 
 
 def test_no_credential_in_any_output_or_printed_line(ray_session, s3_bucket, tmp_path, capfd, monkeypatch):
-    from pipeline.synth import write_cohort
+    from pipeline.synth_cohort import write_cohort
 
     cohort = tmp_path / "cohort"
     write_cohort(cohort, patients=3, images_per_patient=2, seed=11, size=(500, 400))

@@ -20,7 +20,7 @@ def test_reviewed_labels_label_exactly_those_cells_on_reingest(ray_session, tmp_
     from jobs.train import run_train
     from pipeline.review.cells import load_report
     from pipeline.review.store import ReviewStore
-    from pipeline.synth import write_cohort
+    from pipeline.synth_cohort import write_cohort
 
     cohort = tmp_path / "cohort"
     write_cohort(cohort, patients=2, images_per_patient=2, seed=13, size=(400, 300))

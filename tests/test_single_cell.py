@@ -18,7 +18,7 @@ from pipeline.io import decode_png, encode_png, sha256_hex
 from pipeline.scale import estimate_single_cell_um_per_pixel, find_white_cells
 from pipeline.single_cell import cut_single_cell, measure_pad_fraction
 from pipeline.sources import SINGLE_CELL, ImageTask
-from pipeline.synth import write_cohort
+from pipeline.synth_cohort import write_cohort
 from pipeline.synth_single import DOWNSCALED_SIDE_PX, write_single_cells
 
 SETTINGS = CropSettings()

@@ -33,7 +33,7 @@ def test_model_trained_on_single_cells_counts_blasts_on_the_smears(ray_session, 
     from jobs.infer import run_infer
     from jobs.ingest import run_ingest
     from jobs.train import run_train
-    from pipeline.synth import write_cohort
+    from pipeline.synth_cohort import write_cohort
     from pipeline.synth_single import write_single_cells
 
     write_cohort(tmp_path / "cohort", patients=PATIENTS, images_per_patient=IMAGES, seed=7)

@@ -13,7 +13,6 @@ from scipy import ndimage as ndi
 
 from pipeline import schema, taxonomy
 from pipeline.synth import (
-    PATIENT_CLASS_COLUMNS,
     RBC_DIAMETER_UM,
     SmearStyle,
     choose_blast_fraction,
@@ -21,8 +20,8 @@ from pipeline.synth import (
     choose_style,
     make_image_rng,
     make_smear,
-    write_cohort,
 )
+from pipeline.synth_cohort import PATIENT_CLASS_COLUMNS, write_cohort
 
 SIZE = (400, 300)  # small fields keep the suite fast; magnification is unchanged by size
 

@@ -26,7 +26,7 @@ RUN_RECORD_KEYS = {"command", "cwd", "finished_utc", "config", "versions", "ray_
 @pytest.fixture(scope="module")
 def small_cohort(tmp_path_factory) -> Path:
     """Three patients of two smears each, one text file named .png (quarantined)."""
-    from pipeline.synth import write_cohort
+    from pipeline.synth_cohort import write_cohort
 
     out = tmp_path_factory.mktemp("uri cohort")  # a space: URIs must escape it
     write_cohort(out, patients=3, images_per_patient=2, seed=11, size=(500, 400))
