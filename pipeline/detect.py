@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.filters import apply_hysteresis_threshold, sato
 from skimage.morphology import convex_hull_image, h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
@@ -48,6 +49,10 @@ __all__ = ["RBC_DIAMETER_UM", "DetectConfig", "DetectedCell", "Detection", "dete
 _SPLIT_DEPTH_UM = 0.5  # blobs are cut at necks 0.5 um thinner than both sides (pressed nuclei meet at shallow ones)
 _PALE_MAX_SOLIDITY = 0.9  # a burst cell's faint net has a ragged outline (a disc or an ellipse gives ~1)
 _NUCLEUS_HOLE_UM2 = 3.0  # holes in a nucleus smaller than this are pale chromatin or nucleoli
+_LINE_WIDTH_UM = 0.6  # where pressed cells meet, a pale line about this wide (two membranes, a thin rim) ...
+_LINE_HIGH = 0.04  # ... its ridge strength at least this fraction of the blob's level somewhere, half of it all along,
+_LINE_OVER_TEXTURE = 2.0  # ... and this many times the ridges of the blob's chromatin texture (its 90th percentile)
+_OVERLAP_LEVEL = 1.5  # a blob piece this much darker than all its neighbours is two nuclei overlapping
 _MAX_UPSAMPLE = 4.0  # low-resolution pictures are enlarged at most this much (more adds no detail)
 _MAX_WORKING_PX = 16e6  # ... and never beyond this many pixels (memory stays ~0.5 GB)
 _FOREGROUND_OD = 0.05  # summed OD above which a pixel is not empty background (noise is ~0.01)
@@ -309,7 +314,7 @@ def assemble_cells(
     """Cells (window coordinates, at_border unset) from a window's nucleus and body masks and its
     smoothed OD(R) - OD(B)."""
     blobs, _ = ndi.label(nucleus)
-    fragments = split_fragments(nucleus, config, px_per_um, blobs)
+    fragments = split_fragments(nucleus, config, px_per_um, blobs, purple)
     # Each fragment claims the body around it: a watershed on the body's distance map, so two
     # touching cells part at their waist while the lobes of one nucleus share one round body.
     body = ndi.binary_opening(body, iterations=2) | (fragments > 0)
@@ -388,10 +393,12 @@ def is_smudge(features: tuple[float, ...], image_level: float, config: DetectCon
 
 
 def split_fragments(
-    nucleus: np.ndarray, config: DetectConfig, px_per_um: float, blobs: np.ndarray | None = None
-) -> np.ndarray:
+    nucleus: np.ndarray, config: DetectConfig, px_per_um: float, blobs: np.ndarray | None = None,
+    purple: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
     """(H, W) int32 labels of nucleus fragments; a blob bigger than one sure nucleus is cut at its necks.
-    `blobs`: ndi.label(nucleus)[0], when the caller has it (it is not changed)."""
+    `blobs`: ndi.label(nucleus)[0], when the caller has it (it is not changed). `purple`: the
+    smoothed OD(R) - OD(B); given, the pale lines where pressed cells meet count as necks too."""
     labels = ndi.label(nucleus)[0] if blobs is None else blobs.copy()
     n = int(labels.max())
     if n == 0:
@@ -404,16 +411,84 @@ def split_fragments(
     for index in np.flatnonzero(extents[1:] > config.one_nucleus_um * px_per_um) + 1:
         sl = boxes[index - 1]
         blob = labels[sl] == index
-        distance = ndi.distance_transform_edt(np.pad(blob, 1))[1:-1, 1:-1]
+        solid = blob if purple is None else blob & ~find_boundary_lines(blob, purple[sl], config, px_per_um)
+        distance = ndi.distance_transform_edt(np.pad(solid, 1))[1:-1, 1:-1]
         markers, k = ndi.label(h_maxima(distance, h))
         if k < 2:
             continue
-        pieces = merge_round_pieces(watershed(-distance, markers, mask=blob), distance, config.split_neck_ratio)
+        pieces = watershed(-distance, markers, mask=blob)
+        if purple is not None:
+            pieces = merge_overlaps(pieces, purple[sl])
+        pieces = merge_round_pieces(pieces, distance, config.split_neck_ratio)
         sub = labels[sl]
         for piece in range(2, int(pieces.max()) + 1):
             sub[pieces == piece] = next_label
             next_label += 1
     return labels.astype(np.int32)
+
+
+def merge_overlaps(pieces: np.ndarray, purple: np.ndarray) -> np.ndarray:
+    """(h, w) int labels 1..k' of a blob's pieces after merging every piece where two cells lie one
+    over the other into the neighbour it shares the longest seam with. Chromatin absorbs as
+    layers add (Beer-Lambert), so where one nucleus lies over another the stain reads about twice
+    as dark: a piece whose median OD(R) - OD(B) is at least `_OVERLAP_LEVEL` times that of every
+    neighbour is such an overlap, not a cell of its own."""
+    k = int(pieces.max())
+    if k < 2:
+        return pieces
+    inside = pieces > 0
+    order = np.argsort(pieces[inside], kind="stable")
+    counts = np.bincount(pieces[inside], minlength=k + 1)
+    values = np.split(purple[inside][order], np.cumsum(counts[1:])[:-1])
+    level = np.array([0.0] + [float(np.median(v)) if v.size else 0.0 for v in values])
+    base = k + 1
+    keys = []
+    for la, lb in ((pieces[:, :-1], pieces[:, 1:]), (pieces[:-1, :], pieces[1:, :])):
+        meet = (la != lb) & (la > 0) & (lb > 0)
+        keys.append(la[meet].astype(np.int64) * base + lb[meet])
+        keys.append(lb[meet].astype(np.int64) * base + la[meet])
+    pairs, length = np.unique(np.concatenate(keys), return_counts=True)
+    parent = np.arange(k + 1)
+    for a in range(1, k + 1):
+        mine = pairs // base == a
+        if not mine.any():
+            continue
+        others = pairs[mine] % base
+        if np.all(level[a] >= _OVERLAP_LEVEL * level[others]):
+            parent[a] = others[np.argmax(length[mine])]
+    roots = np.array([_find_root(parent, i) for i in range(k + 1)])
+    return relabel_sequential(roots)[0][pieces]
+
+
+def find_boundary_lines(blob: np.ndarray, purple: np.ndarray, config: DetectConfig, px_per_um: float) -> np.ndarray:
+    """(h, w) bool: the pale lines inside one chromatin blob where pressed cells meet (their
+    membranes and the thin rim between them). A ridge filter (Sato, at the scale of a line
+    `_LINE_WIDTH_UM` wide) finds thin pale lines however faint; a line is kept where it is at least
+    `_LINE_HIGH` of the blob's median level deep (and `_LINE_OVER_TEXTURE` times the ridges of its
+    chromatin texture) somewhere and half that all along (hysteresis, so a line fading in the
+    middle stays whole), and where it runs in from the blob's outline
+    (from the notch at each end of a shared boundary): pale spots inside one nucleus (nucleoli,
+    chromatin texture) do not reach it."""
+    sigma = max(0.7, _LINE_WIDTH_UM * px_per_um / 2)
+    level = float(np.median(purple[blob]))
+    ridge = sato(purple, sigmas=[sigma], black_ridges=True, mode="nearest") / max(level, 1e-6)
+    # Lines must stand out of the blob's own texture: mottled chromatin has ridges everywhere.
+    high = max(_LINE_HIGH, _LINE_OVER_TEXTURE * float(np.percentile(ridge[blob], 90)))
+    line = apply_hysteresis_threshold(ridge, high / 2, high) & blob
+    if not line.any():
+        return line
+    labels, n = ndi.label(line, structure=np.ones((3, 3)))
+    rim = blob & ~ndi.binary_erosion(np.pad(blob, 1))[1:-1, 1:-1]
+    reaches = np.zeros(n + 1, bool)
+    reaches[labels[rim]] = True
+    reaches[0] = False
+    return reaches[labels]
+
+
+def _disc(radius: int) -> np.ndarray:
+    """(2r + 1, 2r + 1) bool disc footprint."""
+    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
+    return x * x + y * y <= radius * radius
 
 
 def merge_round_pieces(pieces: np.ndarray, distance: np.ndarray, ratio: float) -> np.ndarray:

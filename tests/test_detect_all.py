@@ -198,3 +198,65 @@ def test_a_smudge_too_pale_for_the_nucleus_mask_is_still_called_smudge():
     assert len(cells) == 2, got  # nothing on the round patch
     without = detect_cells(image, replace(DetectConfig(), smudge_min_um=60.0), um_per_pixel=UM_PER_PX).cells
     assert all(np.hypot(c.x - smudge.x, c.y - smudge.y) >= 8 * PX_PER_UM for c in without)
+
+
+def _pressed_clump(with_lines: bool, overlap_lens: bool = False):
+    """(blob, purple) of four round nuclei (7 um radius at 4 px/um) packed in a 2 x 2 clump, centres
+    1.4 radii apart, so the clump is one solid blob whose distance map has one broad summit: only
+    the pale lines where the nuclei meet (or, with `overlap_lens`, nothing) tell them apart."""
+    from scipy import ndimage as ndi
+
+    shape, r = (160, 160), 28
+    centres = [(80 + dy * 0.7 * r, 80 + dx * 0.7 * r) for dy in (-1, 1) for dx in (-1, 1)]
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    dist = np.stack([np.hypot(yy - cy, xx - cx) for cy, cx in centres])
+    blob = ndi.binary_fill_holes((dist <= r).any(axis=0))
+    purple = np.where(blob, 0.5, 0.0)
+    if with_lines:
+        nearest = np.sort(dist, axis=0)
+        purple[blob & (nearest[1] - nearest[0] < 2.0)] = 0.3  # where two nuclei meet: a pale line ~1 um wide
+    return blob, ndi.gaussian_filter(purple, 1.0).astype(np.float32)
+
+
+def test_pale_lines_where_pressed_nuclei_meet_split_a_clump_the_shape_cannot():
+    from pipeline.detect import DetectConfig, split_fragments
+
+    blob, purple = _pressed_clump(with_lines=True)
+    assert int(split_fragments(blob, DetectConfig(), 4.0, purple=purple).max()) == 4
+    # The outline alone (no stain given, or no lines in it) does not show four nuclei.
+    assert int(split_fragments(blob, DetectConfig(), 4.0).max()) < 4
+    blob, flat = _pressed_clump(with_lines=False)
+    assert int(split_fragments(blob, DetectConfig(), 4.0, purple=flat).max()) < 4
+
+
+def test_chromatin_texture_does_not_cut_one_nucleus():
+    """One large round nucleus (18 um, a monocyte's) with mottled chromatin and pale nucleoli:
+    its pale spots do not reach the outline, so they are no boundary and it stays one piece."""
+    from scipy import ndimage as ndi
+
+    from pipeline.detect import DetectConfig, split_fragments
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:120, :120]
+    blob = np.hypot(yy - 60, xx - 60) <= 36
+    texture = ndi.gaussian_filter(rng.normal(0, 1, blob.shape), 2.0)
+    purple = np.where(blob, 0.5 + 0.15 * texture / texture.std(), 0.0)
+    for cy, cx in ((50, 55), (70, 68)):
+        purple[np.hypot(yy - cy, xx - cx) <= 4] = 0.3  # nucleoli
+    purple = ndi.gaussian_filter(purple, 1.0).astype(np.float32)
+    assert int(split_fragments(blob, DetectConfig(), 4.0, purple=purple).max()) == 1
+
+
+def test_where_two_nuclei_overlap_the_darker_lens_is_not_a_third_cell():
+    from scipy import ndimage as ndi
+
+    from pipeline.detect import merge_overlaps
+
+    yy, xx = np.mgrid[:100, :160]
+    a, b = np.hypot(yy - 50, xx - 55) <= 30, np.hypot(yy - 50, xx - 105) <= 30
+    purple = ndi.gaussian_filter(0.5 * a + 0.5 * b, 1.0)  # the lens holds two layers of chromatin
+    pieces = np.where(a & ~b, 1, 0) + np.where(a & b, 2, 0) + np.where(b & ~a, 3, 0)
+    merged = merge_overlaps(pieces, purple)
+    assert int(merged.max()) == 2
+    assert merged[50, 80] in (merged[50, 40], merged[50, 120]) and merged[50, 40] != merged[50, 120]
+    assert int(merge_overlaps(np.where(a | b, np.where(xx < 80, 1, 2), 0), purple).max()) == 2  # no lens: kept
