@@ -29,10 +29,9 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.filters import apply_hysteresis_threshold, sato
-from skimage.morphology import convex_hull_image, h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
+from pipeline.nucleus_split import split_fragments
 from pipeline.scale import (
     RBC_DIAMETER_UM,
     estimate_um_per_pixel,
@@ -41,25 +40,20 @@ from pipeline.scale import (
     resize_image,
 )
 from pipeline.schema import KIND_SMUDGE, KIND_WBC
+from pipeline.shapes import fill_small_holes, find_root, find_seams, measure_solidity, project
+from pipeline.smudge import is_smudge, measure_smudge_features
 
 __all__ = ["RBC_DIAMETER_UM", "DetectConfig", "DetectedCell", "Detection", "detect_cells", "estimate_um_per_pixel"]
 
 
 # Fixed details of the method (physical sizes are converted to working pixels where used).
-_SPLIT_DEPTH_UM = 0.5  # blobs are cut at necks 0.5 um thinner than both sides (pressed nuclei meet at shallow ones)
 _PALE_MAX_SOLIDITY = 0.9  # a burst cell's faint net has a ragged outline (a disc or an ellipse gives ~1)
 _NUCLEUS_HOLE_UM2 = 3.0  # holes in a nucleus smaller than this are pale chromatin or nucleoli
-_LINE_WIDTH_UM = 0.6  # where pressed cells meet, a pale line about this wide (two membranes, a thin rim) ...
-_LINE_HIGH = 0.04  # ... its ridge strength at least this fraction of the blob's level somewhere, half of it all along,
-_LINE_OVER_TEXTURE = 2.0  # ... and this many times the ridges of the blob's chromatin texture (its 90th percentile)
-_OVERLAP_LEVEL = 1.5  # a blob piece this much darker than all its neighbours is two nuclei overlapping
 _MAX_UPSAMPLE = 4.0  # low-resolution pictures are enlarged at most this much (more adds no detail)
 _MAX_WORKING_PX = 16e6  # ... and never beyond this many pixels (memory stays ~0.5 GB)
 _FOREGROUND_OD = 0.05  # summed OD above which a pixel is not empty background (noise is ~0.01)
 _BODY_HOLE_UM2 = 12.0  # holes in a cell body smaller than this (a 4 um disc) are filled
 _RED_FRACTION = 0.8  # matter at least 0.8x as red (OD(B) - OD(R)) as a typical red cell is red-cell matter
-# Directions on which caliper widths are measured: 12 directions find a Feret diameter within 1%.
-_DIRECTIONS = np.stack([np.cos(np.arange(12) * np.pi / 12), np.sin(np.arange(12) * np.pi / 12)], axis=1)
 
 
 @dataclass(frozen=True)
@@ -225,7 +219,7 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
             continue  # platelets and debris: too little chromatin for any cell
         cells_near[k] = True
         own = clusters[sl] == k
-        nuclei = _fill_small_holes(nucleus[sl] & own, _NUCLEUS_HOLE_UM2 * px_per_um**2)
+        nuclei = fill_small_holes(nucleus[sl] & own, _NUCLEUS_HOLE_UM2 * px_per_um**2)
         body = segment_bodies(od[sl], red_level) & own
         y0, x0 = sl[0].start, sl[1].start
         for cell in assemble_cells(nuclei, body, config, px_per_um, purple[sl]):
@@ -265,7 +259,7 @@ def find_pale_smudges(
         if not low <= area[k] <= high:
             continue
         blob = labels[sl] == k
-        solidity = _measure_solidity(blob)
+        solidity = measure_solidity(blob)
         if solidity > _PALE_MAX_SOLIDITY:
             continue  # a round pale patch (an out-of-focus cell, a stain blotch) is not a burst cell
         rows, cols = np.nonzero(blob)
@@ -319,7 +313,7 @@ def assemble_cells(
     # touching cells part at their waist while the lobes of one nucleus share one round body.
     body = ndi.binary_opening(body, iterations=2) | (fragments > 0)
     # Granules and pale spots leave holes that would fake a waist inside one cell.
-    body = _fill_small_holes(body, max_area=_BODY_HOLE_UM2 * px_per_um**2)
+    body = fill_small_holes(body, max_area=_BODY_HOLE_UM2 * px_per_um**2)
     outside, (iy, ix) = ndi.distance_transform_edt(fragments == 0, return_indices=True)
     near = outside <= config.max_cytoplasm_um * px_per_um
     depth = ndi.distance_transform_edt(body)
@@ -355,162 +349,6 @@ def assemble_cells(
     return found
 
 
-def measure_smudge_features(
-    chromatin: np.ndarray, body: np.ndarray, purple: np.ndarray, px_per_um: float
-) -> tuple[float, float, float, float]:
-    """(solidity, thread_um, fill, level) of one cell's chromatin (bool mask, in its box).
-
-    The chromatin's extent is its mask closed over 1 um gaps and hole-filled: one nucleus, or a
-    smudge cell's whole net. solidity: extent over its convex hull (a ragged outline or a spread
-    net is far from convex); thread_um: mean thickness of the chromatin, 2 x area / perimeter (an
-    intact nucleus or lobe is >= ~2.5 um thick, the threads of a lacy net ~1 um); fill: share of
-    the extent closed over 3 um that is chromatin (a net is mostly holes); level: the 90th
-    percentile of OD(R) - OD(B) over the chromatin (spread chromatin is pale).
-    """
-    pad = int(math.ceil(2.0 * px_per_um)) + 1
-    chromatin = np.pad(chromatin, pad)
-    close = max(1, round(0.5 * px_per_um))
-    extent = ndi.binary_fill_holes(ndi.binary_closing(chromatin, iterations=close) | chromatin)
-    edge = chromatin & ~ndi.binary_erosion(chromatin)
-    thread = 2 * float(chromatin.sum()) / max(float(edge.sum()), 1.0) / px_per_um
-    wide = ndi.binary_fill_holes(ndi.binary_closing(chromatin, iterations=max(1, round(1.5 * px_per_um))) | chromatin)
-    fill = float(chromatin.sum()) / max(float(wide.sum()), 1.0)
-    values = np.pad(purple, pad)[chromatin]
-    level = float(np.percentile(values, 90)) if values.size else 0.0
-    return _measure_solidity(extent), thread, fill, level
-
-
-def is_smudge(features: tuple[float, ...], image_level: float, config: DetectConfig) -> bool:
-    """A ruptured cell: chromatin spread into a net of thin threads with a ragged outline, or
-    chromatin far paler than the image's intact nuclei (`image_level`: the median level of its
-    compact nuclei) and not a compact round nucleus."""
-    solidity, thread, fill, level = features
-    if solidity < config.smudge_max_solidity and thread < config.smudge_max_thread_um:
-        return True  # ragged, and made of threads (a neutrophil's lobes are thick)
-    if solidity < 0.55 and thread < config.smudge_max_thread_um + 0.8:
-        return True  # very ragged and thin
-    return level < config.smudge_max_level * image_level and solidity < 0.9
-
-
-def split_fragments(
-    nucleus: np.ndarray, config: DetectConfig, px_per_um: float, blobs: np.ndarray | None = None,
-    purple: np.ndarray | None = None,
-) -> np.ndarray:  # fmt: skip
-    """(H, W) int32 labels of nucleus fragments; a blob bigger than one sure nucleus is cut at its necks.
-    `blobs`: ndi.label(nucleus)[0], when the caller has it (it is not changed). `purple`: the
-    smoothed OD(R) - OD(B); given, the pale lines where pressed cells meet count as necks too."""
-    labels = ndi.label(nucleus)[0] if blobs is None else blobs.copy()
-    n = int(labels.max())
-    if n == 0:
-        return labels.astype(np.int32)
-    lows, highs = _project(labels, n)
-    extents = np.max(highs - lows, axis=1) + 1.0  # Feret diameters (px)
-    h = _SPLIT_DEPTH_UM * px_per_um
-    next_label = n + 1
-    boxes = ndi.find_objects(labels)
-    for index in np.flatnonzero(extents[1:] > config.one_nucleus_um * px_per_um) + 1:
-        sl = boxes[index - 1]
-        blob = labels[sl] == index
-        solid = blob if purple is None else blob & ~find_boundary_lines(blob, purple[sl], config, px_per_um)
-        distance = ndi.distance_transform_edt(np.pad(solid, 1))[1:-1, 1:-1]
-        markers, k = ndi.label(h_maxima(distance, h))
-        if k < 2:
-            continue
-        pieces = watershed(-distance, markers, mask=blob)
-        if purple is not None:
-            pieces = merge_overlaps(pieces, purple[sl])
-        pieces = merge_round_pieces(pieces, distance, config.split_neck_ratio)
-        sub = labels[sl]
-        for piece in range(2, int(pieces.max()) + 1):
-            sub[pieces == piece] = next_label
-            next_label += 1
-    return labels.astype(np.int32)
-
-
-def merge_overlaps(pieces: np.ndarray, purple: np.ndarray) -> np.ndarray:
-    """(h, w) int labels 1..k' of a blob's pieces after merging every piece where two cells lie one
-    over the other into the neighbour it shares the longest seam with. Chromatin absorbs as
-    layers add (Beer-Lambert), so where one nucleus lies over another the stain reads about twice
-    as dark: a piece whose median OD(R) - OD(B) is at least `_OVERLAP_LEVEL` times that of every
-    neighbour is such an overlap, not a cell of its own."""
-    k = int(pieces.max())
-    if k < 2:
-        return pieces
-    inside = pieces > 0
-    order = np.argsort(pieces[inside], kind="stable")
-    counts = np.bincount(pieces[inside], minlength=k + 1)
-    values = np.split(purple[inside][order], np.cumsum(counts[1:])[:-1])
-    level = np.array([0.0] + [float(np.median(v)) if v.size else 0.0 for v in values])
-    base = k + 1
-    keys = []
-    for la, lb in ((pieces[:, :-1], pieces[:, 1:]), (pieces[:-1, :], pieces[1:, :])):
-        meet = (la != lb) & (la > 0) & (lb > 0)
-        keys.append(la[meet].astype(np.int64) * base + lb[meet])
-        keys.append(lb[meet].astype(np.int64) * base + la[meet])
-    pairs, length = np.unique(np.concatenate(keys), return_counts=True)
-    parent = np.arange(k + 1)
-    for a in range(1, k + 1):
-        mine = pairs // base == a
-        if not mine.any():
-            continue
-        others = pairs[mine] % base
-        if np.all(level[a] >= _OVERLAP_LEVEL * level[others]):
-            parent[a] = others[np.argmax(length[mine])]
-    roots = np.array([_find_root(parent, i) for i in range(k + 1)])
-    return relabel_sequential(roots)[0][pieces]
-
-
-def find_boundary_lines(blob: np.ndarray, purple: np.ndarray, config: DetectConfig, px_per_um: float) -> np.ndarray:
-    """(h, w) bool: the pale lines inside one chromatin blob where pressed cells meet (their
-    membranes and the thin rim between them). A ridge filter (Sato, at the scale of a line
-    `_LINE_WIDTH_UM` wide) finds thin pale lines however faint; a line is kept where it is at least
-    `_LINE_HIGH` of the blob's median level deep (and `_LINE_OVER_TEXTURE` times the ridges of its
-    chromatin texture) somewhere and half that all along (hysteresis, so a line fading in the
-    middle stays whole), and where it runs in from the blob's outline
-    (from the notch at each end of a shared boundary): pale spots inside one nucleus (nucleoli,
-    chromatin texture) do not reach it."""
-    sigma = max(0.7, _LINE_WIDTH_UM * px_per_um / 2)
-    level = float(np.median(purple[blob]))
-    ridge = sato(purple, sigmas=[sigma], black_ridges=True, mode="nearest") / max(level, 1e-6)
-    # Lines must stand out of the blob's own texture: mottled chromatin has ridges everywhere.
-    high = max(_LINE_HIGH, _LINE_OVER_TEXTURE * float(np.percentile(ridge[blob], 90)))
-    line = apply_hysteresis_threshold(ridge, high / 2, high) & blob
-    if not line.any():
-        return line
-    labels, n = ndi.label(line, structure=np.ones((3, 3)))
-    rim = blob & ~ndi.binary_erosion(np.pad(blob, 1))[1:-1, 1:-1]
-    reaches = np.zeros(n + 1, bool)
-    reaches[labels[rim]] = True
-    reaches[0] = False
-    return reaches[labels]
-
-
-def _disc(radius: int) -> np.ndarray:
-    """(2r + 1, 2r + 1) bool disc footprint."""
-    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
-    return x * x + y * y <= radius * radius
-
-
-def merge_round_pieces(pieces: np.ndarray, distance: np.ndarray, ratio: float) -> np.ndarray:
-    """(h, w) int labels 1..k' of a blob's watershed pieces after merging every two whose neck is at
-    least `ratio` as thick as the thinner piece (an oval or dented nucleus is one, two nuclei pressed
-    together meet at a waist); `distance` is the blob's distance map, so a piece's thickness is its
-    peak and a neck's is the deepest point of the seam between two pieces."""
-    k = int(pieces.max())
-    peaks = np.zeros(k + 1)
-    np.maximum.at(peaks, pieces.ravel(), distance.ravel())
-    parent = np.arange(k + 1)
-    seams = [(-cost / min(peaks[a], peaks[b]), a, b) for a, b, cost in _find_seams(pieces, -distance, np.maximum)]
-    for rel, a, b in sorted(seams, reverse=True):  # thickest necks (relative) first
-        ra, rb = _find_root(parent, a), _find_root(parent, b)
-        if ra == rb or rel * min(peaks[a], peaks[b]) < ratio * min(peaks[ra], peaks[rb]):
-            continue
-        parent[rb] = ra
-        peaks[ra] = max(peaks[ra], peaks[rb])
-    roots = np.array([_find_root(parent, i) for i in range(k + 1)])
-    return relabel_sequential(roots)[0][pieces]
-
-
 def group_fragments(
     fragments: np.ndarray, zones: np.ndarray, outside: np.ndarray, regions: np.ndarray, depth: np.ndarray,
     config: DetectConfig, px_per_um: float,
@@ -528,7 +366,7 @@ def group_fragments(
     n = int(fragments.max())
     parent = np.arange(n + 1)
     if n >= 2:
-        lows, highs = _project(fragments, n)
+        lows, highs = project(fragments, n)
         peaks = np.zeros(n + 1)
         np.maximum.at(peaks, regions.ravel(), depth.ravel())
         # A fragment holding a disc `round_nucleus_um` wide is a whole round nucleus, not a lobe:
@@ -537,15 +375,15 @@ def group_fragments(
 
         candidates = []  # (priority, a, b, needs_neck): lower priority merges first
         # Gap between two fragments: the two distances summed across the seam of their zones.
-        for a, b, gap in _find_seams(zones, outside, np.add):
+        for a, b, gap in find_seams(zones, outside, np.add):
             if gap + 1.0 <= config.max_lobe_gap_um * px_per_um:
                 candidates.append((gap - 1e6, a, b, False))  # sure merges first, nearest first
         # Neck between two regions: the deepest point of the body on their common border.
-        for a, b, neck in _find_seams(regions, -depth, np.maximum):
+        for a, b, neck in find_seams(regions, -depth, np.maximum):
             candidates.append((neck, a, b, True))  # neck < 0: thicker necks first
         one, most = config.one_nucleus_um * px_per_um, config.max_nucleus_um * px_per_um
         for priority, a, b, needs_neck in sorted(candidates):
-            ra, rb = _find_root(parent, a), _find_root(parent, b)
+            ra, rb = find_root(parent, a), find_root(parent, b)
             if ra == rb:
                 continue
             low, high = np.minimum(lows[ra], lows[rb]), np.maximum(highs[ra], highs[rb])
@@ -560,7 +398,7 @@ def group_fragments(
             parent[rb] = ra
             lows[ra], highs[ra], peaks[ra] = low, high, max(peaks[ra], peaks[rb])
             cores[ra] = cores[ra] or cores[rb]
-    roots = np.array([_find_root(parent, i) for i in range(n + 1)])
+    roots = np.array([find_root(parent, i) for i in range(n + 1)])
     return relabel_sequential(roots)[0]
 
 
@@ -576,35 +414,6 @@ def _measure_inscribed_radius(fragments: np.ndarray, n: int) -> np.ndarray:
     np.maximum.at(out, fragments.ravel(), radius.ravel())
     out[0] = 0.0
     return out
-
-
-def _find_seams(labels: np.ndarray, values: np.ndarray, combine) -> list[tuple[int, int, float]]:
-    """(a, b, best) per pair of 4-adjacent labels a < b (both > 0): the least combine(value, value')
-    over the pixel pairs where they meet."""
-    keys, costs = [], []
-    base = int(labels.max()) + 1
-    for la, lb, va, vb in (
-        (labels[:, :-1], labels[:, 1:], values[:, :-1], values[:, 1:]),
-        (labels[:-1, :], labels[1:, :], values[:-1, :], values[1:, :]),
-    ):
-        meet = (la != lb) & (la > 0) & (lb > 0)
-        a, b = la[meet].astype(np.int64), lb[meet].astype(np.int64)
-        keys.append(np.minimum(a, b) * base + np.maximum(a, b))
-        costs.append(combine(va[meet], vb[meet]))
-    keys, costs = np.concatenate(keys), np.concatenate(costs)
-    if keys.size == 0:
-        return []
-    order = np.lexsort((costs, keys))
-    first = order[np.r_[True, keys[order][1:] != keys[order][:-1]]]
-    return [(int(k // base), int(k % base), float(c)) for k, c in zip(keys[first], costs[first])]
-
-
-def _find_root(parent: np.ndarray, i: int) -> int:
-    """Union-find root of i, halving the path on the way."""
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return int(i)
 
 
 def _check_rgb(image: np.ndarray) -> np.ndarray:
@@ -631,33 +440,3 @@ def _choose_scale(image: np.ndarray, config: DetectConfig, um_per_pixel: float |
     if measured is None:
         return config.default_um_per_pixel, "default"
     return measured, "red_cells"
-
-
-def _project(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n + 1, D) float64 min and max of each label's pixel coordinates projected on D directions."""
-    rows, cols = np.nonzero(labels)
-    lows = np.full((n + 1, len(_DIRECTIONS)), np.inf)
-    highs = np.full((n + 1, len(_DIRECTIONS)), -np.inf)
-    if rows.size:
-        proj = np.outer(cols, _DIRECTIONS[:, 0]) + np.outer(rows, _DIRECTIONS[:, 1])
-        lab = labels[rows, cols]
-        np.minimum.at(lows, lab, proj)
-        np.maximum.at(highs, lab, proj)
-    return lows, highs
-
-
-def _measure_solidity(blob: np.ndarray) -> float:
-    """Area of a bool mask over the area of its convex hull (1 = convex)."""
-    if blob.sum() < 3:
-        return 1.0
-    return float(blob.sum()) / max(float(convex_hull_image(blob).sum()), 1.0)
-
-
-def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
-    """The mask with its holes smaller than max_area pixels filled."""
-    holes, n = ndi.label(ndi.binary_fill_holes(mask) & ~mask)
-    if n == 0:
-        return mask
-    small = np.bincount(holes.ravel()) < max_area
-    small[0] = False
-    return mask | small[holes]

@@ -138,7 +138,8 @@ def _disc(shape, cy, cx, r):
 def test_nucleus_is_cut_at_a_waist_not_across_an_oval(centres, radii, pieces):
     from scipy import ndimage as ndi
 
-    from pipeline.detect import DetectConfig, split_fragments
+    from pipeline.detect import DetectConfig
+    from pipeline.nucleus_split import split_fragments
 
     blob = np.zeros((80, 120), bool)
     yy, xx = np.mgrid[:80, :120]
@@ -155,7 +156,7 @@ def test_neck_merge_keeps_an_uneven_outline_whole():
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
-    from pipeline.detect import merge_round_pieces
+    from pipeline.nucleus_split import merge_round_pieces
 
     blob = _disc((80, 100), 40, 45, 22) | _disc((80, 100), 40, 55, 22)
     distance = ndi.distance_transform_edt(blob)
@@ -219,7 +220,8 @@ def _pressed_clump(with_lines: bool, overlap_lens: bool = False):
 
 
 def test_pale_lines_where_pressed_nuclei_meet_split_a_clump_the_shape_cannot():
-    from pipeline.detect import DetectConfig, split_fragments
+    from pipeline.detect import DetectConfig
+    from pipeline.nucleus_split import split_fragments
 
     blob, purple = _pressed_clump(with_lines=True)
     assert int(split_fragments(blob, DetectConfig(), 4.0, purple=purple).max()) == 4
@@ -234,7 +236,8 @@ def test_chromatin_texture_does_not_cut_one_nucleus():
     its pale spots do not reach the outline, so they are no boundary and it stays one piece."""
     from scipy import ndimage as ndi
 
-    from pipeline.detect import DetectConfig, split_fragments
+    from pipeline.detect import DetectConfig
+    from pipeline.nucleus_split import split_fragments
 
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[:120, :120]
@@ -250,7 +253,7 @@ def test_chromatin_texture_does_not_cut_one_nucleus():
 def test_where_two_nuclei_overlap_the_darker_lens_is_not_a_third_cell():
     from scipy import ndimage as ndi
 
-    from pipeline.detect import merge_overlaps
+    from pipeline.nucleus_split import merge_overlaps
 
     yy, xx = np.mgrid[:100, :160]
     a, b = np.hypot(yy - 50, xx - 55) <= 30, np.hypot(yy - 50, xx - 105) <= 30

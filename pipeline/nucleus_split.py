@@ -1,0 +1,143 @@
+"""Parting a chromatin blob into its nuclei (pipeline.detect, step 3).
+
+Touching cells give one blob of chromatin. It is cut where its distance map has a neck (two pressed
+nuclei meet at a waist, an oval or a dented nucleus has none), and, where the stain is given, along
+the pale lines where pressed cells meet, which part even a packed clump whose outline shows no
+waist; a piece twice as dark as all its neighbours is where two nuclei overlap, not a third cell.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.filters import apply_hysteresis_threshold, sato
+from skimage.morphology import h_maxima
+from skimage.segmentation import relabel_sequential, watershed
+
+from pipeline.shapes import find_root, find_seams, project
+
+if TYPE_CHECKING:
+    from pipeline.detect import DetectConfig
+
+__all__ = ["find_boundary_lines", "merge_overlaps", "merge_round_pieces", "split_fragments"]
+
+_SPLIT_DEPTH_UM = 0.5  # blobs are cut at necks 0.5 um thinner than both sides (pressed nuclei meet at shallow ones)
+_LINE_WIDTH_UM = 0.6  # where pressed cells meet, a pale line about this wide (two membranes, a thin rim) ...
+_LINE_HIGH = 0.04  # ... its ridge strength at least this fraction of the blob's level somewhere, half of it all along,
+_LINE_OVER_TEXTURE = 2.0  # ... and this many times the ridges of the blob's chromatin texture (its 90th percentile)
+_OVERLAP_LEVEL = 1.5  # a blob piece this much darker than all its neighbours is two nuclei overlapping
+
+
+def split_fragments(
+    nucleus: np.ndarray, config: DetectConfig, px_per_um: float, blobs: np.ndarray | None = None,
+    purple: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
+    """(H, W) int32 labels of nucleus fragments; a blob bigger than one sure nucleus is cut at its necks.
+    `blobs`: ndi.label(nucleus)[0], when the caller has it (it is not changed). `purple`: the
+    smoothed OD(R) - OD(B); given, the pale lines where pressed cells meet count as necks too."""
+    labels = ndi.label(nucleus)[0] if blobs is None else blobs.copy()
+    n = int(labels.max())
+    if n == 0:
+        return labels.astype(np.int32)
+    lows, highs = project(labels, n)
+    extents = np.max(highs - lows, axis=1) + 1.0  # Feret diameters (px)
+    h = _SPLIT_DEPTH_UM * px_per_um
+    next_label = n + 1
+    boxes = ndi.find_objects(labels)
+    for index in np.flatnonzero(extents[1:] > config.one_nucleus_um * px_per_um) + 1:
+        sl = boxes[index - 1]
+        blob = labels[sl] == index
+        solid = blob if purple is None else blob & ~find_boundary_lines(blob, purple[sl], config, px_per_um)
+        distance = ndi.distance_transform_edt(np.pad(solid, 1))[1:-1, 1:-1]
+        markers, k = ndi.label(h_maxima(distance, h))
+        if k < 2:
+            continue
+        pieces = watershed(-distance, markers, mask=blob)
+        if purple is not None:
+            pieces = merge_overlaps(pieces, purple[sl])
+        pieces = merge_round_pieces(pieces, distance, config.split_neck_ratio)
+        sub = labels[sl]
+        for piece in range(2, int(pieces.max()) + 1):
+            sub[pieces == piece] = next_label
+            next_label += 1
+    return labels.astype(np.int32)
+
+
+def merge_overlaps(pieces: np.ndarray, purple: np.ndarray) -> np.ndarray:
+    """(h, w) int labels 1..k' of a blob's pieces after merging every piece where two cells lie one
+    over the other into the neighbour it shares the longest seam with. Chromatin absorbs as
+    layers add (Beer-Lambert), so where one nucleus lies over another the stain reads about twice
+    as dark: a piece whose median OD(R) - OD(B) is at least `_OVERLAP_LEVEL` times that of every
+    neighbour is such an overlap, not a cell of its own."""
+    k = int(pieces.max())
+    if k < 2:
+        return pieces
+    inside = pieces > 0
+    order = np.argsort(pieces[inside], kind="stable")
+    counts = np.bincount(pieces[inside], minlength=k + 1)
+    values = np.split(purple[inside][order], np.cumsum(counts[1:])[:-1])
+    level = np.array([0.0] + [float(np.median(v)) if v.size else 0.0 for v in values])
+    base = k + 1
+    keys = []
+    for la, lb in ((pieces[:, :-1], pieces[:, 1:]), (pieces[:-1, :], pieces[1:, :])):
+        meet = (la != lb) & (la > 0) & (lb > 0)
+        keys.append(la[meet].astype(np.int64) * base + lb[meet])
+        keys.append(lb[meet].astype(np.int64) * base + la[meet])
+    pairs, length = np.unique(np.concatenate(keys), return_counts=True)
+    parent = np.arange(k + 1)
+    for a in range(1, k + 1):
+        mine = pairs // base == a
+        if not mine.any():
+            continue
+        others = pairs[mine] % base
+        if np.all(level[a] >= _OVERLAP_LEVEL * level[others]):
+            parent[a] = others[np.argmax(length[mine])]
+    roots = np.array([find_root(parent, i) for i in range(k + 1)])
+    return relabel_sequential(roots)[0][pieces]
+
+
+def find_boundary_lines(blob: np.ndarray, purple: np.ndarray, config: DetectConfig, px_per_um: float) -> np.ndarray:
+    """(h, w) bool: the pale lines inside one chromatin blob where pressed cells meet (their
+    membranes and the thin rim between them). A ridge filter (Sato, at the scale of a line
+    `_LINE_WIDTH_UM` wide) finds thin pale lines however faint; a line is kept where it is at least
+    `_LINE_HIGH` of the blob's median level deep (and `_LINE_OVER_TEXTURE` times the ridges of its
+    chromatin texture) somewhere and half that all along (hysteresis, so a line fading in the
+    middle stays whole), and where it runs in from the blob's outline
+    (from the notch at each end of a shared boundary): pale spots inside one nucleus (nucleoli,
+    chromatin texture) do not reach it."""
+    sigma = max(0.7, _LINE_WIDTH_UM * px_per_um / 2)
+    level = float(np.median(purple[blob]))
+    ridge = sato(purple, sigmas=[sigma], black_ridges=True, mode="nearest") / max(level, 1e-6)
+    # Lines must stand out of the blob's own texture: mottled chromatin has ridges everywhere.
+    high = max(_LINE_HIGH, _LINE_OVER_TEXTURE * float(np.percentile(ridge[blob], 90)))
+    line = apply_hysteresis_threshold(ridge, high / 2, high) & blob
+    if not line.any():
+        return line
+    labels, n = ndi.label(line, structure=np.ones((3, 3)))
+    rim = blob & ~ndi.binary_erosion(np.pad(blob, 1))[1:-1, 1:-1]
+    reaches = np.zeros(n + 1, bool)
+    reaches[labels[rim]] = True
+    reaches[0] = False
+    return reaches[labels]
+
+
+def merge_round_pieces(pieces: np.ndarray, distance: np.ndarray, ratio: float) -> np.ndarray:
+    """(h, w) int labels 1..k' of a blob's watershed pieces after merging every two whose neck is at
+    least `ratio` as thick as the thinner piece (an oval or dented nucleus is one, two nuclei pressed
+    together meet at a waist); `distance` is the blob's distance map, so a piece's thickness is its
+    peak and a neck's is the deepest point of the seam between two pieces."""
+    k = int(pieces.max())
+    peaks = np.zeros(k + 1)
+    np.maximum.at(peaks, pieces.ravel(), distance.ravel())
+    parent = np.arange(k + 1)
+    seams = [(-cost / min(peaks[a], peaks[b]), a, b) for a, b, cost in find_seams(pieces, -distance, np.maximum)]
+    for rel, a, b in sorted(seams, reverse=True):  # thickest necks (relative) first
+        ra, rb = find_root(parent, a), find_root(parent, b)
+        if ra == rb or rel * min(peaks[a], peaks[b]) < ratio * min(peaks[ra], peaks[rb]):
+            continue
+        parent[rb] = ra
+        peaks[ra] = max(peaks[ra], peaks[rb])
+    roots = np.array([find_root(parent, i) for i in range(k + 1)])
+    return relabel_sequential(roots)[0][pieces]
