@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.sparse.csgraph import connected_components
 from skimage.segmentation import relabel_sequential, watershed
 
 from pipeline.nucleus_split import split_fragments
@@ -47,7 +48,8 @@ __all__ = ["RBC_DIAMETER_UM", "DetectConfig", "DetectedCell", "Detection", "dete
 
 
 # Fixed details of the method (physical sizes are converted to working pixels where used).
-_PALE_MAX_SOLIDITY = 0.9  # a burst cell's faint net has a ragged outline (a disc or an ellipse gives ~1)
+_PALE_MAX_SOLIDITY = 0.9  # a burst cell's faint net has a ragged outline (a disc or an ellipse gives ~1) ...
+_PALE_MIN_VARIATION = 0.2  # ... or, compact, a lacy or streaky inside: OD varying >= 20% (a blurred cell is smooth)
 _NUCLEUS_HOLE_UM2 = 3.0  # holes in a nucleus smaller than this are pale chromatin or nucleoli
 _MAX_UPSAMPLE = 4.0  # low-resolution pictures are enlarged at most this much (more adds no detail)
 _MAX_WORKING_PX = 16e6  # ... and never beyond this many pixels (memory stays ~0.5 GB)
@@ -231,7 +233,32 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
         compact = [c.features[3] for c in found if c.features[0] >= config.smudge_max_solidity]
         image_level = float(np.median(compact or [c.features[3] for c in found]))
         found = [c._replace(kind=KIND_SMUDGE) if is_smudge(c.features, image_level, config) else c for c in found]
-    return found + find_pale_smudges(purple, cells_near[clusters], config, px_per_um)
+    return join_smudge_pieces(found + find_pale_smudges(purple, cells_near[clusters], config, px_per_um))
+
+
+def join_smudge_pieces(cells: list[WorkingCell]) -> list[WorkingCell]:
+    """The cells with every group of smudge cells whose boxes overlap made one: a burst cell's net
+    spreads wider than any nucleus and falls apart into pieces (dense strands found as chromatin,
+    the faint rest by the pale pass), all of one ruptured cell."""
+    smudges = [c for c in cells if c.kind == KIND_SMUDGE]
+    if len(smudges) < 2:
+        return cells
+    boxes = np.array([c.bbox for c in smudges])
+    overlap = (
+        (boxes[:, None, 0] < boxes[None, :, 2]) & (boxes[None, :, 0] < boxes[:, None, 2])
+        & (boxes[:, None, 1] < boxes[None, :, 3]) & (boxes[None, :, 1] < boxes[:, None, 3])
+    )  # fmt: skip
+    _, group = connected_components(overlap, directed=False)
+    joined = []
+    for g in np.unique(group):
+        part = [c for c, k in zip(smudges, group) if k == g]
+        area = sum(c.area for c in part)
+        box = (min(c.bbox[0] for c in part), min(c.bbox[1] for c in part),
+               max(c.bbox[2] for c in part), max(c.bbox[3] for c in part))  # fmt: skip
+        x, y = (sum(c.x * c.area for c in part) / area, sum(c.y * c.area for c in part) / area)
+        biggest = max(part, key=lambda c: c.area)
+        joined.append(biggest._replace(x=x, y=y, bbox=box, area=area, at_border=any(c.at_border for c in part)))
+    return [c for c in cells if c.kind != KIND_SMUDGE] + joined
 
 
 def find_pale_smudges(
@@ -240,7 +267,7 @@ def find_pale_smudges(
     """Smudge cells too pale for the nucleus mask: chromatin spread into a faint net (OD(R) - OD(B)
     above `smudge_min_od`, far below an intact nucleus) over at least a disc `smudge_min_um` wide,
     away from every cell found (`cells`: their nuclei and cytoplasm), and ragged (not a compact
-    round shape). They are marked smudge, so they are left out of the counts like every smudge cell.
+    round shape) or, if compact, lacy inside (a net's threads and holes; a blurred cell is smooth). They are marked smudge, so they are left out of the counts like every smudge cell.
     Searched at half the working resolution (nets are >= 8 um wide; it costs a quarter as much)."""
     step = 2 if px_per_um >= 2.5 else 1
     ppu = px_per_um / step
@@ -260,8 +287,8 @@ def find_pale_smudges(
             continue
         blob = labels[sl] == k
         solidity = measure_solidity(blob)
-        if solidity > _PALE_MAX_SOLIDITY:
-            continue  # a round pale patch (an out-of-focus cell, a stain blotch) is not a burst cell
+        if solidity > _PALE_MAX_SOLIDITY and _measure_variation(purple[::step, ::step][sl][blob]) < _PALE_MIN_VARIATION:
+            continue  # a round, smooth pale patch (an out-of-focus cell, a stain blotch) is not a burst cell
         rows, cols = np.nonzero(blob)
         h, w = purple.shape
         box = (sl[0].start * step, sl[1].start * step, min(sl[0].stop * step, h), min(sl[1].stop * step, w))
@@ -271,6 +298,11 @@ def find_pale_smudges(
         found.append(WorkingCell(float(x), float(y), box, int(area[k]) * step * step, KIND_SMUDGE, border, 1,
                                  (solidity, 0.0, 0.0, 0.0)))  # fmt: skip
     return found
+
+
+def _measure_variation(values: np.ndarray) -> float:
+    """Coefficient of variation (std / mean) of OD values: the threads and holes of a net."""
+    return float(values.std() / max(float(values.mean()), 1e-6)) if values.size else 0.0
 
 
 def segment_nuclei(od: np.ndarray, config: DetectConfig, purple: np.ndarray | None = None) -> np.ndarray:

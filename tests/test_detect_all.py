@@ -263,3 +263,42 @@ def test_where_two_nuclei_overlap_the_darker_lens_is_not_a_third_cell():
     assert int(merged.max()) == 2
     assert merged[50, 80] in (merged[50, 40], merged[50, 120]) and merged[50, 40] != merged[50, 120]
     assert int(merge_overlaps(np.where(a | b, np.where(xx < 80, 1, 2), 0), purple).max()) == 2  # no lens: kept
+
+
+def test_a_compact_faint_net_is_a_smudge_and_a_smooth_pale_disc_is_not():
+    """The pale pass takes a compact net (a round patch of streaky chromatin, as a burst cell's net
+    can be) by its lacy inside, and leaves a smooth pale disc of the same level and size (a blurred
+    cell, a stain blotch) alone."""
+    od, stains = canvas(900, 450)
+    yy, xx = np.mgrid[:450, :900]
+    purple = float(stains.nucleus[0] - stains.nucleus[2])
+    r = 7 * PX_PER_UM
+    streaks = 0.5 + 0.5 * np.cos((xx + 0.3 * yy) / (0.6 * PX_PER_UM))
+    # Threads from 0.06 to 0.12 OD(R) - OD(B), all above the pale threshold: a compact patch.
+    net = ((yy - 225) ** 2 + (xx - 225) ** 2 <= r**2) * (1.0 + 1.0 * streaks**2)
+    smooth = 1.4 * ((yy - 225) ** 2 + (xx - 675) ** 2 <= r**2)
+    od += ((0.06 / purple) * (net + smooth))[..., None].astype(np.float32) * stains.nucleus
+    image = _photograph(od, np.random.default_rng(8), STYLE)
+    cells = detect_cells(image, um_per_pixel=UM_PER_PX).cells
+    assert [(c.kind, round(c.x / 450)) for c in cells] == [(KIND_SMUDGE, 0)]
+
+
+def test_pieces_of_one_burst_net_are_one_smudge_cell():
+    from pipeline.detect import WorkingCell, join_smudge_pieces
+
+    def cell(box, kind, area=100):
+        r0, c0, r1, c1 = box
+        return WorkingCell((c0 + c1) / 2, (r0 + r1) / 2, box, area, kind, False)
+
+    pieces = [
+        cell((0, 0, 40, 40), KIND_SMUDGE, 900),
+        cell((30, 30, 60, 50), KIND_SMUDGE),
+        cell((55, 45, 70, 70), KIND_SMUDGE),
+    ]
+    apart = cell((100, 100, 130, 130), KIND_SMUDGE)
+    blast = cell((20, 20, 50, 50), KIND_WBC)
+    joined = join_smudge_pieces([blast, *pieces, apart])
+    assert sorted((c.kind, c.bbox) for c in joined) == sorted(
+        [(KIND_WBC, blast.bbox), (KIND_SMUDGE, (0, 0, 70, 70)), (KIND_SMUDGE, apart.bbox)]
+    )
+    assert next(c.area for c in joined if c.bbox == (0, 0, 70, 70)) == 1100
