@@ -254,7 +254,10 @@ def _datasets(
 
     rows_per_file = (len(train_keys) + len(val_keys)) / max(1, len(files))
     train = side(shard_groups(files, rows_per_file, seed), train_keys, seed)
-    return {"train": train.randomize_block_order(), "val": side([[f] for f in files], val_keys, None)}
+    # Blocks in another order every epoch, the same orders for the same seed (unseeded, Ray picks
+    # an order at random and a seeded run would not repeat once the cells fill several blocks).
+    order = ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True)
+    return {"train": train.randomize_block_order(seed=order), "val": side([[f] for f in files], val_keys, None)}
 
 
 def _ingest_options():

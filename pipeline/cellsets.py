@@ -57,7 +57,7 @@ def read_cell_index(cell_dirs: list[str]) -> CellIndex:
         found = shard_files(d)
         if not found:
             raise ValueError(f"{d} holds no cells: run `allray ingest SRC --out {d}` first")
-        files += found
+        files += order_by_content(found)
         tables.append(read_table(d, columns=INDEX_COLUMNS))
     table = pa.concat_tables(tables)
     settings = set(pc.unique(table.column(schema.INGEST_SETTINGS)).to_pylist())
@@ -77,7 +77,9 @@ def read_cell_index(cell_dirs: list[str]) -> CellIndex:
     table = table.filter(keep)
     keys = [cell_key(s, c) for s, c in zip(table.column(schema.SOURCE_SHA256).to_pylist(),
                                            table.column(schema.CELL_ID).to_pylist())]  # fmt: skip
-    table = table.append_column(KEY, pa.array(keys, pa.string()))
+    # Rows in the order of their cells, not of the files they were read from: splits drawn from
+    # row positions then depend on the cells alone (the same images ingested twice split alike).
+    table = table.append_column(KEY, pa.array(keys, pa.string())).sort_by(KEY)
     if table.num_rows == 0:
         raise ValueError(
             f"found no labelled cells in {', '.join(cell_dirs)}: ingest with --labels, a manifest with a label or "
@@ -89,6 +91,21 @@ def read_cell_index(cell_dirs: list[str]) -> CellIndex:
     crop_bytes, n_rows = column_bytes(files, schema.CROP)
     return CellIndex(table, files, CropSettings.from_json(settings.pop()), digest.hexdigest()[:16], n_unlabelled,
                      n_smudge, crop_bytes / max(1, n_rows))  # fmt: skip
+
+
+def order_by_content(files: list[str]) -> list[str]:
+    """Shard files in the order of the cells they hold (the least cell key of each), not of their
+    names: a shard's name carries its ingest run and a random part, so the same images ingested
+    again, or copied elsewhere, would otherwise be grouped and shuffled into other batches, and a
+    seeded training run would not repeat."""
+
+    def least_key(uri: str) -> str:
+        table = read_shards({PATH_COLUMN: [uri]}, [schema.SOURCE_SHA256, schema.CELL_ID])
+        keys = [cell_key(s, c) for s, c in zip(table.column(schema.SOURCE_SHA256).to_pylist(),
+                                               table.column(schema.CELL_ID).to_pylist()) if s is not None]  # fmt: skip
+        return min(keys, default="\uffff")  # a file without cells holds nothing to train on: last
+
+    return [uri for _, uri in sorted((least_key(uri), uri) for uri in files)]
 
 
 def cell_classes(table: pa.Table) -> list[str | None]:
@@ -131,7 +148,7 @@ def select_cells(
     """Batch function: of the shard files in batch["path"], the rows whose cell key is in `targets`,
     as {crop, label} columns; label is the cell's training target from `targets` (the binary label of
     a one-logit model, or the bit mask of the classes a cell's label allows, see pipeline.multiclass).
-    With `shuffle_seed`, the rows come in a random order fixed by the seed and the files read."""
+    With `shuffle_seed`, the rows come in a random order fixed by the seed and the cells read."""
     table = read_shards(batch, [schema.SOURCE_SHA256, schema.CELL_ID, schema.CROP])
     keyed = [cell_key(s, c) for s, c in zip(table.column(schema.SOURCE_SHA256).to_pylist(),
                                             table.column(schema.CELL_ID).to_pylist())]  # fmt: skip
@@ -140,7 +157,11 @@ def select_cells(
     labels = np.fromiter((targets[k] for k, m in zip(keyed, mask) if m), dtype=np.int64, count=int(mask.sum()))
     crops = kept.column(schema.CROP).to_numpy(zero_copy_only=False)
     if shuffle_seed is not None:
-        files = "\n".join(str(f) for f in batch[PATH_COLUMN]).encode()
-        order = np.random.default_rng([shuffle_seed, zlib.crc32(files)]).permutation(labels.size)
+        # The order follows from the cells alone (their keys), not from where or under which names
+        # their files lie: the same cells and seed give the same block wherever they were ingested.
+        kept_keys = [k for k, m in zip(keyed, mask) if m]
+        canonical = np.argsort(np.array(kept_keys, dtype=object), kind="stable") if kept_keys else np.zeros(0, int)
+        digest = zlib.crc32("\n".join(sorted(kept_keys)).encode())
+        order = canonical[np.random.default_rng([shuffle_seed, digest]).permutation(labels.size)]
         crops, labels = crops[order], labels[order]
     return {schema.CROP: crops, schema.LABEL: labels}

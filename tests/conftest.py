@@ -61,10 +61,12 @@ def s3_bucket() -> str:
 
 
 def write_truth_cells(
-    out: Path, patients: int = 6, images_per_patient: int = 4, seed: int = 5, size=(400, 300), per_patient_shards=False
-) -> Path:
+    out: Path, patients: int = 6, images_per_patient: int = 4, seed: int = 5, size=(400, 300), per_patient_shards=False,
+    shard_name=lambda n: f"truth-{n}",
+) -> Path:  # fmt: skip
     """An ingest-style cell table cut at the synthetic truth centres (no detector involved), in one
-    shard, or one per patient (as ingest writes a few images a shard).
+    shard, or one per patient (as ingest writes a few images a shard); `shard_name(n)` names the
+    n-th shard (ingest names them by run and at random).
 
     Lets training and inference tests run on known labelled crops in a second or two.
     """
@@ -126,7 +128,7 @@ def write_truth_cells(
 
         write_shard(
             out,
-            f"truth-{n}",
+            shard_name(n),
             pa.Table.from_pylist(mine(cells), schema=schema.CELL_SCHEMA),
             schema.QUARANTINE_SCHEMA.empty_table(),
             pa.Table.from_pylist(mine(ledger), schema=schema.IMAGE_SCHEMA),

@@ -236,6 +236,37 @@ def test_training_blocks_mix_many_shards_and_keep_every_cell_once(ray_session, t
         assert neighbours_in_one_shard(val) > 0.8
 
 
+def test_training_files_and_blocks_follow_the_cells_not_their_names(tmp_path):
+    """The same cells under another folder and other shard names (a second ingest of the same
+    images): the files come in the same order of content and a block's shuffled rows are the same."""
+    import pyarrow.parquet as pq
+
+    from pipeline.cellsets import cell_key, read_cell_index, select_cells
+    from pipeline.store import PATH_COLUMN
+
+    first = read_cell_index([str(write_truth_cells(tmp_path / "a", patients=4, images_per_patient=1,
+                                                   per_patient_shards=True))])  # fmt: skip
+    second = read_cell_index([str(write_truth_cells(tmp_path / "b" / "c", patients=4, images_per_patient=1,
+                                                    per_patient_shards=True, shard_name=lambda n: f"z{9 - n}"))])  # fmt: skip
+    assert [Path(f).name for f in first.files] == [f"truth-{n}.parquet" for n in range(4)]
+    assert [Path(f).name for f in second.files] == [f"z{9 - n}.parquet" for n in range(4)]  # by content, not name
+
+    def block(files, shuffle_seed=5):
+        targets = {}
+        for f in files:
+            t = pq.read_table(f, columns=[schema.SOURCE_SHA256, schema.CELL_ID])
+            targets.update(
+                {cell_key(s, c): int(c) % 2 for s, c in zip(t.column(0).to_pylist(), t.column(1).to_pylist())}
+            )
+        out = select_cells({PATH_COLUMN: np.array(files)}, targets, shuffle_seed=shuffle_seed)
+        return [bytes(c) for c in out[schema.CROP]], out[schema.LABEL].tolist()
+
+    a = block(first.files[:3])
+    assert block(first.files[:3][::-1]) == a  # the order of the files within a block does not matter
+    assert block(second.files[:3]) == a  # nor their folder and names
+    assert block(first.files[:3], shuffle_seed=None)[0] != a[0]  # and the rows are really shuffled
+
+
 def test_shard_groups_are_random_groups_of_about_the_target_rows():
     from pipeline.cellsets import shard_groups
 
@@ -250,18 +281,37 @@ def test_shard_groups_are_random_groups_of_about_the_target_rows():
     assert shard_groups([], 16, seed=1) == []
 
 
-def test_a_seeded_training_run_is_reproduced_exactly(ray_session, tmp_path):
+def test_a_seeded_training_run_is_reproduced_exactly(ray_session, tmp_path, monkeypatch):
     """Same cells, same seed, twice: the same batches, so the same losses to the last digit
-    (Ray Data reads in order for training; without it 2 of 3 runs drew other batches)."""
+    (Ray Data reads in order for training; without it 2 of 3 runs drew other batches). The second
+    copy of the cells lies elsewhere under other shard names, as a second ingest of the same images
+    would (names carry a run id and a random part): batches follow from the cells, not the names.
+    Blocks are made small, so an epoch reads several in an order drawn from the seed."""
+    import jobs.train
     from jobs.train import run_train
+    from pipeline.cellsets import shard_groups
 
-    cells = write_truth_cells(tmp_path / "cells", patients=8, images_per_patient=2, per_patient_shards=True)
+    blocks = []
+
+    def small_groups(files, rows_per_file, seed):
+        groups = shard_groups(files, rows_per_file, seed, rows=24)
+        blocks.append(len(groups))
+        return groups
+
+    monkeypatch.setattr(jobs.train, "shard_groups", small_groups)
+
+    copies = [
+        write_truth_cells(tmp_path / "cells", patients=8, images_per_patient=2, per_patient_shards=True),
+        write_truth_cells(tmp_path / "elsewhere" / "again", patients=8, images_per_patient=2, per_patient_shards=True,
+                          shard_name=lambda n: f"run2-{99 - n:02d}"),
+    ]  # fmt: skip
     losses = []
-    for n in range(2):
+    for n, cells in enumerate(copies):
         run_train(TrainConfig(cells=(str(cells),), out=str(tmp_path / f"run{n}"), arch="lenet", epochs=2,
                               batch_size=8, split="random", seed=4), quiet=True)  # fmt: skip
         rows = [json.loads(line) for line in (tmp_path / f"run{n}" / "metrics.jsonl").read_text().splitlines()]
         losses.append([(r["train_loss"], r["val_loss"]) for r in rows])
+    assert blocks == [3, 3]  # 8 shards of ~14 cells, 2 or 3 a block
     assert len(losses[0]) == 2 and losses[0] == losses[1]
 
 
