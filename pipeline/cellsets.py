@@ -159,9 +159,9 @@ def select_cells(
     if shuffle_seed is not None:
         # The order follows from the cells alone (their keys), not from where or under which names
         # their files lie: the same cells and seed give the same block wherever they were ingested.
-        kept_keys = [k for k, m in zip(keyed, mask) if m]
-        canonical = np.argsort(np.array(kept_keys, dtype=object), kind="stable") if kept_keys else np.zeros(0, int)
-        digest = zlib.crc32("\n".join(sorted(kept_keys)).encode())
+        kept_keys = np.array([k for k, m in zip(keyed, mask) if m], dtype=object)
+        canonical = np.argsort(kept_keys, kind="stable")
+        digest = zlib.crc32("\n".join(kept_keys[canonical]).encode())
         order = canonical[np.random.default_rng([shuffle_seed, digest]).permutation(labels.size)]
         crops, labels = crops[order], labels[order]
     return {schema.CROP: crops, schema.LABEL: labels}
