@@ -30,9 +30,10 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.sparse.csgraph import connected_components
+from skimage.morphology import disk
 from skimage.segmentation import relabel_sequential, watershed
 
-from pipeline.nucleus_split import split_fragments
+from pipeline.nucleus_split import split_nuclei
 from pipeline.scale import (
     RBC_DIAMETER_UM,
     estimate_um_per_pixel,
@@ -340,7 +341,7 @@ def assemble_cells(
     """Cells (window coordinates, at_border unset) from a window's nucleus and body masks and its
     smoothed OD(R) - OD(B)."""
     blobs, _ = ndi.label(nucleus)
-    fragments = split_fragments(nucleus, config, px_per_um, blobs, purple)
+    fragments, lenses = split_nuclei(nucleus, config, px_per_um, blobs, purple)
     # Each fragment claims the body around it: a watershed on the body's distance map, so two
     # touching cells part at their waist while the lobes of one nucleus share one round body.
     body = ndi.binary_opening(body, iterations=2) | (fragments > 0)
@@ -351,7 +352,7 @@ def assemble_cells(
     depth = ndi.distance_transform_edt(body)
     regions = watershed(-depth, fragments, mask=body & near)
     zones = fragments[iy, ix]  # the nearest fragment of every pixel
-    groups = group_fragments(fragments, zones, outside, regions, depth, config, px_per_um)
+    groups = group_fragments(fragments, zones, outside, regions, depth, config, px_per_um, lenses)
     nuclei, cells = groups[fragments], groups[regions]
     m = int(groups.max())
     # How many cells each chromatin blob was split into, and so each cell's blob.
@@ -383,12 +384,13 @@ def assemble_cells(
 
 def group_fragments(
     fragments: np.ndarray, zones: np.ndarray, outside: np.ndarray, regions: np.ndarray, depth: np.ndarray,
-    config: DetectConfig, px_per_um: float,
+    config: DetectConfig, px_per_um: float, lenses: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
     """(n + 1,) int: the cell (1..m) of each fragment label (index 0 -> 0).
 
     Inputs, (h, w) each: fragment labels; the nearest fragment of each pixel and the distance to
-    it; the body region each fragment claimed; the body's distance map (depth).
+    it; the body region each fragment claimed; the body's distance map (depth); the lenses where
+    nuclei overlap (bool, or None).
 
     Fragments merge, strongest evidence first, while the merged nucleus stays within
     `max_nucleus_um`: when they lie within one sure nucleus (`one_nucleus_um`) and no further
@@ -403,7 +405,8 @@ def group_fragments(
         np.maximum.at(peaks, regions.ravel(), depth.ravel())
         # A fragment holding a disc `round_nucleus_um` wide is a whole round nucleus, not a lobe:
         # two such fragments are two cells, however thick the matter between them.
-        cores = _measure_inscribed_radius(fragments, n) >= config.round_nucleus_um * px_per_um / 2
+        # A nucleus partly under another is measured whole: its fragment plus the lens it shares.
+        cores = _measure_inscribed_radius(fragments, n, lenses, px_per_um) >= config.round_nucleus_um * px_per_um / 2
 
         candidates = []  # (priority, a, b, needs_neck): lower priority merges first
         # Gap between two fragments: the two distances summed across the seam of their zones.
@@ -434,9 +437,14 @@ def group_fragments(
     return relabel_sequential(roots)[0]
 
 
-def _measure_inscribed_radius(fragments: np.ndarray, n: int) -> np.ndarray:
+def _measure_inscribed_radius(
+    fragments: np.ndarray, n: int, lenses: np.ndarray | None = None, px_per_um: float = 1.0
+) -> np.ndarray:
     """(n + 1,) float: radius (px) of the largest disc inside each fragment (index 0 -> 0); pixels
-    where two fragments meet belong to neither, so a cut blob's pieces are measured apart."""
+    where two fragments meet belong to neither, so a cut blob's pieces are measured apart. A
+    fragment holding part of a lens (bool `lenses`, where two nuclei overlap) is measured with the
+    whole of each lens it comes within 1.5 um of (the lens and that margin, as the lens's threshold
+    leaves its edge to the fragment on its other side): under the lens lies the rest of its nucleus."""
     inner = fragments > 0
     for axis in (0, 1):
         for shift in (1, -1):
@@ -445,6 +453,15 @@ def _measure_inscribed_radius(fragments: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros(n + 1)
     np.maximum.at(out, fragments.ravel(), radius.ravel())
     out[0] = 0.0
+    if lenses is not None and lenses.any():
+        lens_labels, _ = ndi.label(lenses)
+        near = ndi.grey_dilation(lens_labels, footprint=disk(max(1, round(1.5 * px_per_um))))  # within 1.5 um
+        owners = np.unique(np.stack([fragments[near > 0], near[near > 0]]), axis=1)
+        for i in np.unique(owners[0][owners[0] > 0]):
+            mine = np.isin(near, owners[1][owners[0] == i]) | (inner & (fragments == i))
+            box = ndi.find_objects(mine.astype(np.uint8))[0]
+            whole = ndi.distance_transform_edt(np.pad(mine[box], 1))[1:-1, 1:-1]
+            out[i] = max(out[i], float(whole.max()))
     return out
 
 

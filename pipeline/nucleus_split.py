@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import apply_hysteresis_threshold, sato
-from skimage.morphology import h_maxima
+from skimage.morphology import disk, h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
 from pipeline.shapes import find_root, find_seams, project
@@ -21,26 +21,47 @@ from pipeline.shapes import find_root, find_seams, project
 if TYPE_CHECKING:
     from pipeline.detect import DetectConfig
 
-__all__ = ["find_boundary_lines", "merge_overlaps", "merge_round_pieces", "split_fragments"]
+__all__ = [
+    "find_boundary_lines",
+    "find_overlap_lenses",
+    "merge_overlaps",
+    "merge_round_pieces",
+    "split_fragments",
+    "split_nuclei",
+]
 
 _SPLIT_DEPTH_UM = 0.5  # blobs are cut at necks 0.5 um thinner than both sides (pressed nuclei meet at shallow ones)
 _LINE_WIDTH_UM = 0.6  # where pressed cells meet, a pale line about this wide (two membranes, a thin rim) ...
 _LINE_HIGH = 0.04  # ... its ridge strength at least this fraction of the blob's level somewhere, half of it all along,
 _LINE_OVER_TEXTURE = 2.0  # ... and this many times the ridges of the blob's chromatin texture (its 90th percentile)
 _OVERLAP_LEVEL = 1.5  # a blob piece this much darker than all its neighbours is two nuclei overlapping
+_LENS_ELONGATION = 1.6  # a lens where two nuclei overlap is this many times longer than wide, at least
+_LENS_MIN_UM = 1.0  # ... and at least this wide (darker chromatin specks are narrower)
+_LENS_EDGE = 1.4  # ... and reaches out to where its blurred edge falls to this many times the level
 
 
 def split_fragments(
     nucleus: np.ndarray, config: DetectConfig, px_per_um: float, blobs: np.ndarray | None = None,
     purple: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
-    """(H, W) int32 labels of nucleus fragments; a blob bigger than one sure nucleus is cut at its necks.
-    `blobs`: ndi.label(nucleus)[0], when the caller has it (it is not changed). `purple`: the
-    smoothed OD(R) - OD(B); given, the pale lines where pressed cells meet count as necks too."""
+    """(H, W) int32 labels of nucleus fragments: split_nuclei without the lenses."""
+    return split_nuclei(nucleus, config, px_per_um, blobs, purple)[0]
+
+
+def split_nuclei(
+    nucleus: np.ndarray, config: DetectConfig, px_per_um: float, blobs: np.ndarray | None = None,
+    purple: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """((H, W) int32 labels of nucleus fragments, (H, W) bool lenses where nuclei overlap); a blob
+    bigger than one sure nucleus is cut at its necks. `blobs`: ndi.label(nucleus)[0], when the
+    caller has it (it is not changed). `purple`: the smoothed OD(R) - OD(B); given, the pale lines
+    where pressed cells meet count as necks too, and overlap lenses part the nuclei they join
+    (each lens's pixels go to the two fragments on its sides)."""
     labels = ndi.label(nucleus)[0] if blobs is None else blobs.copy()
     n = int(labels.max())
+    all_lenses = np.zeros(labels.shape, bool)
     if n == 0:
-        return labels.astype(np.int32)
+        return labels.astype(np.int32), all_lenses
     lows, highs = project(labels, n)
     extents = np.max(highs - lows, axis=1) + 1.0  # Feret diameters (px)
     h = _SPLIT_DEPTH_UM * px_per_um
@@ -49,28 +70,36 @@ def split_fragments(
     for index in np.flatnonzero(extents[1:] > config.one_nucleus_um * px_per_um) + 1:
         sl = boxes[index - 1]
         blob = labels[sl] == index
-        solid = blob if purple is None else blob & ~find_boundary_lines(blob, purple[sl], config, px_per_um)
+        solid, lenses = blob, np.zeros_like(blob)
+        if purple is not None:
+            lenses = find_overlap_lenses(blob, purple[sl], px_per_um)
+            solid = blob & ~find_boundary_lines(blob, purple[sl], config, px_per_um, lenses)
         distance = ndi.distance_transform_edt(np.pad(solid, 1))[1:-1, 1:-1]
-        markers, k = ndi.label(h_maxima(distance, h))
+        # Nuclei are told apart with their overlaps left out: a lens parts the two it joins.
+        parted = ndi.distance_transform_edt(np.pad(solid & ~lenses, 1))[1:-1, 1:-1] if lenses.any() else distance
+        markers, k = ndi.label(h_maxima(parted, h))
         if k < 2:
             continue
-        pieces = watershed(-distance, markers, mask=blob)
+        all_lenses[sl] |= lenses
+        pieces = watershed(-parted, markers, mask=blob)
         if purple is not None:
             pieces = merge_overlaps(pieces, purple[sl])
-        pieces = merge_round_pieces(pieces, distance, config.split_neck_ratio)
+        pieces = merge_round_pieces(pieces, distance, config.split_neck_ratio, lenses)
         sub = labels[sl]
         for piece in range(2, int(pieces.max()) + 1):
             sub[pieces == piece] = next_label
             next_label += 1
-    return labels.astype(np.int32)
+    return labels.astype(np.int32), all_lenses
 
 
-def merge_overlaps(pieces: np.ndarray, purple: np.ndarray) -> np.ndarray:
+def merge_overlaps(pieces: np.ndarray, purple: np.ndarray, lenses: np.ndarray | None = None) -> np.ndarray:
     """(h, w) int labels 1..k' of a blob's pieces after merging every piece where two cells lie one
     over the other into the neighbour it shares the longest seam with. Chromatin absorbs as
     layers add (Beer-Lambert), so where one nucleus lies over another the stain reads about twice
     as dark: a piece whose median OD(R) - OD(B) is at least `_OVERLAP_LEVEL` times that of every
-    neighbour is such an overlap, not a cell of its own."""
+    neighbour is such an overlap, not a cell of its own. Given `lenses` (find_overlap_lenses), the
+    piece must also lie mostly in one: a darker whole nucleus (a lymphocyte's, pressed against
+    paler blasts) is round, not a lens, and stays a cell."""
     k = int(pieces.max())
     if k < 2:
         return pieces
@@ -79,6 +108,9 @@ def merge_overlaps(pieces: np.ndarray, purple: np.ndarray) -> np.ndarray:
     counts = np.bincount(pieces[inside], minlength=k + 1)
     values = np.split(purple[inside][order], np.cumsum(counts[1:])[:-1])
     level = np.array([0.0] + [float(np.median(v)) if v.size else 0.0 for v in values])
+    in_lens = np.ones(k + 1, bool)
+    if lenses is not None:
+        in_lens = np.bincount(pieces[inside], lenses[inside], minlength=k + 1) >= 0.5 * counts
     base = k + 1
     keys = []
     for la, lb in ((pieces[:, :-1], pieces[:, 1:]), (pieces[:-1, :], pieces[1:, :])):
@@ -92,13 +124,39 @@ def merge_overlaps(pieces: np.ndarray, purple: np.ndarray) -> np.ndarray:
         if not mine.any():
             continue
         others = pairs[mine] % base
-        if np.all(level[a] >= _OVERLAP_LEVEL * level[others]):
+        if in_lens[a] and np.all(level[a] >= _OVERLAP_LEVEL * level[others]):
             parent[a] = others[np.argmax(length[mine])]
     roots = np.array([find_root(parent, i) for i in range(k + 1)])
     return relabel_sequential(roots)[0][pieces]
 
 
-def find_boundary_lines(blob: np.ndarray, purple: np.ndarray, config: DetectConfig, px_per_um: float) -> np.ndarray:
+def find_overlap_lenses(blob: np.ndarray, purple: np.ndarray, px_per_um: float) -> np.ndarray:
+    """(h, w) bool: the lenses inside one chromatin blob where one nucleus lies over another. Light
+    crosses both there, so the lens reads about twice the blob's level (at least `_OVERLAP_LEVEL`
+    times its median), and two overlapping discs leave a lens much longer than it is wide (at least
+    `_LENS_ELONGATION`: 2 for discs overlapping by a fifth of their diameter) with a tip at each
+    notch, where a darker whole nucleus is about round. Left out of the distance map, a lens parts
+    the two nuclei it joins, however little waist their outline shows."""
+    level = float(np.median(purple[blob]))
+    # Seeded at `_OVERLAP_LEVEL` x the level, grown to where it falls to half-way (its blurred edge).
+    dark = blob & apply_hysteresis_threshold(purple, _LENS_EDGE * level, _OVERLAP_LEVEL * level)
+    radius = max(1, round(_LENS_MIN_UM * px_per_um / 2))
+    dark = ndi.binary_opening(dark, structure=disk(radius))
+    labels, n = ndi.label(dark)
+    if n == 0:
+        return dark
+    lows, highs = project(labels, n)
+    length = np.max(highs - lows, axis=1) + 1.0
+    inscribed = np.zeros(n + 1)
+    np.maximum.at(inscribed, labels.ravel(), ndi.distance_transform_edt(np.pad(dark, 1))[1:-1, 1:-1].ravel())
+    keep = length >= _LENS_ELONGATION * 2 * inscribed
+    keep[0] = False
+    return keep[labels]
+
+
+def find_boundary_lines(
+    blob: np.ndarray, purple: np.ndarray, config: DetectConfig, px_per_um: float, lenses: np.ndarray | None = None
+) -> np.ndarray:
     """(h, w) bool: the pale lines inside one chromatin blob where pressed cells meet (their
     membranes and the thin rim between them). A ridge filter (Sato, at the scale of a line
     `_LINE_WIDTH_UM` wide) finds thin pale lines however faint; a line is kept where it is at least
@@ -106,13 +164,16 @@ def find_boundary_lines(blob: np.ndarray, purple: np.ndarray, config: DetectConf
     chromatin texture) somewhere and half that all along (hysteresis, so a line fading in the
     middle stays whole), and where it runs in from the blob's outline
     (from the notch at each end of a shared boundary): pale spots inside one nucleus (nucleoli,
-    chromatin texture) do not reach it."""
+    chromatin texture) do not reach it. The pale foot of a lens's edge (`lenses`: where nuclei
+    overlap) is no boundary: lines within 1 um of a lens are dropped."""
     sigma = max(0.7, _LINE_WIDTH_UM * px_per_um / 2)
     level = float(np.median(purple[blob]))
     ridge = sato(purple, sigmas=[sigma], black_ridges=True, mode="nearest") / max(level, 1e-6)
     # Lines must stand out of the blob's own texture: mottled chromatin has ridges everywhere.
     high = max(_LINE_HIGH, _LINE_OVER_TEXTURE * float(np.percentile(ridge[blob], 90)))
     line = apply_hysteresis_threshold(ridge, high / 2, high) & blob
+    if lenses is not None and lenses.any():
+        line &= ~ndi.binary_dilation(lenses, structure=disk(max(1, round(px_per_um))))
     if not line.any():
         return line
     labels, n = ndi.label(line, structure=np.ones((3, 3)))
@@ -123,16 +184,21 @@ def find_boundary_lines(blob: np.ndarray, purple: np.ndarray, config: DetectConf
     return reaches[labels]
 
 
-def merge_round_pieces(pieces: np.ndarray, distance: np.ndarray, ratio: float) -> np.ndarray:
+def merge_round_pieces(
+    pieces: np.ndarray, distance: np.ndarray, ratio: float, lenses: np.ndarray | None = None
+) -> np.ndarray:
     """(h, w) int labels 1..k' of a blob's watershed pieces after merging every two whose neck is at
     least `ratio` as thick as the thinner piece (an oval or dented nucleus is one, two nuclei pressed
     together meet at a waist); `distance` is the blob's distance map, so a piece's thickness is its
-    peak and a neck's is the deepest point of the seam between two pieces."""
+    peak and a neck's is the deepest point of the seam between two pieces. A seam through `lenses`
+    (bool, where nuclei overlap: find_overlap_lenses) is no neck there: a lens lies between two
+    nuclei, not inside one."""
     k = int(pieces.max())
     peaks = np.zeros(k + 1)
     np.maximum.at(peaks, pieces.ravel(), distance.ravel())
     parent = np.arange(k + 1)
-    seams = [(-cost / min(peaks[a], peaks[b]), a, b) for a, b, cost in find_seams(pieces, -distance, np.maximum)]
+    necks = distance if lenses is None else np.where(lenses, 0.0, distance)
+    seams = [(-cost / min(peaks[a], peaks[b]), a, b) for a, b, cost in find_seams(pieces, -necks, np.maximum)]
     for rel, a, b in sorted(seams, reverse=True):  # thickest necks (relative) first
         ra, rb = find_root(parent, a), find_root(parent, b)
         if ra == rb or rel * min(peaks[a], peaks[b]) < ratio * min(peaks[ra], peaks[rb]):

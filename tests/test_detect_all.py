@@ -201,10 +201,10 @@ def test_a_smudge_too_pale_for_the_nucleus_mask_is_still_called_smudge():
     assert all(np.hypot(c.x - smudge.x, c.y - smudge.y) >= 8 * PX_PER_UM for c in without)
 
 
-def _pressed_clump(with_lines: bool, overlap_lens: bool = False):
+def _pressed_clump(with_lines: bool):
     """(blob, purple) of four round nuclei (7 um radius at 4 px/um) packed in a 2 x 2 clump, centres
     1.4 radii apart, so the clump is one solid blob whose distance map has one broad summit: only
-    the pale lines where the nuclei meet (or, with `overlap_lens`, nothing) tell them apart."""
+    the pale lines where the nuclei meet tell them apart."""
     from scipy import ndimage as ndi
 
     shape, r = (160, 160), 28
@@ -263,6 +263,63 @@ def test_where_two_nuclei_overlap_the_darker_lens_is_not_a_third_cell():
     assert int(merged.max()) == 2
     assert merged[50, 80] in (merged[50, 40], merged[50, 120]) and merged[50, 40] != merged[50, 120]
     assert int(merge_overlaps(np.where(a | b, np.where(xx < 80, 1, 2), 0), purple).max()) == 2  # no lens: kept
+
+
+def _overlapping(centres, radius: float, shape):
+    """(blob, purple, layers) of round nuclei lying partly one over another: light crosses every
+    layer, so the stain adds up (Beer-Lambert) and an overlap reads twice as dark."""
+    from scipy import ndimage as ndi
+
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    layers = sum((np.hypot(yy - cy, xx - cx) <= radius).astype(int) for cy, cx in centres)
+    return layers > 0, ndi.gaussian_filter(0.5 * layers.astype(float), 1.0).astype(np.float32), layers
+
+
+@pytest.mark.parametrize("spread", [0.6, 0.7])
+def test_where_packed_nuclei_overlap_the_dark_lenses_part_them(spread):
+    """Four nuclei (7 um radius at 4 px/um) in a 2 x 2 clump, each over its neighbours: the
+    outline is one broad blob, but each overlap is a lens of double stain between two nuclei."""
+    from pipeline.detect import DetectConfig
+    from pipeline.nucleus_split import split_fragments
+
+    r = 28
+    centres = [(80 + dy * spread * r, 80 + dx * spread * r) for dy in (-1, 1) for dx in (-1, 1)]
+    blob, purple, _ = _overlapping(centres, r, (160, 160))
+    labels = split_fragments(blob, DetectConfig(), 4.0, purple=purple)
+    assert int(labels.max()) == 4
+    assert len({int(labels[round(cy + (cy - 80)), round(cx + (cx - 80))]) for cy, cx in centres}) == 4
+    flat = np.where(blob, purple.max() / 2, 0).astype(np.float32)  # the same outline, one layer
+    assert int(split_fragments(blob, DetectConfig(), 4.0, purple=flat).max()) < 4
+
+
+@pytest.mark.parametrize("step", [1.2, 1.4])
+def test_a_chain_of_overlapping_nuclei_gives_one_piece_per_nucleus(step):
+    """Three nuclei in a row, each over the next: the middle one, between two lenses, stays one."""
+    from pipeline.detect import DetectConfig
+    from pipeline.nucleus_split import split_fragments
+
+    blob, purple, _ = _overlapping([(50, 60 + i * step * 28) for i in range(3)], 28, (100, 260))
+    assert int(split_fragments(blob, DetectConfig(), 4.0, purple=purple).max()) == 3
+
+
+def test_a_lens_is_where_nuclei_overlap_and_a_darker_round_nucleus_is_none():
+    from scipy import ndimage as ndi
+
+    from pipeline.detect import DetectConfig
+    from pipeline.nucleus_split import find_overlap_lenses, split_fragments
+
+    blob, purple, layers = _overlapping([(50, 60), (50, 100)], 28, (100, 160))
+    lens = find_overlap_lenses(blob, purple, 4.0)
+    assert (
+        lens.sum() > 0.5 * (layers == 2).sum() and not (lens & (layers == 1) & ~ndi.binary_dilation(layers == 2)).any()
+    )
+    # A lymphocyte's dark round nucleus pressed against a pale blast's: darker, but round.
+    yy, xx = np.mgrid[:120, :200]
+    pale = np.hypot(yy - 60, xx - 70) <= 28
+    dark = (np.hypot(yy - 60, xx - 113) <= 16) & ~pale
+    purple = ndi.gaussian_filter(0.4 * pale + 0.9 * dark, 1.0).astype(np.float32)
+    assert not find_overlap_lenses(pale | dark, purple, 4.0).any()
+    assert int(split_fragments(pale | dark, DetectConfig(), 4.0, purple=purple).max()) == 2
 
 
 def test_a_compact_faint_net_is_a_smudge_and_a_smooth_pale_disc_is_not():
