@@ -453,15 +453,30 @@ def _measure_inscribed_radius(
     out = np.zeros(n + 1)
     np.maximum.at(out, fragments.ravel(), radius.ravel())
     out[0] = 0.0
-    if lenses is not None and lenses.any():
-        lens_labels, _ = ndi.label(lenses)
-        near = ndi.grey_dilation(lens_labels, footprint=disk(max(1, round(1.5 * px_per_um))))  # within 1.5 um
-        owners = np.unique(np.stack([fragments[near > 0], near[near > 0]]), axis=1)
-        for i in np.unique(owners[0][owners[0] > 0]):
-            mine = np.isin(near, owners[1][owners[0] == i]) | (inner & (fragments == i))
-            box = ndi.find_objects(mine.astype(np.uint8))[0]
-            whole = ndi.distance_transform_edt(np.pad(mine[box], 1))[1:-1, 1:-1]
-            out[i] = max(out[i], float(whole.max()))
+    if lenses is None or not lenses.any():
+        return out
+    lens_labels, _ = ndi.label(lenses)
+    margin = max(1, round(1.5 * px_per_um))
+    frame = disk(margin)
+    grown: dict[int, list] = {}  # fragment -> [(window, the lens and its margin there)]
+    for j, box in enumerate(ndi.find_objects(lens_labels), start=1):
+        window = tuple(slice(max(0, s.start - margin), s.stop + margin) for s in box)
+        near = ndi.binary_dilation(lens_labels[window] == j, structure=frame)
+        for i in np.unique(fragments[window][near]):
+            if i > 0:
+                grown.setdefault(int(i), []).append((window, near))
+    boxes = ndi.find_objects(fragments)
+    for i, parts in grown.items():
+        spans = [boxes[i - 1]] + [w for w, _ in parts]
+        y0, y1 = min(w[0].start for w in spans), max(w[0].stop for w in spans)
+        x0, x1 = min(w[1].start for w in spans), max(w[1].stop for w in spans)
+        mine = inner[y0:y1, x0:x1] & (fragments[y0:y1, x0:x1] == i)
+        for (ys, xs), near in parts:
+            h, w = near.shape
+            mine[ys.start - y0 : ys.start - y0 + h, xs.start - x0 : xs.start - x0 + w] |= near[
+                : y1 - ys.start, : x1 - xs.start
+            ]
+        out[i] = max(out[i], float(ndi.distance_transform_edt(np.pad(mine, 1)).max()))
     return out
 
 

@@ -138,7 +138,9 @@ def find_overlap_lenses(blob: np.ndarray, purple: np.ndarray, px_per_um: float) 
     notch, where a darker whole nucleus is about round. Left out of the distance map, a lens parts
     the two nuclei it joins, however little waist their outline shows."""
     level = float(np.median(purple[blob]))
-    # Seeded at `_OVERLAP_LEVEL` x the level, grown to where it falls to half-way (its blurred edge).
+    if not np.any(purple[blob] >= _OVERLAP_LEVEL * level):
+        return np.zeros_like(blob)
+    # Seeded at `_OVERLAP_LEVEL` x the level, grown out to `_LENS_EDGE` x (its blurred edge).
     dark = blob & apply_hysteresis_threshold(purple, _LENS_EDGE * level, _OVERLAP_LEVEL * level)
     radius = max(1, round(_LENS_MIN_UM * px_per_um / 2))
     dark = ndi.binary_opening(dark, structure=disk(radius))
