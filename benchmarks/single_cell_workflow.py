@@ -1,6 +1,6 @@
 """The ALL-IDB2 -> slides workflow without Ray: train on single cells, count blasts on their smears.
 
-    .venv/bin/python benchmarks/single_cell_workflow.py [--patients 9] [--images 6] [--epochs 8]
+    .venv/bin/python benchmarks/single_cell_workflow.py [--patients 9] [--images 9] [--epochs 8]
 
 The same stages as `allray ingest --format allidb2`, `allray train --arch resnet --image-size 64
 --split random` and `allray infer` (pipeline functions: ingest_image, decode_crops, augment,
@@ -37,7 +37,7 @@ from pipeline.training import augment, decode_crops, train_one_epoch  # noqa: E4
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patients", type=int, default=9)
-    ap.add_argument("--images", type=int, default=6)
+    ap.add_argument("--images", type=int, default=9)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=7)
