@@ -42,11 +42,19 @@ def measure_smudge_features(
     return measure_solidity(extent), thread, fill, level
 
 
+# Chromatin at least this fraction as dark as the image's intact nuclei is dense, a nucleus's: a
+# burst cell's chromatin is spread thin, so pale, however ragged a lobed neutrophil's outline is.
+_DENSE_LEVEL = 0.8
+
+
 def is_smudge(features: tuple[float, ...], image_level: float, config: DetectConfig) -> bool:
     """A ruptured cell: chromatin spread into a net of thin threads with a ragged outline, or
     chromatin far paler than the image's intact nuclei (`image_level`: the median level of its
-    compact nuclei) and not a compact round nucleus."""
+    compact nuclei) and not a compact round nucleus. Chromatin as dense as the intact nuclei
+    (`_DENSE_LEVEL`) is no net, whatever its outline: a lobed neutrophil's lobes."""
     solidity, thread, fill, level = features
+    if level >= _DENSE_LEVEL * image_level:
+        return False
     if solidity < config.smudge_max_solidity and thread < config.smudge_max_thread_um:
         return True  # ragged, and made of threads (a neutrophil's lobes are thick)
     if solidity < 0.55 and thread < config.smudge_max_thread_um + 0.8:

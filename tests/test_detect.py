@@ -275,3 +275,15 @@ def test_real_bccd_val_images_have_every_white_cell_found():
         for x0, y0, x1, y1 in read_wbc_boxes(BCCD / f"{image_id}.xml"):
             inside = [c for c in detection.cells if x0 <= c.x < x1 and y0 <= c.y < y1]
             assert len(inside) == 1, f"{image_id}: box {(x0, y0, x1, y1)} holds {len(inside)} detections"
+
+
+@pytest.mark.skipif(not BCCD.exists(), reason=f"real BCCD smears not found at {BCCD}")
+@pytest.mark.parametrize("image_id", ["BloodImage_00190", "BloodImage_00292", "BloodImage_00325"])
+def test_a_ragged_lobed_neutrophil_as_dark_as_any_nucleus_is_no_smudge(image_id):
+    """Real BCCD train images whose one white cell, a neutrophil, has lobes spread far apart (an
+    outline as ragged as a burst net's): its chromatin is dense, so it is an intact white cell."""
+    image = np.asarray(Image.open(BCCD / f"{image_id}.jpg").convert("RGB"))
+    cells = detect_cells(image).cells
+    for x0, y0, x1, y1 in read_wbc_boxes(BCCD / f"{image_id}.xml"):
+        inside = [c.kind for c in cells if x0 <= c.x < x1 and y0 <= c.y < y1]
+        assert inside == [KIND_WBC], f"{image_id}: box {(x0, y0, x1, y1)} holds {inside}"
