@@ -92,14 +92,12 @@ def split_nuclei(
     return labels.astype(np.int32), all_lenses
 
 
-def merge_overlaps(pieces: np.ndarray, purple: np.ndarray, lenses: np.ndarray | None = None) -> np.ndarray:
+def merge_overlaps(pieces: np.ndarray, purple: np.ndarray) -> np.ndarray:
     """(h, w) int labels 1..k' of a blob's pieces after merging every piece where two cells lie one
     over the other into the neighbour it shares the longest seam with. Chromatin absorbs as
     layers add (Beer-Lambert), so where one nucleus lies over another the stain reads about twice
     as dark: a piece whose median OD(R) - OD(B) is at least `_OVERLAP_LEVEL` times that of every
-    neighbour is such an overlap, not a cell of its own. Given `lenses` (find_overlap_lenses), the
-    piece must also lie mostly in one: a darker whole nucleus (a lymphocyte's, pressed against
-    paler blasts) is round, not a lens, and stays a cell."""
+    neighbour is such an overlap, not a cell of its own."""
     k = int(pieces.max())
     if k < 2:
         return pieces
@@ -108,9 +106,6 @@ def merge_overlaps(pieces: np.ndarray, purple: np.ndarray, lenses: np.ndarray | 
     counts = np.bincount(pieces[inside], minlength=k + 1)
     values = np.split(purple[inside][order], np.cumsum(counts[1:])[:-1])
     level = np.array([0.0] + [float(np.median(v)) if v.size else 0.0 for v in values])
-    in_lens = np.ones(k + 1, bool)
-    if lenses is not None:
-        in_lens = np.bincount(pieces[inside], lenses[inside], minlength=k + 1) >= 0.5 * counts
     base = k + 1
     keys = []
     for la, lb in ((pieces[:, :-1], pieces[:, 1:]), (pieces[:-1, :], pieces[1:, :])):
@@ -124,7 +119,7 @@ def merge_overlaps(pieces: np.ndarray, purple: np.ndarray, lenses: np.ndarray | 
         if not mine.any():
             continue
         others = pairs[mine] % base
-        if in_lens[a] and np.all(level[a] >= _OVERLAP_LEVEL * level[others]):
+        if np.all(level[a] >= _OVERLAP_LEVEL * level[others]):
             parent[a] = others[np.argmax(length[mine])]
     roots = np.array([find_root(parent, i) for i in range(k + 1)])
     return relabel_sequential(roots)[0][pieces]
