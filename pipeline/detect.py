@@ -30,7 +30,6 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.sparse.csgraph import connected_components
-from skimage.morphology import disk
 from skimage.segmentation import relabel_sequential, watershed
 
 from pipeline.nucleus_split import split_nuclei
@@ -42,7 +41,7 @@ from pipeline.scale import (
     resize_image,
 )
 from pipeline.schema import KIND_SMUDGE, KIND_WBC
-from pipeline.shapes import fill_small_holes, find_root, find_seams, measure_solidity, project
+from pipeline.shapes import fill_small_holes, find_root, find_seams, measure_inscribed_radius, measure_solidity, project
 from pipeline.smudge import is_smudge, measure_smudge_features
 
 __all__ = ["RBC_DIAMETER_UM", "DetectConfig", "DetectedCell", "Detection", "detect_cells", "estimate_um_per_pixel"]
@@ -406,7 +405,7 @@ def group_fragments(
         # A fragment holding a disc `round_nucleus_um` wide is a whole round nucleus, not a lobe:
         # two such fragments are two cells, however thick the matter between them.
         # A nucleus partly under another is measured whole: its fragment plus the lens it shares.
-        cores = _measure_inscribed_radius(fragments, n, lenses, px_per_um) >= config.round_nucleus_um * px_per_um / 2
+        cores = measure_inscribed_radius(fragments, n, lenses, px_per_um) >= config.round_nucleus_um * px_per_um / 2
 
         candidates = []  # (priority, a, b, needs_neck): lower priority merges first
         # Gap between two fragments: the two distances summed across the seam of their zones.
@@ -435,49 +434,6 @@ def group_fragments(
             cores[ra] = cores[ra] or cores[rb]
     roots = np.array([find_root(parent, i) for i in range(n + 1)])
     return relabel_sequential(roots)[0]
-
-
-def _measure_inscribed_radius(
-    fragments: np.ndarray, n: int, lenses: np.ndarray | None = None, px_per_um: float = 1.0
-) -> np.ndarray:
-    """(n + 1,) float: radius (px) of the largest disc inside each fragment (index 0 -> 0); pixels
-    where two fragments meet belong to neither, so a cut blob's pieces are measured apart. A
-    fragment holding part of a lens (bool `lenses`, where two nuclei overlap) is measured with the
-    whole of each lens it comes within 1.5 um of (the lens and that margin, as the lens's threshold
-    leaves its edge to the fragment on its other side): under the lens lies the rest of its nucleus."""
-    inner = fragments > 0
-    for axis in (0, 1):
-        for shift in (1, -1):
-            inner &= np.roll(fragments, shift, axis=axis) == fragments
-    radius = ndi.distance_transform_edt(inner)
-    out = np.zeros(n + 1)
-    np.maximum.at(out, fragments.ravel(), radius.ravel())
-    out[0] = 0.0
-    if lenses is None or not lenses.any():
-        return out
-    lens_labels, _ = ndi.label(lenses)
-    margin = max(1, round(1.5 * px_per_um))
-    frame = disk(margin)
-    grown: dict[int, list] = {}  # fragment -> [(window, the lens and its margin there)]
-    for j, box in enumerate(ndi.find_objects(lens_labels), start=1):
-        window = tuple(slice(max(0, s.start - margin), s.stop + margin) for s in box)
-        near = ndi.binary_dilation(lens_labels[window] == j, structure=frame)
-        for i in np.unique(fragments[window][near]):
-            if i > 0:
-                grown.setdefault(int(i), []).append((window, near))
-    boxes = ndi.find_objects(fragments)
-    for i, parts in grown.items():
-        spans = [boxes[i - 1]] + [w for w, _ in parts]
-        y0, y1 = min(w[0].start for w in spans), max(w[0].stop for w in spans)
-        x0, x1 = min(w[1].start for w in spans), max(w[1].stop for w in spans)
-        mine = inner[y0:y1, x0:x1] & (fragments[y0:y1, x0:x1] == i)
-        for (ys, xs), near in parts:
-            h, w = near.shape
-            mine[ys.start - y0 : ys.start - y0 + h, xs.start - x0 : xs.start - x0 + w] |= near[
-                : y1 - ys.start, : x1 - xs.start
-            ]
-        out[i] = max(out[i], float(ndi.distance_transform_edt(np.pad(mine, 1)).max()))
-    return out
 
 
 def _check_rgb(image: np.ndarray) -> np.ndarray:

@@ -1,13 +1,21 @@
-"""Shape measurements shared by the detector's stages: caliper extents, solidity, hole filling,
+"""Shape measurements shared by the detector's stages: caliper extents, solidity, inscribed discs, hole filling,
 the seams between labelled regions and union-find over region labels. Plain numpy/scipy."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.morphology import convex_hull_image
+from skimage.morphology import convex_hull_image, disk
 
-__all__ = ["DIRECTIONS", "fill_small_holes", "find_root", "find_seams", "measure_solidity", "project"]
+__all__ = [
+    "DIRECTIONS",
+    "fill_small_holes",
+    "find_root",
+    "find_seams",
+    "measure_inscribed_radius",
+    "measure_solidity",
+    "project",
+]
 
 # Directions on which caliper widths are measured: 12 directions find a Feret diameter within 1%.
 DIRECTIONS = np.stack([np.cos(np.arange(12) * np.pi / 12), np.sin(np.arange(12) * np.pi / 12)], axis=1)
@@ -70,3 +78,46 @@ def fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     small = np.bincount(holes.ravel()) < max_area
     small[0] = False
     return mask | small[holes]
+
+
+def measure_inscribed_radius(
+    fragments: np.ndarray, n: int, lenses: np.ndarray | None = None, px_per_um: float = 1.0
+) -> np.ndarray:
+    """(n + 1,) float: radius (px) of the largest disc inside each fragment (index 0 -> 0); pixels
+    where two fragments meet belong to neither, so a cut blob's pieces are measured apart. A
+    fragment holding part of a lens (bool `lenses`, where two nuclei overlap) is measured with the
+    whole of each lens it comes within 1.5 um of (the lens and that margin, as the lens's threshold
+    leaves its edge to the fragment on its other side): under the lens lies the rest of its nucleus."""
+    inner = fragments > 0
+    for axis in (0, 1):
+        for shift in (1, -1):
+            inner &= np.roll(fragments, shift, axis=axis) == fragments
+    radius = ndi.distance_transform_edt(inner)
+    out = np.zeros(n + 1)
+    np.maximum.at(out, fragments.ravel(), radius.ravel())
+    out[0] = 0.0
+    if lenses is None or not lenses.any():
+        return out
+    lens_labels, _ = ndi.label(lenses)
+    margin = max(1, round(1.5 * px_per_um))
+    frame = disk(margin)
+    grown: dict[int, list] = {}  # fragment -> [(window, the lens and its margin there)]
+    for j, box in enumerate(ndi.find_objects(lens_labels), start=1):
+        window = tuple(slice(max(0, s.start - margin), s.stop + margin) for s in box)
+        near = ndi.binary_dilation(lens_labels[window] == j, structure=frame)
+        for i in np.unique(fragments[window][near]):
+            if i > 0:
+                grown.setdefault(int(i), []).append((window, near))
+    boxes = ndi.find_objects(fragments)
+    for i, parts in grown.items():
+        spans = [boxes[i - 1]] + [w for w, _ in parts]
+        y0, y1 = min(w[0].start for w in spans), max(w[0].stop for w in spans)
+        x0, x1 = min(w[1].start for w in spans), max(w[1].stop for w in spans)
+        mine = inner[y0:y1, x0:x1] & (fragments[y0:y1, x0:x1] == i)
+        for (ys, xs), near in parts:
+            h, w = near.shape
+            mine[ys.start - y0 : ys.start - y0 + h, xs.start - x0 : xs.start - x0 + w] |= near[
+                : y1 - ys.start, : x1 - xs.start
+            ]
+        out[i] = max(out[i], float(ndi.distance_transform_edt(np.pad(mine, 1)).max()))
+    return out
