@@ -199,7 +199,7 @@ class WorkingCell(NamedTuple):
     kind: str
     at_border: bool
     n_split: int = 1  # cells its chromatin blob was split into (1 = not split)
-    features: tuple[float, ...] = ()  # smudge features (rim, fill, variation, solidity), for benchmarks
+    features: tuple[float, ...] = ()  # smudge features (solidity, thread_um, level): smudge.measure_smudge_features
 
 
 def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[WorkingCell]:
@@ -230,8 +230,8 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
             found.append(cell._replace(x=cell.x + x0, y=cell.y + y0, bbox=(r0, c0, r1, c1), at_border=border))
     if found:
         # The image's intact nuclei: the compact ones (all cells where none is compact).
-        compact = [c.features[3] for c in found if c.features[0] >= config.smudge_max_solidity]
-        image_level = float(np.median(compact or [c.features[3] for c in found]))
+        compact = [c.features[2] for c in found if c.features[0] >= config.smudge_max_solidity]
+        image_level = float(np.median(compact or [c.features[2] for c in found]))
         found = [c._replace(kind=KIND_SMUDGE) if is_smudge(c.features, image_level, config) else c for c in found]
     return join_smudge_pieces(found + find_pale_smudges(purple, cells_near[clusters], config, px_per_um))
 
@@ -296,7 +296,7 @@ def find_pale_smudges(
         x = (cols.mean() + sl[1].start) * step  # pixel i here is pixel step * i of the working copy
         y = (rows.mean() + sl[0].start) * step
         found.append(WorkingCell(float(x), float(y), box, int(area[k]) * step * step, KIND_SMUDGE, border, 1,
-                                 (solidity, 0.0, 0.0, 0.0)))  # fmt: skip
+                                 (solidity, 0.0, 0.0)))  # fmt: skip
     return found
 
 
@@ -355,10 +355,12 @@ def assemble_cells(
     nuclei, cells = groups[fragments], groups[regions]
     m = int(groups.max())
     # How many cells each chromatin blob was split into, and so each cell's blob.
-    pairs = np.unique(np.stack([blobs[fragments > 0], nuclei[fragments > 0]]), axis=1)
-    per_blob = np.bincount(pairs[0])
+    inside = fragments > 0
+    keys = np.unique(blobs[inside].astype(np.int64) * (m + 1) + nuclei[inside])  # (blob, cell) pairs
+    pair_blob, pair_cell = keys // (m + 1), keys % (m + 1)
+    per_blob = np.bincount(pair_blob)
     n_split = np.ones(m + 1, int)
-    np.maximum.at(n_split, pairs[1], per_blob[pairs[0]])
+    np.maximum.at(n_split, pair_cell, per_blob[pair_blob])
     cell_area = np.bincount(cells.ravel(), minlength=m + 1)
     nucleus_area = np.bincount(nuclei.ravel(), minlength=m + 1)
     min_area = math.pi / 4 * (config.min_nucleus_um * px_per_um) ** 2

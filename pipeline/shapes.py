@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.morphology import convex_hull_image, disk
+from scipy.spatial import ConvexHull
+from skimage.morphology import disk
 
 __all__ = [
     "DIRECTIONS",
+    "count_hull_pixels",
     "fill_small_holes",
     "find_root",
     "find_seams",
@@ -65,9 +67,44 @@ def project(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def measure_solidity(blob: np.ndarray) -> float:
     """Area of a bool mask over the area of its convex hull (1 = convex)."""
-    if blob.sum() < 3:
+    area = int(np.count_nonzero(blob))
+    if area < 3:
         return 1.0
-    return float(blob.sum()) / max(float(convex_hull_image(blob).sum()), 1.0)
+    return area / max(count_hull_pixels(blob), 1)
+
+
+# The midpoints of a pixel square's edges, doubled (so coordinates stay integers).
+_EDGE_MIDPOINTS_2X = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]])
+
+
+def count_hull_pixels(blob: np.ndarray) -> int:
+    """Pixels of a 2-D bool mask (at least 3 set) whose centres lie inside or on the convex hull of its
+    pixels' edge midpoints: skimage.morphology.convex_hull_image(blob).sum(), without drawing the hull.
+    Only each row's first and last pixel can give a hull vertex, and the hull is convex, so each
+    row's pixels inside it are one run, counted from where the row crosses the hull's left and
+    right edges."""
+    h, w = blob.shape
+    rows = np.flatnonzero(blob.any(axis=1))
+    by_row = blob[rows]
+    ends_r = np.concatenate([rows, rows])
+    ends_c = np.concatenate([by_row.argmax(axis=1), w - 1 - by_row[:, ::-1].argmax(axis=1)])
+    side = 2 * w + 4  # doubled coordinates, shifted to stay positive, as one integer key per point
+    r2 = 2 * ends_r[:, None] + _EDGE_MIDPOINTS_2X[:, 0] + 2
+    c2 = 2 * ends_c[:, None] + _EDGE_MIDPOINTS_2X[:, 1] + 2
+    keys = np.unique((r2 * side + c2).ravel())
+    points = np.stack([keys // side - 2, keys % side - 2], axis=1) / 2.0
+    a = points[ConvexHull(points).vertices]  # in order around the hull
+    b = np.roll(a, -1, axis=0)
+    slanted = a[:, 0] != b[:, 0]  # a flat edge's ends are the ends of the edges beside it
+    a, b = a[slanted], b[slanted]
+    y = np.arange(np.ceil(a[:, 0].min()), np.floor(a[:, 0].max()) + 1)[:, None]
+    eps = 1e-9  # pixel centres on the hull's edges count as inside
+    crosses = (y >= np.minimum(a[:, 0], b[:, 0]) - eps) & (y <= np.maximum(a[:, 0], b[:, 0]) + eps)
+    x = a[:, 1] + (y - a[:, 0]) * ((b[:, 1] - a[:, 1]) / (b[:, 0] - a[:, 0]))
+    left = np.where(crosses, x, np.inf).min(axis=1)
+    right = np.where(crosses, x, -np.inf).max(axis=1)
+    run = np.floor(right + eps) - np.ceil(left - eps) + 1
+    return int(run[run > 0].sum())
 
 
 def fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:

@@ -3,7 +3,6 @@ burst cell's net from an intact nucleus (pipeline.detect, step 4)."""
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,27 +18,24 @@ __all__ = ["is_smudge", "measure_smudge_features"]
 
 def measure_smudge_features(
     chromatin: np.ndarray, body: np.ndarray, purple: np.ndarray, px_per_um: float
-) -> tuple[float, float, float, float]:
-    """(solidity, thread_um, fill, level) of one cell's chromatin (bool mask, in its box).
+) -> tuple[float, float, float]:
+    """(solidity, thread_um, level) of one cell's chromatin (bool mask, in its box).
 
     The chromatin's extent is its mask closed over 1 um gaps and hole-filled: one nucleus, or a
     smudge cell's whole net. solidity: extent over its convex hull (a ragged outline or a spread
     net is far from convex); thread_um: mean thickness of the chromatin, 2 x area / perimeter (an
-    intact nucleus or lobe is >= ~2.5 um thick, the threads of a lacy net ~1 um); fill: share of
-    the extent closed over 3 um that is chromatin (a net is mostly holes); level: the 90th
+    intact nucleus or lobe is >= ~2.5 um thick, the threads of a lacy net ~1 um); level: the 90th
     percentile of OD(R) - OD(B) over the chromatin (spread chromatin is pale).
     """
-    pad = int(math.ceil(2.0 * px_per_um)) + 1
-    chromatin = np.pad(chromatin, pad)
     close = max(1, round(0.5 * px_per_um))
+    pad = close + 1  # the closing stays inside the padded box
+    chromatin = np.pad(chromatin, pad)
     extent = ndi.binary_fill_holes(ndi.binary_closing(chromatin, iterations=close) | chromatin)
     edge = chromatin & ~ndi.binary_erosion(chromatin)
     thread = 2 * float(chromatin.sum()) / max(float(edge.sum()), 1.0) / px_per_um
-    wide = ndi.binary_fill_holes(ndi.binary_closing(chromatin, iterations=max(1, round(1.5 * px_per_um))) | chromatin)
-    fill = float(chromatin.sum()) / max(float(wide.sum()), 1.0)
     values = np.pad(purple, pad)[chromatin]
     level = float(np.percentile(values, 90)) if values.size else 0.0
-    return measure_solidity(extent), thread, fill, level
+    return measure_solidity(extent), thread, level
 
 
 # Chromatin at least this fraction as dark as the image's intact nuclei is dense, a nucleus's: a
@@ -52,7 +48,7 @@ def is_smudge(features: tuple[float, ...], image_level: float, config: DetectCon
     chromatin far paler than the image's intact nuclei (`image_level`: the median level of its
     compact nuclei) and not a compact round nucleus. Chromatin as dense as the intact nuclei
     (`_DENSE_LEVEL`) is no net, whatever its outline: a lobed neutrophil's lobes."""
-    solidity, thread, fill, level = features
+    solidity, thread, level = features
     if level >= _DENSE_LEVEL * image_level:
         return False
     if solidity < config.smudge_max_solidity and thread < config.smudge_max_thread_um:

@@ -362,13 +362,13 @@ def test_pieces_of_one_burst_net_are_one_smudge_cell():
 
 
 def test_ragged_chromatin_is_a_smudge_only_when_paler_than_intact_nuclei():
-    """The features (solidity, thread um, fill, level) of a lobed neutrophil measured on a real
+    """The features (solidity, thread um, level) of a lobed neutrophil measured on a real
     smear: as ragged as a net, but as dark as the image's nuclei (it is the only one); the same
     outline at a third of their level is a burst cell's spread chromatin."""
     from pipeline.detect import DetectConfig
     from pipeline.smudge import is_smudge
 
-    lobed = (0.44, 2.29, 0.64, 0.50)
+    lobed = (0.44, 2.29, 0.50)
     assert not is_smudge(lobed, 0.50, DetectConfig())
-    assert is_smudge(lobed[:3] + (0.17,), 0.50, DetectConfig())
-    assert is_smudge((0.60, 1.2, 0.3, 0.30), 0.50, DetectConfig())  # ragged threads, paler
+    assert is_smudge(lobed[:2] + (0.17,), 0.50, DetectConfig())
+    assert is_smudge((0.60, 1.2, 0.30), 0.50, DetectConfig())  # ragged threads, paler
