@@ -10,7 +10,8 @@ How it works, and why:
    independent of lamp and white balance. Each blob is cut at half its own peak: pale and dark
    stainings both give the real outline. The rest runs in windows around nucleus clusters only.
 3. Cells. A neutrophil's nucleus is 2-5 lobes joined by threads too thin to see; two touching
-   cells are two nuclei side by side. Blobs wider than one nucleus are cut at their necks; then
+   cells are two nuclei side by side. Blobs wider than one nucleus are cut at their necks (and
+   at the arcs of their outline, one per round nucleus pressed among others); then
    each fragment claims the cell body (non-red, non-background matter) around it by a watershed
    on the body's distance map, and fragments merge when they lie within one nucleus's width, or
    when the body joining them has no waist: one round cell holds lobes, two touching cells meet

@@ -4,6 +4,8 @@ Touching cells give one blob of chromatin. It is cut where its distance map has 
 nuclei meet at a waist, an oval or a dented nucleus has none), and, where the stain is given, along
 the pale lines where pressed cells meet, which part even a packed clump whose outline shows no
 waist; a piece twice as dark as all its neighbours is where two nuclei overlap, not a third cell.
+Last, a piece holding two or more clean arcs of the outline, each a round nucleus's edge between two
+notches, is parted among them (pipeline.nucleus_arcs): a nucleus pressed on all sides has no waist.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from skimage.filters import apply_hysteresis_threshold, sato
 from skimage.morphology import disk, h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
+from pipeline.nucleus_arcs import split_at_arcs
 from pipeline.shapes import find_root, find_seams, project
 
 if TYPE_CHECKING:
@@ -79,12 +82,17 @@ def split_nuclei(
         parted = ndi.distance_transform_edt(np.pad(solid & ~lenses, 1))[1:-1, 1:-1] if lenses.any() else distance
         markers, k = ndi.label(h_maxima(parted, h))
         if k < 2:
+            pieces = blob.astype(np.int32)
+        else:
+            all_lenses[sl] |= lenses
+            pieces = watershed(-parted, markers, mask=blob)
+            if purple is not None:
+                pieces = merge_overlaps(pieces, purple[sl])
+            pieces = merge_round_pieces(pieces, distance, config.split_neck_ratio, lenses)
+        # Nuclei pressed on all sides show no neck, but their edge on the outline is an arc.
+        pieces = split_at_arcs(pieces, blob, config, px_per_um)
+        if pieces.max() < 2:
             continue
-        all_lenses[sl] |= lenses
-        pieces = watershed(-parted, markers, mask=blob)
-        if purple is not None:
-            pieces = merge_overlaps(pieces, purple[sl])
-        pieces = merge_round_pieces(pieces, distance, config.split_neck_ratio, lenses)
         sub = labels[sl]
         for piece in range(2, int(pieces.max()) + 1):
             sub[pieces == piece] = next_label
