@@ -43,7 +43,7 @@ from pipeline.scale import (
 )
 from pipeline.schema import KIND_SMUDGE, KIND_WBC
 from pipeline.shapes import fill_small_holes, find_root, find_seams, measure_inscribed_radius, measure_solidity, project
-from pipeline.smudge import is_smudge, measure_smudge_features
+from pipeline.smudge import SmudgeFeatures, is_smudge, measure_smudge_features
 
 __all__ = ["RBC_DIAMETER_UM", "DetectConfig", "DetectedCell", "Detection", "detect_cells", "estimate_um_per_pixel"]
 
@@ -200,7 +200,7 @@ class WorkingCell(NamedTuple):
     kind: str
     at_border: bool
     n_split: int = 1  # cells its chromatin blob was split into (1 = not split)
-    features: tuple[float, ...] = ()  # smudge features (solidity, thread_um, level): smudge.measure_smudge_features
+    features: SmudgeFeatures | None = None  # what the smudge rule reads (smudge.measure_smudge_features)
 
 
 def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[WorkingCell]:
@@ -231,8 +231,8 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
             found.append(cell._replace(x=cell.x + x0, y=cell.y + y0, bbox=(r0, c0, r1, c1), at_border=border))
     if found:
         # The image's intact nuclei: the compact ones (all cells where none is compact).
-        compact = [c.features[2] for c in found if c.features[0] >= config.smudge_max_solidity]
-        image_level = float(np.median(compact or [c.features[2] for c in found]))
+        compact = [c.features.level for c in found if c.features.solidity >= config.smudge_max_solidity]
+        image_level = float(np.median(compact or [c.features.level for c in found]))
         found = [c._replace(kind=KIND_SMUDGE) if is_smudge(c.features, image_level, config) else c for c in found]
     return join_smudge_pieces(found + find_pale_smudges(purple, cells_near[clusters], config, px_per_um))
 
@@ -297,7 +297,7 @@ def find_pale_smudges(
         x = (cols.mean() + sl[1].start) * step  # pixel i here is pixel step * i of the working copy
         y = (rows.mean() + sl[0].start) * step
         found.append(WorkingCell(float(x), float(y), box, int(area[k]) * step * step, KIND_SMUDGE, border, 1,
-                                 (solidity, 0.0, 0.0)))  # fmt: skip
+                                 SmudgeFeatures(solidity, 0.0, 0.0)))  # fmt: skip
     return found
 
 
@@ -375,7 +375,7 @@ def assemble_cells(
         if nucleus_area[i] < min_area or boxes[i - 1] is None:
             continue  # platelets and debris: too little chromatin for a cell
         r, c = boxes[i - 1]
-        features = measure_smudge_features(nuclei[r, c] == i, body[r, c], purple[r, c], px_per_um)
+        features = measure_smudge_features(nuclei[r, c] == i, purple[r, c], px_per_um)
         kind = KIND_WBC  # smudge cells are told in find_cells, against the whole image's nuclei
         box = (r.start, c.start, r.stop, c.stop)
         found.append(

@@ -131,8 +131,10 @@ def split_at_arcs(pieces: np.ndarray, blob: np.ndarray, config: DetectConfig, px
     owner = pieces[[round(d.y) for d in discs], [round(d.x) for d in discs]]
     for piece in np.unique(owner):
         mine = [d for d, p in zip(discs, owner) if p == piece]
+        if piece == 0 or len(mine) < 2:
+            continue
         mask = pieces == piece
-        if piece == 0 or len(mine) < 2 or _ellipse_overlap(mask) >= _OVAL_IOU:
+        if _ellipse_overlap(mask) >= _OVAL_IOU:
             continue
         rows, cols = np.nonzero(mask)
         depth = np.stack([np.hypot(rows - d.y, cols - d.x) / d.r for d in mine])

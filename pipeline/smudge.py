@@ -3,7 +3,7 @@ burst cell's net from an intact nucleus (pipeline.detect, step 4)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -13,12 +13,18 @@ from pipeline.shapes import measure_solidity
 if TYPE_CHECKING:
     from pipeline.detect import DetectConfig
 
-__all__ = ["is_smudge", "measure_smudge_features"]
+__all__ = ["SmudgeFeatures", "is_smudge", "measure_smudge_features"]
 
 
-def measure_smudge_features(
-    chromatin: np.ndarray, body: np.ndarray, purple: np.ndarray, px_per_um: float
-) -> tuple[float, float, float]:
+class SmudgeFeatures(NamedTuple):
+    """What tells a burst cell's chromatin from an intact nucleus (measure_smudge_features)."""
+
+    solidity: float  # the chromatin's extent over its convex hull
+    thread_um: float  # mean thickness of the chromatin, 2 x area / perimeter
+    level: float  # 90th percentile of OD(R) - OD(B) over the chromatin
+
+
+def measure_smudge_features(chromatin: np.ndarray, purple: np.ndarray, px_per_um: float) -> SmudgeFeatures:
     """(solidity, thread_um, level) of one cell's chromatin (bool mask, in its box).
 
     The chromatin's extent is its mask closed over 1 um gaps and hole-filled: one nucleus, or a
@@ -35,7 +41,7 @@ def measure_smudge_features(
     thread = 2 * float(chromatin.sum()) / max(float(edge.sum()), 1.0) / px_per_um
     values = np.pad(purple, pad)[chromatin]
     level = float(np.percentile(values, 90)) if values.size else 0.0
-    return measure_solidity(extent), thread, level
+    return SmudgeFeatures(measure_solidity(extent), thread, level)
 
 
 # Chromatin at least this fraction as dark as the image's intact nuclei is dense, a nucleus's: a
