@@ -15,7 +15,9 @@ How it works, and why:
    each fragment claims the cell body (non-red, non-background matter) around it by a watershed
    on the body's distance map, and fragments merge when they lie within one nucleus's width, or
    when the body joining them has no waist: one round cell holds lobes, two touching cells meet
-   at a narrow waist. Groups with less chromatin than a small lymphocyte (platelets) are dropped.
+   at a narrow waist. Two round nuclei pressed together are two cells (packed blasts), unless
+   they fill less than half of the body they claim and its cytoplasm is pink: the two lobes of
+   an eosinophil (a granulocyte's cytoplasm absorbs green, a blast's or monocyte's red). Groups with less chromatin than a small lymphocyte (platelets) are dropped.
 4. Outline. A cell is its nucleus plus the body its fragments claimed (within
    `max_cytoplasm_um`); its area, centre, box and border contact come from that. A ragged
    nucleus with no cytoplasm rim is a smudge (ruptured) cell.
@@ -57,6 +59,14 @@ _MAX_WORKING_PX = 16e6  # ... and never beyond this many pixels (memory stays ~0
 _FOREGROUND_OD = 0.05  # summed OD above which a pixel is not empty background (noise is ~0.01)
 _BODY_HOLE_UM2 = 12.0  # holes in a cell body smaller than this (a 4 um disc) are filled
 _RED_FRACTION = 0.8  # matter at least 0.8x as red (OD(B) - OD(R)) as a typical red cell is red-cell matter
+# Two round nuclei pressed together are one granulocyte's lobes (an eosinophil's two) when they
+# fill less than half of the body they claim (N:C 1:1 or less: a lymphocyte's, blast's or
+# monocyte's nucleus fills two thirds of its cell or more) ...
+_LOBED_MAX_NC = 0.5
+# ... and the cytoplasm around them is pink: a granulocyte's (eosin and neutral granules) absorbs
+# green light and little red, OD(R) < 0.5 OD(G); the basophilic (RNA) cytoplasm of lymphocytes,
+# blasts and monocytes is blue or grey, absorbing red about as much as green or more.
+_PINK_MAX_RED_GREEN = 0.5
 
 
 @dataclass(frozen=True)
@@ -225,7 +235,7 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
         nuclei = fill_small_holes(nucleus[sl] & own, _NUCLEUS_HOLE_UM2 * px_per_um**2)
         body = segment_bodies(od[sl], red_level) & own
         y0, x0 = sl[0].start, sl[1].start
-        for cell in assemble_cells(nuclei, body, config, px_per_um, purple[sl]):
+        for cell in assemble_cells(nuclei, body, config, px_per_um, purple[sl], od[sl]):
             r0, c0, r1, c1 = (a + b for a, b in zip(cell.bbox, (y0, x0, y0, x0)))
             border = r0 == 0 or c0 == 0 or r1 == od.shape[0] or c1 == od.shape[1]  # it touches the edge
             found.append(cell._replace(x=cell.x + x0, y=cell.y + y0, bbox=(r0, c0, r1, c1), at_border=border))
@@ -336,10 +346,12 @@ def segment_bodies(od: np.ndarray, red_level: float) -> np.ndarray:
 
 
 def assemble_cells(
-    nucleus: np.ndarray, body: np.ndarray, config: DetectConfig, px_per_um: float, purple: np.ndarray
-) -> list[WorkingCell]:
-    """Cells (window coordinates, at_border unset) from a window's nucleus and body masks and its
-    smoothed OD(R) - OD(B)."""
+    nucleus: np.ndarray, body: np.ndarray, config: DetectConfig, px_per_um: float, purple: np.ndarray,
+    od: np.ndarray | None = None,
+) -> list[WorkingCell]:  # fmt: skip
+    """Cells (window coordinates, at_border unset) from a window's nucleus and body masks, its
+    smoothed OD(R) - OD(B), and its (h, w, 3) OD (given, the cytoplasm's colour can show two round
+    nuclei to be one granulocyte's lobes)."""
     blobs, _ = ndi.label(nucleus)
     fragments, lenses = split_nuclei(nucleus, config, px_per_um, blobs, purple)
     # Each fragment claims the body around it: a watershed on the body's distance map, so two
@@ -352,7 +364,7 @@ def assemble_cells(
     depth = ndi.distance_transform_edt(body)
     regions = watershed(-depth, fragments, mask=body & near)
     zones = fragments[iy, ix]  # the nearest fragment of every pixel
-    groups = group_fragments(fragments, zones, outside, regions, depth, config, px_per_um, lenses)
+    groups = group_fragments(fragments, zones, outside, regions, depth, config, px_per_um, lenses, od)
     nuclei, cells = groups[fragments], groups[regions]
     m = int(groups.max())
     # How many cells each chromatin blob was split into, and so each cell's blob.
@@ -386,18 +398,20 @@ def assemble_cells(
 
 def group_fragments(
     fragments: np.ndarray, zones: np.ndarray, outside: np.ndarray, regions: np.ndarray, depth: np.ndarray,
-    config: DetectConfig, px_per_um: float, lenses: np.ndarray | None = None,
+    config: DetectConfig, px_per_um: float, lenses: np.ndarray | None = None, od: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
     """(n + 1,) int: the cell (1..m) of each fragment label (index 0 -> 0).
 
     Inputs, (h, w) each: fragment labels; the nearest fragment of each pixel and the distance to
     it; the body region each fragment claimed; the body's distance map (depth); the lenses where
-    nuclei overlap (bool, or None).
+    nuclei overlap (bool, or None); the window's OD (h, w, 3), or None.
 
     Fragments merge, strongest evidence first, while the merged nucleus stays within
     `max_nucleus_um`: when they lie within one sure nucleus (`one_nucleus_um`) and no further
     apart than `max_lobe_gap_um`; or when the cell body joining their regions is at least
     `neck_ratio` as thick as the thinner of the two bodies (one round cell, not two touching).
+    Two fragments each holding a round nucleus stay two cells, unless they fill less than half of
+    the body they claim and the cytoplasm there is pink (`od` given): a granulocyte's lobes.
     """
     n = int(fragments.max())
     parent = np.arange(n + 1)
@@ -409,6 +423,15 @@ def group_fragments(
         # two such fragments are two cells, however thick the matter between them.
         # A nucleus partly under another is measured whole: its fragment plus the lens it shares.
         cores = measure_inscribed_radius(fragments, n, lenses, px_per_um) >= config.round_nucleus_um * px_per_um / 2
+        # What each fragment claimed: its chromatin, its region, and its cytoplasm's OD(R) and OD(G).
+        chromatin = np.bincount(fragments.ravel(), minlength=n + 1).astype(float)
+        claimed = np.bincount(regions.ravel(), minlength=n + 1).astype(float)
+        red = np.zeros(n + 1)
+        green = np.ones(n + 1)  # no OD: no cytoplasm reads pink
+        if od is not None:
+            cyto = (regions > 0) & (fragments == 0)
+            red = np.bincount(regions[cyto], od[..., 0][cyto], minlength=n + 1)
+            green = np.bincount(regions[cyto], od[..., 1][cyto], minlength=n + 1)
 
         candidates = []  # (priority, a, b, needs_neck): lower priority merges first
         # Gap between two fragments: the two distances summed across the seam of their zones.
@@ -429,12 +452,18 @@ def group_fragments(
                 if extent > most or -priority < config.neck_ratio * min(peaks[ra], peaks[rb]):
                     continue
                 if cores[ra] and cores[rb]:
-                    continue  # two round nuclei pressed together: two cells
+                    lobes = (chromatin[ra] + chromatin[rb]) < _LOBED_MAX_NC * (claimed[ra] + claimed[rb]) and (
+                        red[ra] + red[rb] < _PINK_MAX_RED_GREEN * (green[ra] + green[rb])
+                    )
+                    if not lobes:
+                        continue  # two round nuclei pressed together: two cells
             elif extent > one:
                 continue
             parent[rb] = ra
             lows[ra], highs[ra], peaks[ra] = low, high, max(peaks[ra], peaks[rb])
             cores[ra] = cores[ra] or cores[rb]
+            for totals in (chromatin, claimed, red, green):
+                totals[ra] += totals[rb]
     roots = np.array([find_root(parent, i) for i in range(n + 1)])
     return relabel_sequential(roots)[0]
 

@@ -157,6 +157,60 @@ def test_lobed_nucleus_is_one_cell():
     assert nearest(detection, 160.0, 120.0)[0] < 0.3 * 7.5 / UM_PER_PX
 
 
+# An eosinophil's cytoplasm, packed with eosin granules: pink (green absorbed, little red), as
+# measured on BCCD eosinophils (OD about 0.05-0.12 red, 0.3-0.45 green, 0-0.1 blue).
+OD_PINK_CYTOPLASM = np.array([0.08, 0.36, 0.10])
+
+
+def paint_two_lobed_cell(cytoplasm: np.ndarray, seed: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """A 17 um cell holding two round lobes 7.2 um across, pressed together (an eosinophil's
+    spectacles); each lobe alone is as round and as wide as a small lymphocyte's nucleus."""
+    rng = np.random.default_rng(seed)
+    painter = Painter(240, 320)
+    x, y, r_lobe = 160.0, 120.0, 3.6 / UM_PER_PX
+    scatter_red_cells(painter, rng, 30, [(x, y, 8.5 / UM_PER_PX)])
+    painter.disc(x, y, 8.5 / UM_PER_PX, cytoplasm)
+    for dx in (-r_lobe, r_lobe):
+        painter.disc(x + dx, y, r_lobe, OD_NUCLEUS, 0.9)
+    return painter.photograph(rng), (x, y)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_two_round_lobes_in_pink_granular_cytoplasm_are_one_eosinophil(seed):
+    image, (x, y) = paint_two_lobed_cell(OD_PINK_CYTOPLASM, seed)
+    detection = detect_cells(image)
+    assert len(detection.cells) == 1
+    assert nearest(detection, x, y)[0] < 2.0 / UM_PER_PX
+
+
+def test_two_round_nuclei_in_blue_cytoplasm_stay_two_cells():
+    """The same two round nuclei in basophilic (blue) cytoplasm, a lymphocyte's or a blast's:
+    nothing shows them to be one granulocyte's lobes, and packed blasts look like this."""
+    image, (x, y) = paint_two_lobed_cell(OD_CYTOPLASM * 1.5, seed=4)
+    detection = detect_cells(image)
+    assert len(detection.cells) == 2
+    r_lobe = 3.6 / UM_PER_PX
+    for dx in (-r_lobe, r_lobe):
+        assert nearest(detection, x + dx, y)[0] < 0.5 * r_lobe
+
+
+def test_a_lymphocyte_against_a_monocyte_stays_two_cells():
+    """A synthetic smear (seed 1, patient 20, image 0) where a lymphocyte lies against a monocyte:
+    the monocyte's nucleus fills little of its cell, like a granulocyte's lobes, but its
+    cytoplasm is grey-blue, so the two stay apart."""
+    from pipeline import synth
+
+    style = synth.choose_patient_style(1, 20)
+    image, truth = synth.make_smear(synth.make_image_rng(1, 20, 0), (800, 600), synth.choose_blast_fraction(1, 20), style)
+    pair = [t for t in truth if t.kind in ("monocyte", "lymphocyte")]
+    assert sorted(t.kind for t in pair) == ["lymphocyte", "monocyte"]
+    assert math.hypot(pair[0].x - pair[1].x, pair[0].y - pair[1].y) < pair[0].r + pair[1].r  # they touch
+    cells = detect_cells(image).cells
+    for t in pair:
+        inside = [c for c in cells if math.hypot(c.x - t.x, c.y - t.y) <= t.r]
+        assert len(inside) == 1, f"the {t.kind} at ({t.x:.0f}, {t.y:.0f}) holds {len(inside)} detections"
+
+
 def test_cell_cut_by_the_border_is_kept_and_flagged():
     detection = detect_cells(smear_with([(8.0, 120.0), (220.0, 130.0)], seed=4))
     assert len(detection.cells) == 2
@@ -275,6 +329,18 @@ def test_real_bccd_val_images_have_every_white_cell_found():
         for x0, y0, x1, y1 in read_wbc_boxes(BCCD / f"{image_id}.xml"):
             inside = [c for c in detection.cells if x0 <= c.x < x1 and y0 <= c.y < y1]
             assert len(inside) == 1, f"{image_id}: box {(x0, y0, x1, y1)} holds {len(inside)} detections"
+
+
+@pytest.mark.skipif(not BCCD.exists(), reason=f"real BCCD smears not found at {BCCD}")
+@pytest.mark.parametrize("image_id", ["BloodImage_00299", "BloodImage_00359", "BloodImage_00387"])
+def test_a_real_eosinophils_two_lobes_are_one_cell(image_id):
+    """Real BCCD train images of an eosinophil whose two round lobes lie pressed together in its
+    granular pink cytoplasm: one white cell, not two."""
+    image = np.asarray(Image.open(BCCD / f"{image_id}.jpg").convert("RGB"))
+    cells = detect_cells(image).cells
+    for x0, y0, x1, y1 in read_wbc_boxes(BCCD / f"{image_id}.xml"):
+        inside = [c for c in cells if x0 <= c.x < x1 and y0 <= c.y < y1]
+        assert len(inside) == 1, f"{image_id}: box {(x0, y0, x1, y1)} holds {len(inside)} detections"
 
 
 @pytest.mark.skipif(not BCCD.exists(), reason=f"real BCCD smears not found at {BCCD}")
