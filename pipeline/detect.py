@@ -423,15 +423,7 @@ def group_fragments(
         # two such fragments are two cells, however thick the matter between them.
         # A nucleus partly under another is measured whole: its fragment plus the lens it shares.
         cores = measure_inscribed_radius(fragments, n, lenses, px_per_um) >= config.round_nucleus_um * px_per_um / 2
-        # What each fragment claimed: its chromatin, its region, and its cytoplasm's OD(R) and OD(G).
-        chromatin = np.bincount(fragments.ravel(), minlength=n + 1).astype(float)
-        claimed = np.bincount(regions.ravel(), minlength=n + 1).astype(float)
-        red = np.zeros(n + 1)
-        green = np.ones(n + 1)  # no OD: no cytoplasm reads pink
-        if od is not None:
-            cyto = (regions > 0) & (fragments == 0)
-            red = np.bincount(regions[cyto], od[..., 0][cyto], minlength=n + 1)
-            green = np.bincount(regions[cyto], od[..., 1][cyto], minlength=n + 1)
+        claims = None  # measured when first asked for (two round nuclei pressed together are rare)
 
         candidates = []  # (priority, a, b, needs_neck): lower priority merges first
         # Gap between two fragments: the two distances summed across the seam of their zones.
@@ -452,20 +444,33 @@ def group_fragments(
                 if extent > most or -priority < config.neck_ratio * min(peaks[ra], peaks[rb]):
                     continue
                 if cores[ra] and cores[rb]:
-                    lobes = (chromatin[ra] + chromatin[rb]) < _LOBED_MAX_NC * (claimed[ra] + claimed[rb]) and (
-                        red[ra] + red[rb] < _PINK_MAX_RED_GREEN * (green[ra] + green[rb])
-                    )
-                    if not lobes:
+                    if od is None:
                         continue  # two round nuclei pressed together: two cells
+                    if claims is None:
+                        claims = measure_claims(fragments, regions, od, n)
+                    roots = np.array([find_root(parent, i) for i in range(n + 1)])
+                    chromatin, claimed, red, green = claims[:, (roots == ra) | (roots == rb)].sum(axis=1)
+                    if chromatin >= _LOBED_MAX_NC * claimed or red >= _PINK_MAX_RED_GREEN * green:
+                        continue  # ... unless they are a granulocyte's lobes: little chromatin, pink cytoplasm
             elif extent > one:
                 continue
             parent[rb] = ra
             lows[ra], highs[ra], peaks[ra] = low, high, max(peaks[ra], peaks[rb])
             cores[ra] = cores[ra] or cores[rb]
-            for totals in (chromatin, claimed, red, green):
-                totals[ra] += totals[rb]
     roots = np.array([find_root(parent, i) for i in range(n + 1)])
     return relabel_sequential(roots)[0]
+
+
+def measure_claims(fragments: np.ndarray, regions: np.ndarray, od: np.ndarray, n: int) -> np.ndarray:
+    """(4, n + 1): per fragment label, its chromatin (px), the region it claimed (px), and the
+    OD(R) and OD(G) summed over that region's cytoplasm (the region less every nucleus)."""
+    cyto = (regions > 0) & (fragments == 0)
+    return np.stack([
+        np.bincount(fragments.ravel(), minlength=n + 1).astype(float),
+        np.bincount(regions.ravel(), minlength=n + 1).astype(float),
+        np.bincount(regions[cyto], od[..., 0][cyto], minlength=n + 1),
+        np.bincount(regions[cyto], od[..., 1][cyto], minlength=n + 1),
+    ])  # fmt: skip
 
 
 def _check_rgb(image: np.ndarray) -> np.ndarray:

@@ -54,14 +54,23 @@ def find_root(parent: np.ndarray, i: int) -> int:
 
 def project(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(n + 1, D) float64 min and max of each label's pixel coordinates projected on D directions."""
-    rows, cols = np.nonzero(labels)
+    # A label's extremes along any direction lie on its outline: only pixels with a 4-neighbour of
+    # another label (or the image's edge) are projected.
+    padded = np.pad(labels, 1)
+    inner = padded[1:-1, 1:-1]
+    edge = (inner != padded[:-2, 1:-1]) | (inner != padded[2:, 1:-1]) | (inner != padded[1:-1, :-2])
+    edge |= inner != padded[1:-1, 2:]
+    rows, cols = np.nonzero(edge & (labels > 0))
     lows = np.full((n + 1, len(DIRECTIONS)), np.inf)
     highs = np.full((n + 1, len(DIRECTIONS)), -np.inf)
     if rows.size:
-        proj = np.outer(cols, DIRECTIONS[:, 0]) + np.outer(rows, DIRECTIONS[:, 1])
         lab = labels[rows, cols]
-        np.minimum.at(lows, lab, proj)
-        np.maximum.at(highs, lab, proj)
+        order = np.argsort(lab, kind="stable")
+        lab, rows, cols = lab[order], rows[order], cols[order]
+        proj = np.outer(cols, DIRECTIONS[:, 0]) + np.outer(rows, DIRECTIONS[:, 1])
+        starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+        lows[lab[starts]] = np.minimum.reduceat(proj, starts, axis=0)
+        highs[lab[starts]] = np.maximum.reduceat(proj, starts, axis=0)
     return lows, highs
 
 

@@ -6,7 +6,7 @@ from scipy import ndimage as ndi
 from skimage.draw import line, polygon
 from skimage.morphology import convex_hull_image, disk
 
-from pipeline.shapes import count_hull_pixels, measure_solidity
+from pipeline.shapes import DIRECTIONS, count_hull_pixels, measure_solidity, project
 
 
 def _shapes() -> list[np.ndarray]:
@@ -53,3 +53,24 @@ def test_a_square_is_solid_and_a_holed_or_bent_one_is_not(side):
     bent = square.copy()
     bent[3 : 3 + side - 2, 5 : 3 + side] = False  # an L: its hull adds the triangle it lacks
     assert measure_solidity(bent) < 0.9
+
+
+def test_projections_of_labels_match_every_pixels_projection():
+    """`project` reads only each label's outline pixels: its extremes along every direction must
+    equal those over all of its pixels, for touching labels, holes, specks and labels at the edge."""
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        noise = ndi.gaussian_filter(rng.random(rng.integers(1, 70, 2)), rng.uniform(0.5, 4))
+        labels, n = ndi.label(noise > np.median(noise))
+        if trial % 3 == 0:  # touching labels: random ids inside the blobs
+            labels = rng.integers(0, 6, labels.shape) * (labels > 0)
+            n = int(labels.max())
+        rows, cols = np.nonzero(labels)
+        every = np.outer(cols, DIRECTIONS[:, 0]) + np.outer(rows, DIRECTIONS[:, 1])
+        lows, highs = project(labels, n)
+        for k in range(1, n + 1):
+            mine = labels[rows, cols] == k
+            if mine.any():
+                assert np.array_equal(lows[k], every[mine].min(axis=0)) and np.array_equal(highs[k], every[mine].max(axis=0))
+            else:
+                assert np.all(np.isinf(lows[k])) and np.all(np.isinf(highs[k]))
