@@ -200,8 +200,8 @@ def test_a_lymphocyte_against_a_monocyte_stays_two_cells():
     cytoplasm is grey-blue, so the two stay apart."""
     from pipeline import synth
 
-    style = synth.choose_patient_style(1, 20)
-    image, truth = synth.make_smear(synth.make_image_rng(1, 20, 0), (800, 600), synth.choose_blast_fraction(1, 20), style)
+    style, blasts = synth.choose_patient_style(1, 20), synth.choose_blast_fraction(1, 20)
+    image, truth = synth.make_smear(synth.make_image_rng(1, 20, 0), (800, 600), blasts, style)
     pair = [t for t in truth if t.kind in ("monocyte", "lymphocyte")]
     assert sorted(t.kind for t in pair) == ["lymphocyte", "monocyte"]
     assert math.hypot(pair[0].x - pair[1].x, pair[0].y - pair[1].y) < pair[0].r + pair[1].r  # they touch

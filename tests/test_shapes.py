@@ -71,6 +71,7 @@ def test_projections_of_labels_match_every_pixels_projection():
         for k in range(1, n + 1):
             mine = labels[rows, cols] == k
             if mine.any():
-                assert np.array_equal(lows[k], every[mine].min(axis=0)) and np.array_equal(highs[k], every[mine].max(axis=0))
+                assert np.array_equal(lows[k], every[mine].min(axis=0))
+                assert np.array_equal(highs[k], every[mine].max(axis=0))
             else:
                 assert np.all(np.isinf(lows[k])) and np.all(np.isinf(highs[k]))
