@@ -353,7 +353,7 @@ def assemble_cells(
     smoothed OD(R) - OD(B), and its (h, w, 3) OD (given, the cytoplasm's colour can show two round
     nuclei to be one granulocyte's lobes)."""
     blobs, _ = ndi.label(nucleus)
-    fragments, lenses = split_nuclei(nucleus, config, px_per_um, blobs, purple)
+    fragments, lenses = split_nuclei(nucleus, config, px_per_um, blobs, purple, None if od is None else od[..., 1])
     # Each fragment claims the body around it: a watershed on the body's distance map, so two
     # touching cells part at their waist while the lobes of one nucleus share one round body.
     body = ndi.binary_opening(body, iterations=2) | (fragments > 0)

@@ -2,8 +2,8 @@
 
 Touching cells give one blob of chromatin. It is cut where its distance map has a neck (two pressed
 nuclei meet at a waist, an oval or a dented nucleus has none), and, where the stain is given, along
-the pale lines where pressed cells meet, which part even a packed clump whose outline shows no
-waist; a piece twice as dark as all its neighbours is where two nuclei overlap, not a third cell.
+the pale lines where pressed cells meet (paler in green too: a red cell's rim over a nucleus is
+pale only in purple), which part even a packed clump whose outline shows no waist; a piece twice as dark as all its neighbours is where two nuclei overlap, not a third cell.
 Last, a piece holding two or more clean arcs of the outline, each a round nucleus's edge between two
 notches, is parted among them (pipeline.nucleus_arcs): a nucleus pressed on all sides has no waist.
 """
@@ -45,21 +45,22 @@ _LENS_EDGE = 1.4  # ... and reaches out to where its blurred edge falls to this 
 
 def split_fragments(
     nucleus: np.ndarray, config: DetectConfig, px_per_um: float, blobs: np.ndarray | None = None,
-    purple: np.ndarray | None = None,
+    purple: np.ndarray | None = None, green: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
     """(H, W) int32 labels of nucleus fragments: split_nuclei without the lenses."""
-    return split_nuclei(nucleus, config, px_per_um, blobs, purple)[0]
+    return split_nuclei(nucleus, config, px_per_um, blobs, purple, green)[0]
 
 
 def split_nuclei(
     nucleus: np.ndarray, config: DetectConfig, px_per_um: float, blobs: np.ndarray | None = None,
-    purple: np.ndarray | None = None,
+    purple: np.ndarray | None = None, green: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """((H, W) int32 labels of nucleus fragments, (H, W) bool lenses where nuclei overlap); a blob
     bigger than one sure nucleus is cut at its necks. `blobs`: ndi.label(nucleus)[0], when the
     caller has it (it is not changed). `purple`: the smoothed OD(R) - OD(B); given, the pale lines
     where pressed cells meet count as necks too, and overlap lenses part the nuclei they join
-    (each lens's pixels go to the two fragments on its sides)."""
+    (each lens's pixels go to the two fragments on its sides). `green`: OD(G), unsmoothed; given,
+    a line must be paler in green too (a red cell's rim over a nucleus is not)."""
     labels = ndi.label(nucleus)[0] if blobs is None else blobs.copy()
     n = int(labels.max())
     all_lenses = np.zeros(labels.shape, bool)
@@ -76,7 +77,7 @@ def split_nuclei(
         solid, lenses = blob, np.zeros_like(blob)
         if purple is not None:
             lenses = find_overlap_lenses(blob, purple[sl], px_per_um)
-            solid = blob & ~find_boundary_lines(blob, purple[sl], config, px_per_um, lenses)
+            solid = blob & ~find_boundary_lines(blob, purple[sl], config, px_per_um, lenses, _smooth(green, sl))
         distance = ndi.distance_transform_edt(np.pad(solid, 1))[1:-1, 1:-1]
         # Nuclei are told apart with their overlaps left out: a lens parts the two it joins.
         parted = ndi.distance_transform_edt(np.pad(solid & ~lenses, 1))[1:-1, 1:-1] if lenses.any() else distance
@@ -98,6 +99,16 @@ def split_nuclei(
             sub[pieces == piece] = next_label
             next_label += 1
     return labels.astype(np.int32), all_lenses
+
+
+def _smooth(image: np.ndarray | None, box: tuple[slice, slice]) -> np.ndarray | None:
+    """`image` smoothed as the purple signal is (a 1 px Gaussian), within `box` (computed on the box
+    with a 4 px margin, so it equals smoothing the whole image there up to the image's own edge)."""
+    if image is None:
+        return None
+    outer = tuple(slice(max(0, s.start - 4), min(n, s.stop + 4)) for s, n in zip(box, image.shape))
+    inner = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, outer))
+    return ndi.gaussian_filter(image[outer], 1.0)[inner]
 
 
 def merge_overlaps(pieces: np.ndarray, purple: np.ndarray) -> np.ndarray:
@@ -160,8 +171,9 @@ def find_overlap_lenses(blob: np.ndarray, purple: np.ndarray, px_per_um: float) 
 
 
 def find_boundary_lines(
-    blob: np.ndarray, purple: np.ndarray, config: DetectConfig, px_per_um: float, lenses: np.ndarray | None = None
-) -> np.ndarray:
+    blob: np.ndarray, purple: np.ndarray, config: DetectConfig, px_per_um: float, lenses: np.ndarray | None = None,
+    green: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
     """(h, w) bool: the pale lines inside one chromatin blob where pressed cells meet (their
     membranes and the thin rim between them). A ridge filter (Sato, at the scale of a line
     `_LINE_WIDTH_UM` wide) finds thin pale lines however faint; a line is kept where it is at least
@@ -170,7 +182,9 @@ def find_boundary_lines(
     middle stays whole), and where it runs in from the blob's outline
     (from the notch at each end of a shared boundary): pale spots inside one nucleus (nucleoli,
     chromatin texture) do not reach it. The pale foot of a lens's edge (`lenses`: where nuclei
-    overlap) is no boundary: lines within 1 um of a lens are dropped."""
+    overlap) is no boundary: lines within 1 um of a lens are dropped. With `green` (OD(G), smoothed
+    like `purple`), a line must also pass more green light than the chromatin within 1 um of it:
+    less chromatin is paler in every colour, a red cell's rim over a nucleus is not."""
     sigma = max(0.7, _LINE_WIDTH_UM * px_per_um / 2)
     level = float(np.median(purple[blob]))
     ridge = sato(purple, sigmas=[sigma], black_ridges=True, mode="nearest") / max(level, 1e-6)
@@ -186,6 +200,17 @@ def find_boundary_lines(
     reaches = np.zeros(n + 1, bool)
     reaches[labels[rim]] = True
     reaches[0] = False
+    if green is not None:
+        # Where pressed cells meet there is less chromatin, so the line passes more green light
+        # (chromatin's strongest absorption) than the chromatin within 1 um of it. A red cell's
+        # rim lying over a nucleus makes a line as little purple, but no paler in green
+        # (haemoglobin absorbs green): it is no boundary.
+        width = max(1, round(px_per_um))
+        for k in np.flatnonzero(reaches):
+            own = labels == k
+            ring = ndi.binary_dilation(own, iterations=width) & blob & ~line
+            if ring.any() and green[own].mean() >= green[ring].mean():
+                reaches[k] = False
     return reaches[labels]
 
 

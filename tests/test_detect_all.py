@@ -201,7 +201,7 @@ def test_a_smudge_too_pale_for_the_nucleus_mask_is_still_called_smudge():
     assert all(np.hypot(c.x - smudge.x, c.y - smudge.y) >= 8 * PX_PER_UM for c in without)
 
 
-def _pressed_clump(with_lines: bool):
+def _pressed_clump(with_lines: bool, line_green: float | None = None):
     """(blob, purple) of four round nuclei (7 um radius at 4 px/um) packed in a 2 x 2 clump, centres
     1.4 radii apart, so the clump is one solid blob whose distance map has one broad summit: only
     the pale lines where the nuclei meet, or the arcs of its outline, tell them apart."""
@@ -213,10 +213,15 @@ def _pressed_clump(with_lines: bool):
     dist = np.stack([np.hypot(yy - cy, xx - cx) for cy, cx in centres])
     blob = ndi.binary_fill_holes((dist <= r).any(axis=0))
     purple = np.where(blob, 0.5, 0.0)
+    green = np.where(blob, 1.0, 0.1)
     if with_lines:
         nearest = np.sort(dist, axis=0)
-        purple[blob & (nearest[1] - nearest[0] < 2.0)] = 0.3  # where two nuclei meet: a pale line ~1 um wide
-    return blob, ndi.gaussian_filter(purple, 1.0).astype(np.float32)
+        lines = blob & (nearest[1] - nearest[0] < 2.0)
+        purple[lines] = 0.3  # where two nuclei meet: a pale line ~1 um wide
+        green[lines] = 0.6 if line_green is None else line_green
+    if line_green is None:
+        return blob, ndi.gaussian_filter(purple, 1.0).astype(np.float32)
+    return blob, ndi.gaussian_filter(purple, 1.0).astype(np.float32), green.astype(np.float32)
 
 
 def test_pale_lines_where_pressed_nuclei_meet_split_a_clump_its_necks_cannot(monkeypatch):
@@ -233,6 +238,45 @@ def test_pale_lines_where_pressed_nuclei_meet_split_a_clump_its_necks_cannot(mon
     assert int(split_fragments(blob, DetectConfig(), 4.0).max()) < 4
     blob, flat = _pressed_clump(with_lines=False)
     assert int(split_fragments(blob, DetectConfig(), 4.0, purple=flat).max()) < 4
+
+
+@pytest.mark.parametrize("line_green, pieces", [(0.6, 4), (1.15, 1), (1.3, 1)])
+def test_a_line_is_a_boundary_only_where_it_is_paler_in_green_too(line_green, pieces, monkeypatch):
+    """The same pale lines in OD(R) - OD(B): where pressed cells meet there is less chromatin, so
+    the line is paler in green too (0.6 against 1.0) and parts the clump; a red cell's rim over a
+    nucleus makes a line as little purple but darker in green (1.15, 1.3): no boundary."""
+    import pipeline.nucleus_split as nucleus_split
+    from pipeline.detect import DetectConfig
+    from pipeline.nucleus_split import split_fragments
+
+    monkeypatch.setattr(nucleus_split, "split_at_arcs", lambda pieces, *args: pieces)  # the lines alone
+    blob, purple, green = _pressed_clump(with_lines=True, line_green=line_green)
+    assert int(split_fragments(blob, DetectConfig(), 4.0, purple=purple, green=green).max()) == pieces
+
+
+def test_a_blast_under_two_red_cells_rims_stays_one_cell(monkeypatch):
+    """ALL-like seed 4, field 4: one blast (truth radius 46 px) whose edge two red cells overlap;
+    their rims cross its nucleus as pale purple lines. They are no paler in green, so it stays
+    one cell; read in purple alone they cut it in two."""
+    import pipeline.nucleus_split as nucleus_split
+    from pipeline.synth import make_image_rng
+    from pipeline.synth_all import ALL_FIELD, make_all_smear
+
+    image, _, truth = make_all_smear(make_image_rng(4, 4, 0), ALL_FIELD, (4, 4))
+    blast = min(truth, key=lambda c: np.hypot(c.x - 589, c.y - 842))
+    assert blast.kind == "lymphoblast" and blast.cluster == 0
+
+    def on_it(cells):
+        return [c for c in cells if np.hypot(c.x - blast.x, c.y - blast.y) <= blast.r]
+
+    assert len(on_it(detect_cells(image).cells)) == 1
+    lines = nucleus_split.find_boundary_lines
+    monkeypatch.setattr(
+        nucleus_split, "find_boundary_lines", lambda blob, purple, config, ppu, lenses=None, green=None: lines(
+            blob, purple, config, ppu, lenses
+        ),
+    )  # fmt: skip
+    assert len(on_it(detect_cells(image).cells)) == 2
 
 
 def test_chromatin_texture_does_not_cut_one_nucleus():
