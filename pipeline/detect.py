@@ -44,7 +44,15 @@ from pipeline.scale import (
     resize_image,
 )
 from pipeline.schema import KIND_SMUDGE, KIND_WBC
-from pipeline.shapes import fill_small_holes, find_root, find_seams, measure_inscribed_radius, measure_solidity, project
+from pipeline.shapes import (
+    fill_small_holes,
+    find_near,
+    find_root,
+    find_seams,
+    measure_inscribed_radius,
+    measure_solidity,
+    project,
+)
 from pipeline.smudge import SmudgeFeatures, is_smudge, measure_smudge_features
 
 __all__ = ["RBC_DIAMETER_UM", "DetectConfig", "DetectedCell", "Detection", "detect_cells", "estimate_um_per_pixel"]
@@ -220,7 +228,7 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
     # Work in windows around clusters of nucleus blobs (blobs closer than a cell apart share one):
     # nuclei cover a few percent of a smear, so everything after this touches only that much.
     reach = int(math.ceil(config.max_cytoplasm_um * px_per_um)) + 2
-    near = ndi.distance_transform_edt(~nucleus) <= reach if nucleus.any() else nucleus
+    near = find_near(nucleus, reach)
     clusters, n = ndi.label(near)
     min_area = math.pi / 4 * (config.min_nucleus_um * px_per_um) ** 2
     chromatin = np.bincount(clusters[nucleus], minlength=n + 1)

@@ -44,6 +44,20 @@ def find_seams(labels: np.ndarray, values: np.ndarray, combine) -> list[tuple[in
     return [(int(k // base), int(k % base), float(c)) for k, c in zip(keys[first], costs[first])]
 
 
+def find_near(mask: np.ndarray, reach: int) -> np.ndarray:
+    """(H, W) bool: pixels within `reach` px (Euclidean) of `mask`, as `distance_transform_edt(~mask)
+    <= reach`, but with the exact distance computed only around the mask: first the pixels within
+    `reach` in chessboard distance (a superset, cheap), then the Euclidean distance in each of
+    their connected pieces' boxes, where every mask pixel that close lies."""
+    near = np.zeros(mask.shape, bool)
+    if not mask.any():
+        return near
+    loose, _ = ndi.label(ndi.distance_transform_cdt(~mask, metric="chessboard") <= reach)
+    for box in ndi.find_objects(loose):
+        near[box] |= ndi.distance_transform_edt(~mask[box]) <= reach
+    return near
+
+
 def find_root(parent: np.ndarray, i: int) -> int:
     """Union-find root of i, halving the path on the way."""
     while parent[i] != i:

@@ -6,7 +6,7 @@ from scipy import ndimage as ndi
 from skimage.draw import line, polygon
 from skimage.morphology import convex_hull_image, disk
 
-from pipeline.shapes import DIRECTIONS, count_hull_pixels, measure_solidity, project
+from pipeline.shapes import DIRECTIONS, count_hull_pixels, find_near, measure_solidity, project
 
 
 def _shapes() -> list[np.ndarray]:
@@ -75,3 +75,14 @@ def test_projections_of_labels_match_every_pixels_projection():
                 assert np.array_equal(highs[k], every[mine].max(axis=0))
             else:
                 assert np.all(np.isinf(lows[k])) and np.all(np.isinf(highs[k]))
+
+
+def test_pixels_near_a_mask_are_those_its_euclidean_distance_map_gives():
+    """`find_near` measures exact distances only around the mask: it must equal the whole image's
+    Euclidean distance map thresholded, for blobs, specks, masks at the edge, empty masks and reach 0."""
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        mask = ndi.gaussian_filter(rng.random(rng.integers(1, 120, 2)), rng.uniform(0.5, 3)) > rng.uniform(0.5, 0.75)
+        reach = int(rng.integers(0, 25))
+        expected = ndi.distance_transform_edt(~mask) <= reach if mask.any() else np.zeros_like(mask)
+        assert np.array_equal(find_near(mask, reach), expected)
