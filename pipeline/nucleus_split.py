@@ -41,6 +41,7 @@ _OVERLAP_LEVEL = 1.5  # a blob piece this much darker than all its neighbours is
 _LENS_ELONGATION = 1.6  # a lens where two nuclei overlap is this many times longer than wide, at least
 _LENS_MIN_UM = 1.0  # ... and at least this wide (darker chromatin specks are narrower)
 _LENS_EDGE = 1.4  # ... and reaches out to where its blurred edge falls to this many times the level
+_ONE_SIDE_UM = 16.0  # pieces on one side of a lens spanning at most this (the largest blast nucleus) are one nucleus
 
 
 def split_fragments(
@@ -90,6 +91,8 @@ def split_nuclei(
             if purple is not None:
                 pieces = merge_overlaps(pieces, purple[sl])
             pieces = merge_round_pieces(pieces, distance, config.split_neck_ratio, lenses)
+            if lenses.any():
+                pieces = merge_lens_sides(pieces, lenses, _ONE_SIDE_UM * px_per_um)
         # Nuclei pressed on all sides show no neck, but their edge on the outline is an arc.
         pieces = split_at_arcs(pieces, blob, config, px_per_um)
         if pieces.max() < 2:
@@ -109,6 +112,49 @@ def _smooth(image: np.ndarray | None, box: tuple[slice, slice]) -> np.ndarray | 
     outer = tuple(slice(max(0, s.start - 4), min(n, s.stop + 4)) for s, n in zip(box, image.shape))
     inner = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, outer))
     return ndi.gaussian_filter(image[outer], 1.0)[inner]
+
+
+def merge_lens_sides(pieces: np.ndarray, lenses: np.ndarray, max_extent: float) -> np.ndarray:
+    """(h, w) int labels 1..k' of a blob's pieces after joining the pieces that reach one overlap
+    lens from the same side. A lens is where two nuclei overlap: one lies on each side of it. The
+    nucleus under the other shows only a crescent, which can have a waist of its own and fall
+    into two pieces, both along the lens on its side: when exactly three pieces reach a lens, two
+    of them from one side and meeting each other, those two are that nucleus (while they span at
+    most `max_extent` px, one nucleus). Four or more pieces at one lens are a junction of several
+    nuclei, left as they are."""
+    k = int(pieces.max())
+    lens_labels, n = ndi.label(lenses)
+    if k < 3 or n == 0:
+        return pieces
+    parent = np.arange(k + 1)
+    rows, cols = np.nonzero(pieces)
+    lows, highs = project(pieces, k)
+    meet = {(a, b) for a, b, _ in find_seams(pieces, np.zeros(pieces.shape), np.maximum)}
+    for j in range(1, n + 1):
+        lens = lens_labels == j
+        ly, lx = np.nonzero(lens)
+        if ly.size < 3:
+            continue
+        cov = np.cov(np.vstack([lx, ly]))
+        normal = np.linalg.eigh(cov)[1][:, 0]  # the lens's short axis: across it, from one nucleus to the other
+        touching = [int(p) for p in np.unique(pieces[lens]) if p > 0]
+        if len(touching) != 3:
+            continue  # two pieces: the two nuclei; four or more: a junction of several nuclei
+        sides = {}
+        for piece in touching:
+            mine = pieces[rows, cols] == piece
+            offset = np.array([cols[mine].mean() - lx.mean(), rows[mine].mean() - ly.mean()])
+            sides.setdefault(bool(offset @ normal > 0), []).append(piece)
+        for group in sides.values():
+            if len(group) != 2 or (min(group), max(group)) not in meet:
+                continue  # one nucleus on this side, or two pieces that do not meet
+            a, b = find_root(parent, group[0]), find_root(parent, group[1])
+            low, high = np.minimum(lows[a], lows[b]), np.maximum(highs[a], highs[b])
+            if a != b and float(np.max(high - low)) + 1.0 <= max_extent:
+                parent[b] = a
+                lows[a], highs[a] = low, high
+    roots = np.array([find_root(parent, i) for i in range(k + 1)])
+    return relabel_sequential(roots)[0][pieces]
 
 
 def merge_overlaps(pieces: np.ndarray, purple: np.ndarray) -> np.ndarray:

@@ -279,6 +279,56 @@ def test_a_blast_under_two_red_cells_rims_stays_one_cell(monkeypatch):
     assert len(on_it(detect_cells(image).cells)) == 2
 
 
+def _lens_pieces(right_pieces: int):
+    """(pieces, lens) of two overlapping nuclei: a disc on the left (piece 1), the lens where they
+    overlap (a vertical band), and the crescent of the nucleus under it on the right, cut at its
+    waist into `right_pieces` pieces stacked top to bottom."""
+    shape = (80, 110)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    left, right = np.hypot(yy - 40, xx - 38) <= 28, np.hypot(yy - 40, xx - 72) <= 24
+    lens = left & right
+    pieces = np.zeros(shape, np.int32)
+    pieces[left] = 1
+    crescent = right & ~left
+    bands = np.minimum((yy * right_pieces) // shape[0], right_pieces - 1)
+    pieces[crescent] = 2 + bands[crescent]
+    pieces[lens & (xx >= 55)] = 2 + bands[lens & (xx >= 55)]  # the lens's right half to the crescent
+    return pieces, lens
+
+
+@pytest.mark.parametrize("right_pieces, expected", [(2, 2), (3, 4)])
+def test_the_two_pieces_of_a_crescent_along_one_lens_are_one_nucleus(right_pieces, expected):
+    """A lens lies between two nuclei, one on each side. The crescent of the nucleus under the
+    other, cut in two at its waist, is one nucleus again (2 pieces in all); a lens that four pieces
+    reach is a junction of several nuclei and is left alone."""
+    from pipeline.nucleus_split import merge_lens_sides
+
+    pieces, lens = _lens_pieces(right_pieces)
+    assert int(pieces.max()) == right_pieces + 1
+    merged = merge_lens_sides(pieces, lens, max_extent=16.0 * 4)
+    assert int(merged.max()) == expected
+    assert len(np.unique(merged[pieces == 1])) == 1 and not np.isin(merged[pieces == 1], merged[pieces >= 2]).any()
+
+
+def test_two_overlapping_blasts_whose_crescent_has_a_waist_give_two_cells(monkeypatch):
+    """ALL-like seed 8, field 1: two overlapping blasts (cluster 3). The one underneath shows a
+    crescent with a waist, which fell into two pieces: joined along the lens, two cells."""
+    import pipeline.nucleus_split as nucleus_split
+    from pipeline.synth import make_image_rng
+    from pipeline.synth_all import ALL_FIELD, make_all_smear
+
+    image, _, truth = make_all_smear(make_image_rng(8, 1, 0), ALL_FIELD, (8, 1))
+    pair = [c for c in truth if np.hypot(c.x - 85, c.y - 190) < 60]
+    assert len(pair) == 2 and pair[0].cluster == pair[1].cluster != 0
+
+    def counts(cells):
+        return [len([c for c in cells if np.hypot(c.x - t.x, c.y - t.y) <= t.r]) for t in pair]
+
+    assert counts(detect_cells(image).cells) == [1, 1]
+    monkeypatch.setattr(nucleus_split, "merge_lens_sides", lambda pieces, *args: pieces)
+    assert counts(detect_cells(image).cells) != [1, 1]
+
+
 def test_chromatin_texture_does_not_cut_one_nucleus():
     """One large round nucleus (18 um, a monocyte's) with mottled chromatin and pale nucleoli:
     its pale spots do not reach the outline, so they are no boundary and it stays one piece."""
