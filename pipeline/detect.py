@@ -15,9 +15,10 @@ How it works, and why:
    each fragment claims the cell body (non-red, non-background matter) around it by a watershed
    on the body's distance map, and fragments merge when they lie within one nucleus's width, or
    when the body joining them has no waist: one round cell holds lobes, two touching cells meet
-   at a narrow waist. Two round nuclei pressed together are two cells (packed blasts), unless
-   they fill less than half of the body they claim and its cytoplasm is pink: the two lobes of
-   an eosinophil (a granulocyte's cytoplasm absorbs green, a blast's or monocyte's red). Groups with less chromatin than a small lymphocyte (platelets) are dropped.
+   at a narrow waist (pipeline.fragment_groups). Two round nuclei pressed together are two cells
+   (packed blasts), unless they fill less than half of the body they claim and its cytoplasm is
+   pink: the two lobes of an eosinophil (a granulocyte's cytoplasm absorbs green, a blast's or
+   monocyte's red). Groups with less chromatin than a small lymphocyte (platelets) are dropped.
 4. Outline. A cell is its nucleus plus the body its fragments claimed (within
    `max_cytoplasm_um`); its area, centre, box and border contact come from that. A ragged
    nucleus with no cytoplasm rim is a smudge (ruptured) cell.
@@ -33,8 +34,9 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.sparse.csgraph import connected_components
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 
+from pipeline.fragment_groups import group_fragments
 from pipeline.nucleus_split import split_nuclei
 from pipeline.scale import (
     RBC_DIAMETER_UM,
@@ -44,15 +46,7 @@ from pipeline.scale import (
     resize_image,
 )
 from pipeline.schema import KIND_SMUDGE, KIND_WBC
-from pipeline.shapes import (
-    fill_small_holes,
-    find_near,
-    find_root,
-    find_seams,
-    measure_inscribed_radius,
-    measure_solidity,
-    project,
-)
+from pipeline.shapes import fill_small_holes, find_near, measure_solidity
 from pipeline.smudge import SmudgeFeatures, is_smudge, measure_smudge_features
 
 __all__ = ["RBC_DIAMETER_UM", "DetectConfig", "DetectedCell", "Detection", "detect_cells", "estimate_um_per_pixel"]
@@ -67,14 +61,6 @@ _MAX_WORKING_PX = 16e6  # ... and never beyond this many pixels (memory stays ~0
 _FOREGROUND_OD = 0.05  # summed OD above which a pixel is not empty background (noise is ~0.01)
 _BODY_HOLE_UM2 = 12.0  # holes in a cell body smaller than this (a 4 um disc) are filled
 _RED_FRACTION = 0.8  # matter at least 0.8x as red (OD(B) - OD(R)) as a typical red cell is red-cell matter
-# Two round nuclei pressed together are one granulocyte's lobes (an eosinophil's two) when they
-# fill less than half of the body they claim (N:C 1:1 or less: a lymphocyte's, blast's or
-# monocyte's nucleus fills two thirds of its cell or more) ...
-_LOBED_MAX_NC = 0.5
-# ... and the cytoplasm around them is pink: a granulocyte's (eosin and neutral granules) absorbs
-# green light and little red, OD(R) < 0.5 OD(G); the basophilic (RNA) cytoplasm of lymphocytes,
-# blasts and monocytes is blue or grey, absorbing red about as much as green or more.
-_PINK_MAX_RED_GREEN = 0.5
 
 
 @dataclass(frozen=True)
@@ -402,83 +388,6 @@ def assemble_cells(
             WorkingCell(float(cx[i]), float(cy[i]), box, int(cell_area[i]), kind, False, int(n_split[i]), features)
         )
     return found
-
-
-def group_fragments(
-    fragments: np.ndarray, zones: np.ndarray, outside: np.ndarray, regions: np.ndarray, depth: np.ndarray,
-    config: DetectConfig, px_per_um: float, lenses: np.ndarray | None = None, od: np.ndarray | None = None,
-) -> np.ndarray:  # fmt: skip
-    """(n + 1,) int: the cell (1..m) of each fragment label (index 0 -> 0).
-
-    Inputs, (h, w) each: fragment labels; the nearest fragment of each pixel and the distance to
-    it; the body region each fragment claimed; the body's distance map (depth); the lenses where
-    nuclei overlap (bool, or None); the window's OD (h, w, 3), or None.
-
-    Fragments merge, strongest evidence first, while the merged nucleus stays within
-    `max_nucleus_um`: when they lie within one sure nucleus (`one_nucleus_um`) and no further
-    apart than `max_lobe_gap_um`; or when the cell body joining their regions is at least
-    `neck_ratio` as thick as the thinner of the two bodies (one round cell, not two touching).
-    Two fragments each holding a round nucleus stay two cells, unless they fill less than half of
-    the body they claim and the cytoplasm there is pink (`od` given): a granulocyte's lobes.
-    """
-    n = int(fragments.max())
-    parent = np.arange(n + 1)
-    if n >= 2:
-        lows, highs = project(fragments, n)
-        peaks = np.zeros(n + 1)
-        np.maximum.at(peaks, regions.ravel(), depth.ravel())
-        # A fragment holding a disc `round_nucleus_um` wide is a whole round nucleus, not a lobe:
-        # two such fragments are two cells, however thick the matter between them.
-        # A nucleus partly under another is measured whole: its fragment plus the lens it shares.
-        cores = measure_inscribed_radius(fragments, n, lenses, px_per_um) >= config.round_nucleus_um * px_per_um / 2
-        claims = None  # measured when first asked for (two round nuclei pressed together are rare)
-
-        candidates = []  # (priority, a, b, needs_neck): lower priority merges first
-        # Gap between two fragments: the two distances summed across the seam of their zones.
-        for a, b, gap in find_seams(zones, outside, np.add):
-            if gap + 1.0 <= config.max_lobe_gap_um * px_per_um:
-                candidates.append((gap - 1e6, a, b, False))  # sure merges first, nearest first
-        # Neck between two regions: the deepest point of the body on their common border.
-        for a, b, neck in find_seams(regions, -depth, np.maximum):
-            candidates.append((neck, a, b, True))  # neck < 0: thicker necks first
-        one, most = config.one_nucleus_um * px_per_um, config.max_nucleus_um * px_per_um
-        for priority, a, b, needs_neck in sorted(candidates):
-            ra, rb = find_root(parent, a), find_root(parent, b)
-            if ra == rb:
-                continue
-            low, high = np.minimum(lows[ra], lows[rb]), np.maximum(highs[ra], highs[rb])
-            extent = float(np.max(high - low)) + 1.0
-            if needs_neck:
-                if extent > most or -priority < config.neck_ratio * min(peaks[ra], peaks[rb]):
-                    continue
-                if cores[ra] and cores[rb]:
-                    if od is None:
-                        continue  # two round nuclei pressed together: two cells
-                    if claims is None:
-                        claims = measure_claims(fragments, regions, od, n)
-                    roots = np.array([find_root(parent, i) for i in range(n + 1)])
-                    chromatin, claimed, red, green = claims[:, (roots == ra) | (roots == rb)].sum(axis=1)
-                    if chromatin >= _LOBED_MAX_NC * claimed or red >= _PINK_MAX_RED_GREEN * green:
-                        continue  # ... unless they are a granulocyte's lobes: little chromatin, pink cytoplasm
-            elif extent > one:
-                continue
-            parent[rb] = ra
-            lows[ra], highs[ra], peaks[ra] = low, high, max(peaks[ra], peaks[rb])
-            cores[ra] = cores[ra] or cores[rb]
-    roots = np.array([find_root(parent, i) for i in range(n + 1)])
-    return relabel_sequential(roots)[0]
-
-
-def measure_claims(fragments: np.ndarray, regions: np.ndarray, od: np.ndarray, n: int) -> np.ndarray:
-    """(4, n + 1): per fragment label, its chromatin (px), the region it claimed (px), and the
-    OD(R) and OD(G) summed over that region's cytoplasm (the region less every nucleus)."""
-    cyto = (regions > 0) & (fragments == 0)
-    return np.stack([
-        np.bincount(fragments.ravel(), minlength=n + 1).astype(float),
-        np.bincount(regions.ravel(), minlength=n + 1).astype(float),
-        np.bincount(regions[cyto], od[..., 0][cyto], minlength=n + 1),
-        np.bincount(regions[cyto], od[..., 1][cyto], minlength=n + 1),
-    ])  # fmt: skip
 
 
 def _check_rgb(image: np.ndarray) -> np.ndarray:

@@ -3,7 +3,9 @@
 Touching cells give one blob of chromatin. It is cut where its distance map has a neck (two pressed
 nuclei meet at a waist, an oval or a dented nucleus has none), and, where the stain is given, along
 the pale lines where pressed cells meet (paler in green too: a red cell's rim over a nucleus is
-pale only in purple), which part even a packed clump whose outline shows no waist; a piece twice as dark as all its neighbours is where two nuclei overlap, not a third cell.
+pale only in purple), which part even a packed clump whose outline shows no waist; a piece twice
+as dark as all its neighbours is where two nuclei overlap, not a third cell, and the two pieces of
+a crescent along one overlap lens are the one nucleus lying under the other.
 Last, a piece holding two or more clean arcs of the outline, each a round nucleus's edge between two
 notches, is parted among them (pipeline.nucleus_arcs): a nucleus pressed on all sides has no waist.
 """
