@@ -7,10 +7,12 @@ whole process tree (the driver, Ray's workers and actors), sampled twice a secon
 process id, so workers that exit (Ray Train's) still count. The single-thread sgemm speed of the
 machine is measured before and after (a 1024^3 matrix product with one torch thread), per wall
 second and per CPU second of its thread (what the machine does when not shared), so a step's CPU
-seconds can be scaled to another machine: seconds x (this sgemm per CPU second / that sgemm). The demo's
-steps run on two processes (synth, one cohort each), two cores (ingest, infer) or one worker thread
-(train); the estimate of an idle two-core machine printed at the end is train CPU + (synth + ingest
-+ infer CPU) / 2.
+seconds can be scaled to another machine: seconds x (this sgemm per CPU second / that sgemm). Every
+step of the demo runs on two cores: synth on two processes (one cohort each), ingest and infer on
+two, train on one worker (one CPU reserved) running two torch threads (jobs.train_worker.choose_threads).
+Printed at the end for a machine at 50 GFLOP/s, as if all work scaled with sgemm (most does not:
+small convolutions, Python and Ray's start-up scale less): this run's wall seconds x the ratio (a
+bound from above when this machine was idle) and its CPU seconds / 2 x the ratio (from below).
 """
 
 from __future__ import annotations
@@ -111,19 +113,17 @@ def main() -> None:
     )
     print(f"{'step':<30} {'wall s':>8} {'CPU s':>8}")
     last_t, last_c = start, start_cpu
-    cpu_by = {}
     for name, t, c in marks:
         print(f"{name:<30} {t - last_t:8.1f} {c - last_c:8.1f}")
-        cpu_by[name] = c - last_c
         last_t, last_c = t, c
     print(f"{'total':<30} {last_t - start:8.1f} {last_c - start_cpu:8.1f}")
-    serial = sum(v for k, v in cpu_by.items() if k.startswith("train"))
-    parallel = sum(v for k, v in cpu_by.items() if k.startswith(("synth", "ingest", "infer")))
-    idle = serial + parallel / 2
     per_cpu = (before[1] + after[1]) / 2  # this machine's speed per CPU second
+    ratio = per_cpu / 50
+    wall, cpu_s = last_t - start, last_c - start_cpu
     print(
-        f"idle two-core estimate: {idle:.0f} CPU-bound s here ({idle / 60:.1f} min) at {per_cpu:.0f} GFLOP/s per "
-        f"CPU second; on a machine at 50 GFLOP/s: {idle * per_cpu / 50 / 60:.1f} min (Ray start-up included)"
+        f"at 50 GFLOP/s (this machine {per_cpu:.0f} per CPU second, x{ratio:.2f}), if every second scaled with "
+        f"sgemm: at most {wall * ratio / 60:.1f} min (this wall time scaled), at least {cpu_s / 2 * ratio / 60:.1f} "
+        "min (CPU seconds / 2 scaled); Ray start-up included"
     )
 
 

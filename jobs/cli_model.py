@@ -33,7 +33,11 @@ from jobs.cli_common import (
 )  # fmt: skip
 @click.option("--workers", default=1, show_default=True, help="Ray Train workers (DDP).")
 @click.option("--gpu", is_flag=True, help="One GPU per worker, mixed precision.")
-@click.option("--cpus-per-worker", type=float, help="CPUs per worker (default: fit the cluster, at most 1).")
+@click.option(
+    "--cpus-per-worker", type=float,
+    help="CPUs Ray reserves per worker, which runs round(C) torch threads (default: fit the cluster, at most 1, "
+    "and as many threads as the worker's share of its node's cores).",
+)  # fmt: skip
 @click.option("--split", default="patient", show_default=True, type=click.Choice(["patient", "image", "random"]))
 @click.option("--val-fraction", default=0.25, show_default=True)
 @click.option("--folds", default=1, show_default=True, help="K-fold cross-validation when > 1.")

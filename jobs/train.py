@@ -60,7 +60,7 @@ START_RETRIES_ENV, START_RETRIES = "ALLRAY_TRAIN_START_RETRIES", 2
 PREEMPTION_RETRIES_ENV, PREEMPTION_RETRIES = "ALLRAY_TRAIN_PREEMPTION_RETRIES", 10
 METRIC_KEYS = ("arch", "fold", "epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_sensitivity",
                "val_specificity", "val_auc", "val_balanced_acc", "val_macro_f1", "val_per_class", "seconds",
-               "samples_per_s")  # fmt: skip
+               "samples_per_s", "threads")  # fmt: skip
 # Averaged over folds (mean and sd) in a cross-validated run's summary.
 FOLD_KEYS = ("val_acc", "val_sensitivity", "val_specificity", "val_auc", "val_balanced_acc", "val_macro_f1")
 
@@ -177,7 +177,10 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
             loop_config = {
                 "arch": arch, "fold": fold, "epochs": config.epochs, "batch_size": config.batch_size,
                 "lr": lr, "seed": config.seed, "weights": config.weights, "image_size": config.image_size,
-                "threads": max(1, int(round(cpus_per_worker))), "meta": meta, "queue": queue,
+                # --cpus-per-worker C: round(C) torch threads; else each worker takes its share of
+                # its node (train_worker.choose_threads).
+                "threads": max(1, int(round(cpus_per_worker))) if config.cpus_per_worker is not None else None,
+                "spare_cpus": DATA_CPUS, "meta": meta, "queue": queue,
             }  # fmt: skip
             if not quiet:
                 how = "kept in Ray's object store" if cache else "streamed from Parquet every epoch"

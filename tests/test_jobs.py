@@ -141,6 +141,7 @@ def test_train_two_workers_writes_every_output(tiny_run):
         assert (run / name).is_file(), name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["threads"] for r in rows] == [1, 1]  # two workers share the session's 2 CPUs: one thread each
     for key in (
         "arch",
         "epoch",
@@ -311,6 +312,8 @@ def test_a_seeded_training_run_is_reproduced_exactly(ray_session, tmp_path, monk
                               batch_size=8, split="random", seed=4), quiet=True)  # fmt: skip
         rows = [json.loads(line) for line in (tmp_path / f"run{n}" / "metrics.jsonl").read_text().splitlines()]
         losses.append([(r["train_loss"], r["val_loss"]) for r in rows])
+        # One worker on the 2-CPU session trains on both cores (train_worker.choose_threads).
+        assert [r["threads"] for r in rows] == [2, 2]
     assert blocks == [3, 3]  # 8 shards of ~14 cells, 2 or 3 a block
     assert len(losses[0]) == 2 and losses[0] == losses[1]
 
