@@ -7,6 +7,8 @@
     python benchmarks/detect_quality.py --overlays /tmp/ov   # PNGs of the failures, boxes drawn
 
     python benchmarks/detect_quality.py --all-seeds 1,2,3 --all-fields 5   # ... plus ALL-like cohorts
+    python benchmarks/detect_quality.py --splits "" --repeats 0 --all-seeds 1,2,3 --all-scale 0.9,1.1
+        # ... the ALL-like cohorts with the scale forced to the truth x 0.9 and x 1.1 (a misread ruler)
 
 Every figure is per source, never pooled. Targets (issue 9): BCCD val and train recall >= 97%,
 precision >= 95% (tune on train only); synthetic ALL-like cohorts (`synth --profile all`, each
@@ -290,16 +292,19 @@ def make_timing_mosaic() -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(rows, axis=0)[:1368, :1712])
 
 
-def run_all_cohort(seed: int, config: DetectConfig, args) -> None:
-    """Score `args.all_fields` ALL-like 1712x1368 fields of seed `seed` (patients 0.., image 0 each)."""
-    from pipeline.synth import make_image_rng
-    from pipeline.synth_all import ALL_FIELD, make_all_smear
+def run_all_cohort(seed: int, config: DetectConfig, args, scale: float | None = None) -> None:
+    """Score `args.all_fields` ALL-like 1712x1368 fields of seed `seed` (patients 0.., image 0 each).
+    `scale`: detect with um/px forced to the field's true scale x `scale` (None: measured from its
+    red cells, as always): how much a misread ruler costs."""
+    from pipeline.synth import RBC_DIAMETER_UM, make_image_rng
+    from pipeline.synth_all import ALL_FIELD, choose_all_patient, make_all_smear
 
     t = dict(truth=0, det=0, hit=0, s_truth=0, s_det=0, s_hit=0, intact_smudged=0, clusters=0, clusters_ok=0)
     base = dict(truth=0, det=0, hit=0, clusters=0, clusters_ok=0)
     for p in range(args.all_fields):
         image, _, truth = make_all_smear(make_image_rng(seed, p, 0), ALL_FIELD, (seed, p))
-        detection = detect_cells(image, config)
+        forced = None if scale is None else RBC_DIAMETER_UM / choose_all_patient(seed, p)[0].rbc_diameter_px * scale
+        detection = detect_cells(image, config, um_per_pixel=forced)
         cells = [(c.x, c.y, c.kind == "smudge") for c in detection.cells]
         _score_all_field(truth, cells, t)
         if args.baseline:
@@ -311,15 +316,16 @@ def run_all_cohort(seed: int, config: DetectConfig, args) -> None:
                 image,
                 [(c.x - c.r, c.y - c.r, c.x + c.r, c.y + c.r) for c in truth],
                 detection.cells,
-                Path(args.overlays) / f"all_s{seed}_p{p}.png",
+                Path(args.overlays) / f"all_s{seed}_p{p}{'' if scale is None else f'_x{scale:g}'}.png",
             )
 
     def pct(a, b):
         return f"{100 * a / b:5.1f}%" if b else "  n/a"
 
+    how = "" if scale is None else f", scale forced to the truth x {scale:g}"
     print(
         f"synthetic ALL-like, seed {seed} ({args.all_fields} fields 1712x1368, {t['truth']} intact cells, "
-        f"{t['s_truth']} smudge, {t['clusters']} clusters)"
+        f"{t['s_truth']} smudge, {t['clusters']} clusters{how})"
     )
     print(
         f"  detector:            recall {pct(t['hit'], t['truth'])}  precision {pct(t['hit'], t['det'])}  "
@@ -429,6 +435,9 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="also run the plain Otsu + watershed detector")
     parser.add_argument("--all-seeds", default="", help="seeds of ALL-like cohorts to score, comma-separated")
     parser.add_argument("--all-fields", type=int, default=5, help="1712x1368 fields per ALL-like seed")
+    parser.add_argument(
+        "--all-scale", default="", metavar="F,F", help="also score the ALL-like seeds at the true scale x each F"
+    )
     parser.add_argument("--verbose", action="store_true", help="list every miss and false detection")
     parser.add_argument("--overlays", default=None, metavar="DIR", help="write failure overlays (PNG) here")
     args = parser.parse_args()
@@ -442,6 +451,8 @@ def main() -> None:
         run_synth(args.synth, config, args)
     for seed in filter(None, args.all_seeds.split(",")):
         run_all_cohort(int(seed), config, args)
+        for factor in filter(None, args.all_scale.split(",")):
+            run_all_cohort(int(seed), config, args, scale=float(factor))
     if args.repeats and BCCD.exists():
         run_timing(config, args)
     if args.repeats:
