@@ -28,6 +28,10 @@ _LOBED_MAX_NC = 0.5
 # green light and little red, OD(R) < 0.5 OD(G); the basophilic (RNA) cytoplasm of lymphocytes,
 # blasts and monocytes is blue or grey, absorbing red about as much as green or more.
 _PINK_MAX_RED_GREEN = 0.5
+# Lobes (pieces holding no round nucleus) within `max_lobe_gap_um` of each other are one nucleus
+# while together they span at most this: an eosinophil's two lobes lie at the edge of its 12-15 um
+# cell, so they span 10-13 um, beyond one round nucleus (`one_nucleus_um`).
+_LOBES_SPAN_UM = 14.0
 
 
 def group_fragments(
@@ -68,6 +72,7 @@ def group_fragments(
         for a, b, neck in find_seams(regions, -depth, np.maximum):
             candidates.append((neck, a, b, True))  # neck < 0: thicker necks first
         one, most = config.one_nucleus_um * px_per_um, config.max_nucleus_um * px_per_um
+        lobes_span = max(one, _LOBES_SPAN_UM * px_per_um)
         for priority, a, b, needs_neck in sorted(candidates):
             ra, rb = find_root(parent, a), find_root(parent, b)
             if ra == rb:
@@ -86,8 +91,8 @@ def group_fragments(
                     chromatin, claimed, red, green = claims[:, (roots == ra) | (roots == rb)].sum(axis=1)
                     if chromatin >= _LOBED_MAX_NC * claimed or red >= _PINK_MAX_RED_GREEN * green:
                         continue  # ... unless they are a granulocyte's lobes: little chromatin, pink cytoplasm
-            elif extent > one:
-                continue
+            elif extent > (one if cores[ra] or cores[rb] else lobes_span):
+                continue  # one nucleus; or, neither a whole round nucleus, a granulocyte's lobes
             parent[rb] = ra
             lows[ra], highs[ra], peaks[ra] = low, high, max(peaks[ra], peaks[rb])
             cores[ra] = cores[ra] or cores[rb]
