@@ -5,11 +5,11 @@
 CELLS is an `allray ingest` output with labels (e.g. demo-out/cells after `make demo`). Prints:
 1. samples/s of a plain loop (one process, torch.set_num_threads(1), same decode + augment +
    train_one_epoch) and of `allray train --workers 1 --cpus-per-worker 1` (one CPU, so one torch
-   thread; by default one worker on 2 cores runs 2 threads), and their ratio (target
-   >= 0.85);
-2. `--workers 2` against `--workers 1` (one thread per worker, as in 1.) on the same epochs, for each of --seeds seeds (model init,
-   split, shuffling and augmentation; both worker counts share each seed): wall time and final val accuracy,
-   their mean +- sd over seeds, so "same accuracy within noise" can be read off.
+   thread; by default one worker on 2 cores runs 2 threads), and their ratio (target >= 0.85);
+2. `--workers 2` against `--workers 1` (one thread per worker, as in 1.) on the same epochs, for
+   each of --seeds seeds (model init, split, shuffling and augmentation; both worker counts share
+   each seed): wall time and final val accuracy, their mean +- sd over seeds, so "same accuracy
+   within noise" can be read off.
 The first epoch of each is a warm-up and is left out of the rates.
 """
 

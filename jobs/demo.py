@@ -26,9 +26,9 @@ class DemoConfig:
 
     out: str = "demo-out"
     # Training: 12 patients x 8 smears (~390 white cells), ResNet-18 on crops shrunk to 64 px for 14
-    # epochs (12 until session 11): ~1/5 of the training CPU time of 24 x 8 smears at 128 px for 12 epochs (the demo's sizes
-    # until it took 16 minutes on a slow day), which was 2/3 of the demo's time (benchmarks/demo_units.py:
-    # 47.5 vs 137 CPU ms per sample at 64 and 128 px). A healthy patient's ~45 cells leave the 2% check
+    # epochs (12 until session 11): ~1/5 of the training CPU time of 24 x 8 smears at 128 px for 12
+    # epochs (the demo's sizes until it took 16 minutes on a slow day), which was 2/3 of the demo's
+    # time (benchmarks/demo_units.py: 47.5 vs 137 CPU ms per sample at 64 and 128 px). A healthy patient's ~45 cells leave the 2% check
     # one cell of margin: with 8 epochs one more training crop (session 9) and with 10 the eosinophil
     # lobes joined (session 10) each left a monocyte or two called blasts (2.4-3.3%); 12 met every
     # pipeline_quality.py check (val accuracy 0.989, blast % MAE 0.07) for ~8 s more here. With

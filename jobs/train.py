@@ -179,7 +179,7 @@ def run_train(config: TrainConfig, address: str | None = None, verbose: bool = F
                 "lr": lr, "seed": config.seed, "weights": config.weights, "image_size": config.image_size,
                 # --cpus-per-worker C: round(C) torch threads; else each worker takes its share of
                 # its node (train_worker.choose_threads).
-                "threads": max(1, int(round(cpus_per_worker))) if config.cpus_per_worker is not None else None,
+                "threads": max(1, round(config.cpus_per_worker)) if config.cpus_per_worker is not None else None,
                 "spare_cpus": DATA_CPUS, "meta": meta, "queue": queue,
             }  # fmt: skip
             if not quiet:
