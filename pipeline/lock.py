@@ -28,6 +28,7 @@ import pyarrow.fs as pafs
 from pipeline.locations import join, resolve
 
 LOCK_FILE = ".allray-lock"
+_HOLDER_WAIT_S = 1.0  # how long a refused writer waits for the holder's record to be written
 _LEASE_SETTLE_S = 1.0  # pause before a URI lease is read back, so a racing writer's lease shows
 
 
@@ -54,6 +55,18 @@ def _parse(text: str) -> dict:
         return {}
 
 
+def _read_holder(fd: int) -> dict:
+    """The holder record in a locked lock file. The holder writes it just after taking the lock,
+    so a reader that comes in between finds the file empty (or cut short): it reads again for up to
+    `_HOLDER_WAIT_S` before giving up on naming the holder."""
+    deadline = time.monotonic() + _HOLDER_WAIT_S
+    while True:
+        holder = _parse(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+        if holder or time.monotonic() >= deadline:
+            return holder
+        time.sleep(0.02)
+
+
 class OutputLock:
     """The lock of one output folder, held until `release` (or the process ends)."""
 
@@ -78,10 +91,10 @@ class OutputLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+                holder = _read_holder(fd)
                 os.close(fd)
                 raise OutputLockedError(
-                    f"{self.out} is being written by {_describe(_parse(text))}: wait for it to end, or use another "
+                    f"{self.out} is being written by {_describe(holder)}: wait for it to end, or use another "
                     f"--out (a lock whose process has died is taken over by itself; if its host is gone, delete "
                     f"{path})") from None  # fmt: skip
             try:  # the file we locked may have been deleted by a holder releasing it just now: retry
@@ -196,7 +209,7 @@ def locked_by_other(out: str) -> dict | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return holder or {"host": "?", "pid": "?"}
+            return holder or _read_holder(fd) or {"host": "?", "pid": "?"}
         return None
     finally:
         os.close(fd)

@@ -335,6 +335,29 @@ def test_a_second_writer_is_refused_with_the_holder_and_a_dead_holder_is_taken_o
         claim_empty_output(str(report), "infer")
 
 
+
+def test_a_writer_refused_while_the_holder_writes_its_record_still_names_the_holder(tmp_path):
+    """The holder takes the kernel lock, then writes its record: a second writer coming in between
+    found the file empty and named "allray ? on host ?" (seen once in CI's two-ingests test)."""
+    import fcntl
+    import threading
+
+    from pipeline.lock import LOCK_FILE, OutputLockedError, lock_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, still empty
+    record = {"host": "there", "pid": 4242, "purpose": "ingest", "started_utc": "now"}
+    writer = threading.Timer(0.2, lambda: os.pwrite(fd, json.dumps(record).encode(), 0))
+    writer.start()
+    try:
+        with pytest.raises(OutputLockedError, match="allray ingest on host there, pid 4242"):
+            lock_output(str(out), "ingest")
+    finally:
+        writer.join()
+        os.close(fd)
+
 # --- 7. manifest and labels rows ----------------------------------------------------------------------
 
 
