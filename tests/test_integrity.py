@@ -335,7 +335,6 @@ def test_a_second_writer_is_refused_with_the_holder_and_a_dead_holder_is_taken_o
         claim_empty_output(str(report), "infer")
 
 
-
 def test_a_writer_refused_while_the_holder_writes_its_record_still_names_the_holder(tmp_path):
     """The holder takes the kernel lock, then writes its record: a second writer coming in between
     found the file empty and named "allray ? on host ?" (seen once in CI's two-ingests test)."""
@@ -357,6 +356,7 @@ def test_a_writer_refused_while_the_holder_writes_its_record_still_names_the_hol
     finally:
         writer.join()
         os.close(fd)
+
 
 # --- 7. manifest and labels rows ----------------------------------------------------------------------
 
