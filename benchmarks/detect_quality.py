@@ -301,12 +301,13 @@ def run_all_cohort(seed: int, config: DetectConfig, args, scale: float | None = 
 
     t = dict(truth=0, det=0, hit=0, s_truth=0, s_det=0, s_hit=0, intact_smudged=0, clusters=0, clusters_ok=0)
     base = dict(truth=0, det=0, hit=0, clusters=0, clusters_ok=0)
+    failures = []
     for p in range(args.all_fields):
         image, _, truth = make_all_smear(make_image_rng(seed, p, 0), ALL_FIELD, (seed, p))
         forced = None if scale is None else RBC_DIAMETER_UM / choose_all_patient(seed, p)[0].rbc_diameter_px * scale
         detection = detect_cells(image, config, um_per_pixel=forced)
         cells = [(c.x, c.y, c.kind == "smudge") for c in detection.cells]
-        _score_all_field(truth, cells, t)
+        failures += [f"field {p}: {f}" for f in _score_all_field(truth, cells, t)]
         if args.baseline:
             _score_all_field(
                 truth, [(c.x, c.y, c.kind == "smudge") for c in baseline_detect.detect_cells(image).cells], base
@@ -337,17 +338,29 @@ def run_all_cohort(seed: int, config: DetectConfig, args, scale: float | None = 
             f"  today's detector:    recall {pct(base['hit'], base['truth'])}  precision {pct(base['hit'], base['det'])}  "
             f"clusters exact {pct(base['clusters_ok'], base['clusters'])}"
         )
+    if args.verbose:
+        for failure in failures:
+            print(f"    {failure}")
 
 
-def _score_all_field(truth, cells, t: dict) -> None:
-    """Add one field's counts to `t`: truth cells (synth.TruthCell), detections [(x, y, is_smudge)]."""
+def _score_all_field(truth, cells, t: dict) -> list[str]:
+    """Add one field's counts to `t`: truth cells (synth.TruthCell), detections [(x, y, is_smudge)].
+    Returns the field's failures in words (`--verbose`): missed intact cells, extra detections and
+    clusters not counted exactly, each with its position."""
     T = np.array([(c.x, c.y, c.r) for c in truth]).reshape(-1, 3)
     smudge = np.array([c.smudge for c in truth], bool)
     C = np.array([(x, y) for x, y, _ in cells]).reshape(-1, 2)
     ks = np.array([k for _, _, k in cells], bool)
     dist = np.hypot(T[:, None, 0] - C[None, :, 0], T[:, None, 1] - C[None, :, 1])
     hit = dist <= T[:, 2:3]
-    ti, _ = match(dist[~smudge][:, ~ks], hit[~smudge][:, ~ks])
+    ti, di = match(dist[~smudge][:, ~ks], hit[~smudge][:, ~ks])
+    intact, wbc = np.flatnonzero(~smudge), np.flatnonzero(~ks)
+    failures = [
+        f"missed {truth[i].kind} at ({truth[i].x:.0f}, {truth[i].y:.0f})"
+        + (" (called smudge)" if hit[i, ks].any() else "")
+        for i in sorted(set(intact) - set(intact[ti]))
+    ]
+    failures += [f"extra wbc at ({C[j, 0]:.0f}, {C[j, 1]:.0f})" for j in sorted(set(wbc) - set(wbc[di]))]
     t["truth"] += int((~smudge).sum())
     t["det"] += int((~ks).sum())
     t["hit"] += len(ti)
@@ -358,7 +371,6 @@ def _score_all_field(truth, cells, t: dict) -> None:
         t["s_hit"] += len(si)
         ai, ad = match(dist, hit)
         t["intact_smudged"] += int(sum(1 for a, b in zip(ai, ad) if not smudge[a] and ks[b]))
-    wbc = np.flatnonzero(~ks)
     near = np.where(hit[:, wbc], dist[:, wbc], np.inf)
     owner = np.where(np.isfinite(near).any(axis=0), near.argmin(axis=0), -1)
     for cluster in {c.cluster for c in truth} - {0}:
@@ -366,6 +378,10 @@ def _score_all_field(truth, cells, t: dict) -> None:
         got = np.bincount(owner[owner >= 0], minlength=len(truth))[members]
         t["clusters"] += 1
         t["clusters_ok"] += int(np.all(got == 1))
+        if not np.all(got == 1):
+            x, y = np.mean([truth[i].x for i in members]), np.mean([truth[i].y for i in members])
+            failures.append(f"cluster of {len(members)} at ({x:.0f}, {y:.0f}): detections per member {got.tolist()}")
+    return failures
 
 
 def run_speed(args) -> None:
@@ -438,7 +454,11 @@ def main() -> None:
     parser.add_argument(
         "--all-scale", default="", metavar="F,F", help="also score the ALL-like seeds at the true scale x each F"
     )
-    parser.add_argument("--verbose", action="store_true", help="list every miss and false detection")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="list every miss and false detection (ALL-like: and every cluster not counted exactly)",
+    )
     parser.add_argument("--overlays", default=None, metavar="DIR", help="write failure overlays (PNG) here")
     args = parser.parse_args()
     config = DetectConfig()
