@@ -376,9 +376,10 @@ def _score_all_field(truth, cells, t: dict) -> list[str]:
     for cluster in {c.cluster for c in truth} - {0}:
         members = [i for i, c in enumerate(truth) if c.cluster == cluster]
         got = np.bincount(owner[owner >= 0], minlength=len(truth))[members]
+        exact = bool(np.all(got == 1))
         t["clusters"] += 1
-        t["clusters_ok"] += int(np.all(got == 1))
-        if not np.all(got == 1):
+        t["clusters_ok"] += int(exact)
+        if not exact:
             x, y = np.mean([truth[i].x for i in members]), np.mean([truth[i].y for i in members])
             failures.append(f"cluster of {len(members)} at ({x:.0f}, {y:.0f}): detections per member {got.tolist()}")
     return failures
