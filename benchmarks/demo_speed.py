@@ -13,10 +13,22 @@ two, train on one worker (one CPU reserved) running two torch threads (jobs.trai
 Printed at the end for a machine at 50 GFLOP/s, as if all work scaled with sgemm (most does not:
 small convolutions, Python and Ray's start-up scale less): this run's wall seconds x the ratio (a
 bound from above when this machine was idle) and its CPU seconds / 2 x the ratio (from below).
+
+    .venv/bin/python benchmarks/demo_speed.py --emulate-gflops 50 demo-out
+
+measures instead of estimating: the demo runs in a CPU cgroup (root; cgroup v1 `cpu` or v2 `cpu.max`)
+whose quota the whole process tree shares: cores x 50 / (this machine's single-thread sgemm) CPUs,
+so every CPU second here counts as (this sgemm / 50) there. As many single-thread sgemms as cores,
+run at once inside it, are printed as a check: they read a little under 50 (a quota costs some
+speed of its own), so the emulated machine is if anything slower than the one named. Work that runs on both cores (every step here) then runs as on two
+cores of that speed; a stretch where one thread runs alone gets up to the whole quota, so it runs up to
+twice as fast as it would there (the printed CPU seconds say how much of the time that can be).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -83,9 +95,103 @@ class TreeCpu:
         self._thread.join()
 
 
+def parallel_sgemm_gflops(
+    processes: int, group: Path | None = None, n: int = 1024, seconds: float = 3.0
+) -> list[float]:
+    """Single-thread sgemm GFLOP/s per wall second of `processes` processes running at once, in the
+    cgroup `group` if given (each averaged over `seconds`, many cgroup periods, so a quota shows as
+    the mean speed it allows)."""
+    code = (
+        "import time, torch; torch.set_num_threads(1); "
+        f"a = torch.randn({n}, {n}); b = torch.randn({n}, {n}); a @ b; k = 0; t = time.perf_counter()\n"
+        f"while time.perf_counter() - t < {seconds}: a @ b; k += 1\n"
+        f"print(2 * {n}**3 * k / 1e9 / (time.perf_counter() - t))"
+    )
+    enter = None if group is None else (lambda: (group / "cgroup.procs").write_text(str(os.getpid())))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, preexec_fn=enter)
+        for _ in range(processes)
+    ]
+    return [float(p.communicate()[0]) for p in procs]
+
+
+class CpuCgroup:
+    """A new CPU cgroup whose processes share a quota of CPUs (cgroup v2 `cpu.max`, or v1's CFS
+    quota); removed on exit, killing what is left in it."""
+
+    period = 100_000
+
+    def __init__(self, name: str):
+        controllers = Path("/sys/fs/cgroup/cgroup.controllers")
+        if controllers.is_file() and "cpu" in controllers.read_text().split():
+            self.path, self.v2 = Path("/sys/fs/cgroup") / name, True
+        elif Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").is_file():
+            self.path, self.v2 = Path("/sys/fs/cgroup/cpu") / name, False
+        else:
+            raise SystemExit(
+                "--emulate-gflops needs a CPU cgroup controller (cgroup v2 with cpu, or v1's cpu): none here"
+            )
+
+    def set_cpus(self, cpus: float) -> None:
+        quota = max(1000, int(cpus * self.period))
+        if self.v2:
+            (self.path / "cpu.max").write_text(f"{quota} {self.period}")
+        else:
+            (self.path / "cpu.cfs_period_us").write_text(str(self.period))
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+
+    def __enter__(self) -> CpuCgroup:
+        try:
+            self.path.mkdir()
+        except PermissionError as e:
+            raise SystemExit(f"--emulate-gflops needs root to make a CPU cgroup: {e}") from e
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for pid in (self.path / "cgroup.procs").read_text().split():  # Ray's daemons, if any outlived the demo
+            try:
+                psutil.Process(int(pid)).kill()
+            except psutil.Error:
+                pass
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
+def run_emulated(gflops: float, argv: list[str]) -> int:
+    """Run this script (without --emulate-gflops) in a cgroup whose quota gives its processes,
+    together, the CPU time that this machine's cores would do at `gflops` of sgemm; its exit code."""
+    cores = psutil.cpu_count()
+    alone = sgemm_gflops()[1]
+    with CpuCgroup(f"allray-demo-{os.getpid()}") as group:
+        # Every CPU second here is worth alone / gflops CPU seconds there. Cores held by a quota run
+        # sgemm a little slower still (checked below), so the emulated machine is if anything slower.
+        cpus = cores * min(1.0, gflops / alone)
+        group.set_cpus(cpus)
+        each = parallel_sgemm_gflops(cores, group.path)
+        print(
+            f"emulating {cores} cores at {gflops:g} GFLOP/s each (this machine: {alone:.1f} alone): a quota of "
+            f"{cpus:.2f} CPUs, in which {cores} single-thread sgemms at once read {', '.join(f'{g:.1f}' for g in each)}\n"
+        )
+        child = subprocess.Popen(
+            [sys.executable, __file__, *argv],
+            env={**os.environ, "ALLRAY_EMULATED_GFLOPS": str(gflops)},
+            preexec_fn=lambda: (group.path / "cgroup.procs").write_text(str(os.getpid())),
+        )
+        return child.wait()
+
+
 def main() -> None:
     import click
 
+    argv = sys.argv[1:]
+    if "--emulate-gflops" in argv:
+        i = argv.index("--emulate-gflops")
+        gflops = float(argv[i + 1])
+        sys.exit(run_emulated(gflops, argv[:i] + argv[i + 2 :]))
     from jobs.cli import demo
     from jobs.demo import DemoConfig, run_demo
 
@@ -103,7 +209,7 @@ def main() -> None:
             if line.startswith("demo: ") and " took " in line:
                 marks.append((line[6 : line.index(" took ")], time.perf_counter(), cpu.total()))
 
-        params = demo.make_context("demo", sys.argv[1:]).params
+        params = demo.make_context("demo", argv).params
         address, verbose = params.pop("address"), params.pop("verbose")
         run_demo(DemoConfig(**params), echo=echo, address=address, verbose=verbose)
     after = sgemm_gflops()
@@ -117,6 +223,12 @@ def main() -> None:
         print(f"{name:<30} {t - last_t:8.1f} {c - last_c:8.1f}")
         last_t, last_c = t, c
     print(f"{'total':<30} {last_t - start:8.1f} {last_c - start_cpu:8.1f}")
+    emulated = os.environ.get("ALLRAY_EMULATED_GFLOPS")
+    if emulated:
+        print(
+            f"measured with every core held to {emulated} GFLOP/s (--emulate-gflops): {(last_t - start) / 60:.1f} min"
+        )
+        return
     per_cpu = (before[1] + after[1]) / 2  # this machine's speed per CPU second
     ratio = per_cpu / 50
     wall, cpu_s = last_t - start, last_c - start_cpu
