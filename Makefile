@@ -49,6 +49,8 @@ test-fast: $(STAMP)
 # Every figure of the README's table; train, infer and pipeline quality use the demo's outputs.
 bench: $(STAMP)
 	$(PY) benchmarks/detect_quality.py --all-seeds 1,2,3 --all-fields 3
+	$(PY) benchmarks/detect_pbc.py
+	$(PY) benchmarks/detect_pbc.py --um-per-pixel 0.1142
 	$(PY) benchmarks/single_cell_scale.py
 	$(PY) benchmarks/review_speed.py
 	$(PY) benchmarks/ingest_speed.py
