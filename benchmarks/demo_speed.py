@@ -16,13 +16,13 @@ bound from above when this machine was idle) and its CPU seconds / 2 x the ratio
 
     .venv/bin/python benchmarks/demo_speed.py --emulate-gflops 50 demo-out
 
-measures instead of estimating: the demo runs in a CPU cgroup (root; cgroup v1 `cpu` or v2 `cpu.max`)
-whose quota the whole process tree shares: cores x 50 / (this machine's single-thread sgemm) CPUs,
-so every CPU second here counts as (this sgemm / 50) there. As many single-thread sgemms as cores,
-run at once inside it, are printed as a check: they read a little under 50 (a quota costs some
-speed of its own), so the emulated machine is if anything slower than the one named. Work that runs on both cores (every step here) then runs as on two
-cores of that speed; a stretch where one thread runs alone gets up to the whole quota, so it runs up to
-twice as fast as it would there (the printed CPU seconds say how much of the time that can be).
+measures instead of estimating: the demo runs in a CPU cgroup (root; cgroup v1 `cpu` or v2
+`cpu.max`) whose quota the whole process tree shares: cores x 50 / (this machine's single-thread
+sgemm) CPUs, so every CPU second here counts as (this sgemm / 50) there. As many single-thread
+sgemms as cores, run at once inside it, are printed as a check: they read a little under 50 (a
+quota costs some speed of its own), so the emulated machine is if anything slower than the one
+named. Work on both cores (every step here) runs as on two cores of that speed; a stretch where
+one thread runs alone gets up to the whole quota, so up to twice as fast as it would there.
 """
 
 from __future__ import annotations

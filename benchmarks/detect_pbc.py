@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 from PIL import Image, ImageDraw  # noqa: E402
 
 from pipeline.detect import DetectConfig, detect_cells  # noqa: E402
-from pipeline.io import decode_image  # noqa: E402
+from pipeline.io import decode_image, has_image_extension  # noqa: E402
 from pipeline.schema import KIND_SMUDGE, KIND_WBC  # noqa: E402
 
 PBC = next(
@@ -67,8 +67,8 @@ def score_image(
     path: Path, radius_um: float, um_per_pixel: float | None, overlays: str | None = None
 ) -> tuple[str, int, int, float, int]:
     """(outcome, wbc detections near the centre, smudge detections near it, um/px used, smudge
-    detections anywhere) of one image;
-    with `overlays`, a failing image is drawn there (wbc boxes green, smudge red, the centre disc blue)."""
+    detections anywhere) of one image; with `overlays`, a failing image is drawn there (wbc boxes
+    green, smudge red, the centre disc blue)."""
     image = decode_image(path.read_bytes()).pixels
     found = detect_cells(image, DetectConfig(), um_per_pixel=um_per_pixel)
     h, w = image.shape[:2]
@@ -99,7 +99,7 @@ def score_image(
 
 
 def files_of(folder: Path, half: str) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".tif", ".tiff"})
+    files = sorted(p for p in folder.iterdir() if has_image_extension(p.name))
     return files if half == "all" else files[half == "odd" :: 2]
 
 
