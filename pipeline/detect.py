@@ -20,7 +20,11 @@ How it works, and why:
    pink: the two lobes of an eosinophil (a granulocyte's cytoplasm absorbs green, a blast's or
    monocyte's red). Groups with less chromatin than a small lymphocyte (platelets) are dropped.
 4. Outline. A cell is its nucleus plus the body its fragments claimed (within
-   `max_cytoplasm_um`); its area, centre, box and border contact come from that. A ragged
+   `max_cytoplasm_um`); its area, centre, box and border contact come from that. Where the red
+   cells read lavender (a May-Gruenwald Giemsa stain photographed warm, as in PBC: OD(R) > OD(B),
+   so "less red than red cells" holds for red cells too) the outline keeps only matter of another
+   hue than theirs joined to the nucleus, and the nucleus and pale-net thresholds rise by what
+   two overlapping red cells read (scale.measure_red_cell_colour); pink red cells change nothing. A ragged
    nucleus with no cytoplasm rim is a smudge (ruptured) cell.
 """
 
@@ -40,8 +44,10 @@ from pipeline.fragment_groups import group_fragments
 from pipeline.nucleus_split import split_nuclei
 from pipeline.scale import (
     RBC_DIAMETER_UM,
+    RedCellColour,
     estimate_um_per_pixel,
     measure_optical_density,
+    measure_red_cell_colour,
     measure_red_level,
     resize_image,
 )
@@ -60,6 +66,8 @@ _MAX_UPSAMPLE = 4.0  # low-resolution pictures are enlarged at most this much (m
 _MAX_WORKING_PX = 16e6  # ... and never beyond this many pixels (memory stays ~0.5 GB)
 _FOREGROUND_OD = 0.05  # summed OD above which a pixel is not empty background (noise is ~0.01)
 _BODY_HOLE_UM2 = 12.0  # holes in a cell body smaller than this (a 4 um disc) are filled
+_HUE_SPREADS = 3.0  # matter whose hue lies this many red-cell spreads (MAD) below theirs is not red-cell matter ...
+_MIN_HUE_MARGIN = 0.08  # ... and at least this far below (noise, and the background light misread by a few %)
 _RED_FRACTION = 0.8  # matter at least 0.8x as red (OD(B) - OD(R)) as a typical red cell is red-cell matter
 
 
@@ -209,8 +217,11 @@ class WorkingCell(NamedTuple):
 
 def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[WorkingCell]:
     """White cells in an (H, W, 3) float32 optical-density image at `px_per_um` pixels per micrometre."""
+    colour = measure_red_cell_colour(od)
     purple = ndi.gaussian_filter(od[..., 0] - od[..., 2], 1.0)
-    nucleus = segment_nuclei(od, config, purple)
+    # Lavender red cells read a little purple, two overlapping ones twice as much: that is no nucleus.
+    red_purple = 2.0 * max(0.0, colour.purple) if colour is not None and colour.lavender else 0.0
+    nucleus = segment_nuclei(od, config, purple, red_purple)
     # Work in windows around clusters of nucleus blobs (blobs closer than a cell apart share one):
     # nuclei cover a few percent of a smear, so everything after this touches only that much.
     reach = int(math.ceil(config.max_cytoplasm_um * px_per_um)) + 2
@@ -228,8 +239,9 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
         own = clusters[sl] == k
         nuclei = fill_small_holes(nucleus[sl] & own, _NUCLEUS_HOLE_UM2 * px_per_um**2)
         body = segment_bodies(od[sl], red_level) & own
+        off_red = segment_off_red_hue(od[sl], colour)
         y0, x0 = sl[0].start, sl[1].start
-        for cell in assemble_cells(nuclei, body, config, px_per_um, purple[sl], od[sl]):
+        for cell in assemble_cells(nuclei, body, config, px_per_um, purple[sl], od[sl], off_red):
             r0, c0, r1, c1 = (a + b for a, b in zip(cell.bbox, (y0, x0, y0, x0)))
             border = r0 == 0 or c0 == 0 or r1 == od.shape[0] or c1 == od.shape[1]  # it touches the edge
             found.append(cell._replace(x=cell.x + x0, y=cell.y + y0, bbox=(r0, c0, r1, c1), at_border=border))
@@ -238,7 +250,7 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
         compact = [c.features.level for c in found if c.features.solidity >= config.smudge_max_solidity]
         image_level = float(np.median(compact or [c.features.level for c in found]))
         found = [c._replace(kind=KIND_SMUDGE) if is_smudge(c.features, image_level, config) else c for c in found]
-    return join_smudge_pieces(found + find_pale_smudges(purple, cells_near[clusters], config, px_per_um))
+    return join_smudge_pieces(found + find_pale_smudges(purple, cells_near[clusters], config, px_per_um, red_purple))
 
 
 def join_smudge_pieces(cells: list[WorkingCell]) -> list[WorkingCell]:
@@ -267,16 +279,17 @@ def join_smudge_pieces(cells: list[WorkingCell]) -> list[WorkingCell]:
 
 
 def find_pale_smudges(
-    purple: np.ndarray, cells: np.ndarray, config: DetectConfig, px_per_um: float
+    purple: np.ndarray, cells: np.ndarray, config: DetectConfig, px_per_um: float, red_purple: float = 0.0
 ) -> list[WorkingCell]:
     """Smudge cells too pale for the nucleus mask: chromatin spread into a faint net (OD(R) - OD(B)
-    above `smudge_min_od`, far below an intact nucleus) over at least a disc `smudge_min_um` wide,
+    above `smudge_min_od` plus `red_purple`, what overlapping lavender red cells reach; far below
+    an intact nucleus) over at least a disc `smudge_min_um` wide,
     away from every cell found (`cells`: their nuclei and cytoplasm), and ragged (not a compact
     round shape) or, if compact, lacy inside (a net's threads and holes; a blurred cell is smooth). They are marked smudge, so they are left out of the counts like every smudge cell.
     Searched at half the working resolution (nets are >= 8 um wide; it costs a quarter as much)."""
     step = 2 if px_per_um >= 2.5 else 1
     ppu = px_per_um / step
-    pale = ndi.gaussian_filter(purple[::step, ::step], 0.5 * ppu) > config.smudge_min_od
+    pale = ndi.gaussian_filter(purple[::step, ::step], 0.5 * ppu) > config.smudge_min_od + red_purple
     pale &= ~ndi.binary_dilation(cells[::step, ::step], iterations=2)
     close = max(1, round(ppu))  # threads of a net lie ~1-2 um apart
     pale = ndi.binary_fill_holes(ndi.binary_closing(pale, iterations=close))
@@ -310,12 +323,16 @@ def _measure_variation(values: np.ndarray) -> float:
     return float(values.std() / max(float(values.mean()), 1e-6)) if values.size else 0.0
 
 
-def segment_nuclei(od: np.ndarray, config: DetectConfig, purple: np.ndarray | None = None) -> np.ndarray:
+def segment_nuclei(
+    od: np.ndarray, config: DetectConfig, purple: np.ndarray | None = None, red_purple: float = 0.0
+) -> np.ndarray:
     """(H, W) bool: pixels of stained nuclei (purple: OD(R) - OD(B) high), at each blob's own contrast.
-    `purple`: the smoothed OD(R) - OD(B) of `od`, when the caller has it already."""
+    `purple`: the smoothed OD(R) - OD(B) of `od`, when the caller has it already; `red_purple`:
+    what red cells reach in it where they read purple (lavender), added to `nucleus_min_od`."""
     if purple is None:
         purple = ndi.gaussian_filter(od[..., 0] - od[..., 2], 1.0)
-    candidates, n = ndi.label(purple > config.nucleus_min_od)
+    min_od = config.nucleus_min_od + red_purple
+    candidates, n = ndi.label(purple > min_od)
     if n == 0:
         return np.zeros(purple.shape, bool)
     # A blob's level is its 90th percentile, not its peak: where two cells overlap, chromatin
@@ -328,7 +345,7 @@ def segment_nuclei(od: np.ndarray, config: DetectConfig, purple: np.ndarray | No
     peaks = values[order][starts + np.floor(0.9 * (counts - 1)).astype(int)]
     # Each blob is cut at a fraction of its own peak: a pale nucleus keeps its full outline and a
     # dark one does not swell into the bluish cytoplasm around it.
-    cut = np.concatenate([[np.inf], np.maximum(config.nucleus_relative_threshold * peaks, config.nucleus_min_od)])
+    cut = np.concatenate([[np.inf], np.maximum(config.nucleus_relative_threshold * peaks, min_od)])
     return purple > cut[candidates]
 
 
@@ -339,13 +356,34 @@ def segment_bodies(od: np.ndarray, red_level: float) -> np.ndarray:
     return (smooth.sum(axis=2) > _FOREGROUND_OD) & (smooth[..., 2] - smooth[..., 0] < _RED_FRACTION * red_level)
 
 
+def segment_off_red_hue(od: np.ndarray, colour: RedCellColour | None) -> np.ndarray | None:
+    """(h, w) bool: matter whose hue ((OD(B) - OD(R)) / summed OD) lies below the red cells' by more
+    than they vary among themselves; None where red cells read pink (hue >= 0) or were not measured.
+
+    Lavender red cells (a May-Gruenwald Giemsa stain photographed warm: PBC) have OD(B) < OD(R),
+    so "less red than the red cells" (segment_bodies) holds for them too and every red cell beside
+    a white one would join its body. Their hue still differs from a white cell's nucleus and blue
+    cytoplasm; a granulocyte's pink cytoplasm shares it, so this mask only trims a cell's outline
+    (centre, box, area), never the body that decides which nuclei are one cell."""
+    if colour is None or not colour.lavender:
+        return None
+    smooth = ndi.gaussian_filter(od, (1.0, 1.0, 0))
+    density = smooth.sum(axis=2)
+    margin = max(_HUE_SPREADS * colour.hue_spread, _MIN_HUE_MARGIN)
+    off_red = (density > _FOREGROUND_OD) & (smooth[..., 2] - smooth[..., 0] < (colour.hue - margin) * density)
+    # Thin lines of it are the rims of red cells (their faint edges, where hue is noisy, and the
+    # colour fringes of the lens), which would chain a white cell to every red cell it touches.
+    return ndi.binary_opening(off_red)
+
+
 def assemble_cells(
     nucleus: np.ndarray, body: np.ndarray, config: DetectConfig, px_per_um: float, purple: np.ndarray,
-    od: np.ndarray | None = None,
+    od: np.ndarray | None = None, outline: np.ndarray | None = None,
 ) -> list[WorkingCell]:  # fmt: skip
     """Cells (window coordinates, at_border unset) from a window's nucleus and body masks, its
     smoothed OD(R) - OD(B), and its (h, w, 3) OD (given, the cytoplasm's colour can show two round
-    nuclei to be one granulocyte's lobes)."""
+    nuclei to be one granulocyte's lobes). `outline`, given, trims each cell's extent (centre, box,
+    area) to that mask plus its nucleus (segment_off_red_hue)."""
     blobs, _ = ndi.label(nucleus)
     fragments, lenses = split_nuclei(nucleus, config, px_per_um, blobs, purple, None if od is None else od[..., 1])
     # Each fragment claims the body around it: a watershed on the body's distance map, so two
@@ -360,6 +398,10 @@ def assemble_cells(
     zones = fragments[iy, ix]  # the nearest fragment of every pixel
     groups = group_fragments(fragments, zones, outside, regions, depth, config, px_per_um, lenses, od)
     nuclei, cells = groups[fragments], groups[regions]
+    if outline is not None:  # the cell's matter of its own hue that is joined to its nucleus
+        cells = np.where(
+            ndi.binary_propagation(fragments > 0, mask=(outline | (fragments > 0)) & (cells > 0)), cells, 0
+        )
     m = int(groups.max())
     # How many cells each chromatin blob was split into, and so each cell's blob.
     inside = fragments > 0

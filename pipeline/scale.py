@@ -13,6 +13,8 @@ vignetting and white balance: a stain is a direction in OD space whatever the ca
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
@@ -38,6 +40,7 @@ _RBC_FRACTION_RANGE = (0.01, 0.95)
 # Pixels whose OD(R) - OD(B) exceeds this are stained nuclei (purple), not red cells (pink, < 0).
 _NUCLEUS_OD = 0.12
 _MIN_RED_OD = 0.05  # floor for the red-cell level of OD(B) - OD(R) (pictures with few red cells)
+_MIN_RED_PIXELS = 500  # red-cell pixels (of a 100,000 sample) below which their colour is not measured
 _MIN_CELL_PX = 20  # mask components smaller than this are specks, not red cells
 # Background light: fitted on an 8x8 grid of blocks; a block whose bright level is more than 5%
 # below the fitted surface is mostly covered by cells and does not vote in the next fit.
@@ -129,6 +132,54 @@ def measure_red_level(od: np.ndarray) -> float:
     redness = flat[:, 2] - flat[:, 0]
     reddish = redness[redness > 0.25 * np.percentile(redness, 95)]
     return max(float(np.median(reddish)) if reddish.size else 0.0, _MIN_RED_OD)
+
+
+@dataclass(frozen=True)
+class RedCellColour:
+    """The colour of an image's red cells in OD, which detection measures white-cell matter against.
+
+    hue: typical (OD(B) - OD(R)) / (summed OD) of red-cell pixels: the direction of haemoglobin
+    plus eosin in this stain and camera, whatever their density (a red cell's pale centre has its
+    rim's hue at a third of its OD). Pink red cells read > 0 (BCCD, most Giemsa); the lavender red
+    cells of a May-Gruenwald Giemsa stain photographed warm (PBC) read < 0.
+    hue_spread: the median absolute deviation of that hue among red-cell pixels.
+    purple: the 90th percentile of OD(R) - OD(B) among them (what one layer of red cells reaches
+    in the nucleus signal: < 0 for pink red cells, a little > 0 for lavender ones).
+    """
+
+    hue: float
+    hue_spread: float
+    purple: float
+
+    @property
+    def lavender(self) -> bool:
+        """Red cells that absorb red light more than blue (hue < 0): they read a little purple, and
+        "less red than the red cells" no longer tells white-cell matter from them."""
+        return self.hue < 0
+
+
+def measure_red_cell_colour(od: np.ndarray) -> RedCellColour | None:
+    """The RedCellColour of an (H, W, 3) OD image; None when it shows too few red cells to say.
+
+    Red-cell pixels: dense in green (haemoglobin absorbs green most: above an Otsu threshold
+    between background and cells), not stained nuclei; red cells outnumber every other cell's
+    pixels in a smear, so the median and MAD over them are the red cells' own.
+    """
+    flat = od.reshape(-1, 3)[:: max(1, od.shape[0] * od.shape[1] // 100_000)]
+    purple = flat[:, 0] - flat[:, 2]
+    green = flat[:, 1][purple < _NUCLEUS_OD]
+    if green.size < 100 or float(np.ptp(green)) < _MIN_RBC_CONTRAST_OD:
+        return None
+    red = flat[(purple < _NUCLEUS_OD) & (flat[:, 1] > threshold_otsu(np.minimum(green, np.percentile(green, 99))))]
+    if red.shape[0] < _MIN_RED_PIXELS:
+        return None
+    hue = (red[:, 2] - red[:, 0]) / np.maximum(red.sum(axis=1), 1e-3)
+    middle = float(np.median(hue))
+    return RedCellColour(
+        hue=middle,
+        hue_spread=float(np.median(np.abs(hue - middle))),
+        purple=float(np.percentile(red[:, 0] - red[:, 2], 90)),
+    )
 
 
 def measure_rbc_diameter_px(image: np.ndarray) -> float | None:

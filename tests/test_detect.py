@@ -36,6 +36,9 @@ OD_RBC = np.array([0.07, 0.25, 0.24])
 OD_NUCLEUS = np.array([0.80, 1.20, 0.33])
 OD_CYTOPLASM = np.array([0.20, 0.15, 0.03])
 OD_PLATELET = np.array([0.50, 0.80, 0.29])
+# Red cells as a May-Gruenwald Giemsa stain photographed warm shows them (PBC): lavender, absorbing
+# red light a little more than blue, so one layer reads slightly purple and two overlapping more.
+OD_RBC_LAVENDER = np.array([0.22, 0.32, 0.14])
 
 
 class Painter:
@@ -49,10 +52,10 @@ class Painter:
         cover = np.clip(r - np.hypot(self.cols - x, self.rows - y) + 0.5, 0, 1)
         self.od += cover[..., None] * od * density
 
-    def red_cell(self, x: float, y: float, r: float = RBC_PX / 2) -> None:
+    def red_cell(self, x: float, y: float, r: float = RBC_PX / 2, od: np.ndarray = OD_RBC) -> None:
         rho2 = ((self.cols - x) ** 2 + (self.rows - y) ** 2) / r**2
         cover = np.clip(r - np.sqrt(rho2) * r + 0.5, 0, 1) * (1 - 0.5 * np.exp(-rho2 / 0.25))
-        self.od += cover[..., None] * OD_RBC
+        self.od += cover[..., None] * od
 
     def white_cell(self, x: float, y: float, r_um: float = 5.0, nucleus_fraction: float = 0.8) -> None:
         r = r_um / UM_PER_PX
@@ -145,6 +148,30 @@ def test_two_touching_white_cells_give_two():
     assert len(detection.cells) == 2
     for x, y in cells:
         assert nearest(detection, x, y)[0] < 0.3 * r
+
+
+def test_lavender_red_cells_are_neither_nuclei_smudges_nor_cytoplasm():
+    # A lymphocyte ringed by touching lavender red cells, and pairs of overlapping red cells
+    # elsewhere (twice as purple as one): one white cell, no smudge, its box the cell's own.
+    rng = np.random.default_rng(5)
+    painter = Painter(260, 360)
+    r = RBC_PX / 2
+    cx, cy, cell_r = 180.0, 130.0, 5.0 / UM_PER_PX
+    for k in range(6):  # red cells pressed against the white cell all round
+        a = k * math.pi / 3
+        painter.red_cell(cx + (cell_r + r - 2) * math.cos(a), cy + (cell_r + r - 2) * math.sin(a), od=OD_RBC_LAVENDER)
+    for x, y in [(40, 40), (40, 200), (320, 40), (320, 210)]:  # overlapping pairs, half a cell apart
+        painter.red_cell(x, y, od=OD_RBC_LAVENDER)
+        painter.red_cell(x + r, y + 4, od=OD_RBC_LAVENDER)
+    painter.white_cell(cx, cy)
+    detection = detect_cells(painter.photograph(rng), um_per_pixel=UM_PER_PX)
+    assert [c.kind for c in detection.cells] == [KIND_WBC]
+    cell = detection.cells[0]
+    assert math.hypot(cell.x - cx, cell.y - cy) < 2.0
+    x0, y0, x1, y1 = cell.bbox
+    # The painted cell spans 2 * cell_r = 40 px; with the red cells around it joined, the box
+    # would span 2 * (cell_r + RBC_PX) - 4 = 96 px.
+    assert max(x1 - x0, y1 - y0) <= 2 * cell_r + RBC_PX, cell.bbox
 
 
 def test_lobed_nucleus_is_one_cell():
