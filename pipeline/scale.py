@@ -40,7 +40,7 @@ _RBC_FRACTION_RANGE = (0.01, 0.95)
 # Pixels whose OD(R) - OD(B) exceeds this are stained nuclei (purple), not red cells (pink, < 0).
 _NUCLEUS_OD = 0.12
 _MIN_RED_OD = 0.05  # floor for the red-cell level of OD(B) - OD(R) (pictures with few red cells)
-_MIN_RED_PIXELS = 500  # red-cell pixels (of a 100,000 sample) below which their colour is not measured
+_MIN_RED_SHARE = 0.1  # red cells cover at least this share of a smear or single-cell picture (20-60% here)
 _MIN_CELL_PX = 20  # mask components smaller than this are specks, not red cells
 # Background light: fitted on an 8x8 grid of blocks; a block whose bright level is more than 5%
 # below the fitted surface is mostly covered by cells and does not vote in the next fit.
@@ -163,7 +163,8 @@ def measure_red_cell_colour(od: np.ndarray) -> RedCellColour | None:
 
     Red-cell pixels: dense in green (haemoglobin absorbs green most: above an Otsu threshold
     between background and cells), not stained nuclei; red cells outnumber every other cell's
-    pixels in a smear, so the median and MAD over them are the red cells' own.
+    pixels in a smear, so the median and MAD over them are the red cells' own; where such pixels
+    cover under a tenth of the picture, they are white cells and plasma, and nothing is said.
     """
     flat = od.reshape(-1, 3)[:: max(1, od.shape[0] * od.shape[1] // 100_000)]
     purple = flat[:, 0] - flat[:, 2]
@@ -171,8 +172,8 @@ def measure_red_cell_colour(od: np.ndarray) -> RedCellColour | None:
     if green.size < 100 or float(np.ptp(green)) < _MIN_RBC_CONTRAST_OD:
         return None
     red = flat[(purple < _NUCLEUS_OD) & (flat[:, 1] > threshold_otsu(np.minimum(green, np.percentile(green, 99))))]
-    if red.shape[0] < _MIN_RED_PIXELS:
-        return None
+    if red.shape[0] < _MIN_RED_SHARE * flat.shape[0]:
+        return None  # too few to be red cells: what stands out from the background is white cells
     hue = (red[:, 2] - red[:, 0]) / np.maximum(red.sum(axis=1), 1e-3)
     middle = float(np.median(hue))
     return RedCellColour(

@@ -91,7 +91,9 @@ class Painter:
         return np.clip(rgb + rng.normal(0, noise, rgb.shape) + 0.5, 0, 255).astype(np.uint8)
 
 
-def scatter_red_cells(painter: Painter, rng: np.random.Generator, n: int, keep_clear: list[tuple[float, float, float]]):
+def scatter_red_cells(
+    painter: Painter, rng: np.random.Generator, n: int, keep_clear: list[tuple[float, float, float]], od=OD_RBC
+):
     """Place up to n non-overlapping red cells, away from the (x, y, r) discs in keep_clear."""
     h, w = painter.od.shape[:2]
     placed = list(keep_clear)
@@ -102,7 +104,7 @@ def scatter_red_cells(painter: Painter, rng: np.random.Generator, n: int, keep_c
         x, y = rng.uniform(0, w), rng.uniform(0, h)
         if all(math.hypot(x - px, y - py) > r + pr + 2 for px, py, pr in placed):
             placed.append((x, y, r))
-            painter.red_cell(x, y)
+            painter.red_cell(x, y, od=od)
 
 
 def nearest(detection: Detection, x: float, y: float) -> tuple[float, object]:
@@ -160,9 +162,12 @@ def test_lavender_red_cells_are_neither_nuclei_smudges_nor_cytoplasm():
     for k in range(6):  # red cells pressed against the white cell all round
         a = k * math.pi / 3
         painter.red_cell(cx + (cell_r + r - 2) * math.cos(a), cy + (cell_r + r - 2) * math.sin(a), od=OD_RBC_LAVENDER)
-    for x, y in [(40, 40), (40, 200), (320, 40), (320, 210)]:  # overlapping pairs, half a cell apart
+    pairs = [(40, 40), (40, 200), (320, 40), (320, 210)]
+    for x, y in pairs:  # overlapping pairs, half a cell apart
         painter.red_cell(x, y, od=OD_RBC_LAVENDER)
         painter.red_cell(x + r, y + 4, od=OD_RBC_LAVENDER)
+    keep = [(cx, cy, cell_r + 2 * r)] + [(x + r / 2, y + 2, 1.6 * r) for x, y in pairs]
+    scatter_red_cells(painter, rng, 30, keep, od=OD_RBC_LAVENDER)  # and single red cells between
     painter.white_cell(cx, cy)
     detection = detect_cells(painter.photograph(rng), um_per_pixel=UM_PER_PX)
     assert [c.kind for c in detection.cells] == [KIND_WBC]
