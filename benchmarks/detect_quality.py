@@ -9,6 +9,8 @@
     python benchmarks/detect_quality.py --all-seeds 1,2,3 --all-fields 5   # ... plus ALL-like cohorts
     python benchmarks/detect_quality.py --splits "" --repeats 0 --all-seeds 1,2,3 --all-scale 0.9,1.1
         # ... the ALL-like cohorts with the scale forced to the truth x 0.9 and x 1.1 (a misread ruler)
+    python benchmarks/detect_quality.py --splits "" --repeats 0 --all-seeds 1,2,3 --all-tint 1
+        # ... and the same fields with lavender red cells (a May-Gruenwald Giemsa stain, as in PBC)
 
 Every figure is per source, never pooled. Targets (issue 9): BCCD val and train recall >= 97%,
 precision >= 95% (tune on train only); synthetic ALL-like cohorts (`synth --profile all`, each
@@ -292,10 +294,13 @@ def make_timing_mosaic() -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(rows, axis=0)[:1368, :1712])
 
 
-def run_all_cohort(seed: int, config: DetectConfig, args, scale: float | None = None) -> None:
+def run_all_cohort(
+    seed: int, config: DetectConfig, args, scale: float | None = None, red_cell_tint: float | None = None
+) -> None:
     """Score `args.all_fields` ALL-like 1712x1368 fields of seed `seed` (patients 0.., image 0 each).
     `scale`: detect with um/px forced to the field's true scale x `scale` (None: measured from its
-    red cells, as always): how much a misread ruler costs."""
+    red cells, as always): how much a misread ruler costs. `red_cell_tint`: the same fields with
+    red cells of that tint (1: lavender, as PBC's stain shows them; None: the patient's own, pink)."""
     from pipeline.synth import RBC_DIAMETER_UM, make_image_rng
     from pipeline.synth_all import ALL_FIELD, choose_all_patient, make_all_smear
 
@@ -303,7 +308,7 @@ def run_all_cohort(seed: int, config: DetectConfig, args, scale: float | None = 
     base = dict(truth=0, det=0, hit=0, clusters=0, clusters_ok=0)
     failures = []
     for p in range(args.all_fields):
-        image, _, truth = make_all_smear(make_image_rng(seed, p, 0), ALL_FIELD, (seed, p))
+        image, _, truth = make_all_smear(make_image_rng(seed, p, 0), ALL_FIELD, (seed, p), red_cell_tint)
         forced = None if scale is None else RBC_DIAMETER_UM / choose_all_patient(seed, p)[0].rbc_diameter_px * scale
         detection = detect_cells(image, config, um_per_pixel=forced)
         cells = [(c.x, c.y, c.kind == "smudge") for c in detection.cells]
@@ -317,13 +322,15 @@ def run_all_cohort(seed: int, config: DetectConfig, args, scale: float | None = 
                 image,
                 [(c.x - c.r, c.y - c.r, c.x + c.r, c.y + c.r) for c in truth],
                 detection.cells,
-                Path(args.overlays) / f"all_s{seed}_p{p}{'' if scale is None else f'_x{scale:g}'}.png",
+                Path(args.overlays)
+                / f"all_s{seed}_p{p}{'' if scale is None else f'_x{scale:g}'}{'' if red_cell_tint is None else f'_t{red_cell_tint:g}'}.png",
             )
 
     def pct(a, b):
         return f"{100 * a / b:5.1f}%" if b else "  n/a"
 
     how = "" if scale is None else f", scale forced to the truth x {scale:g}"
+    how += "" if red_cell_tint is None else f", red cells tinted lavender x {red_cell_tint:g}"
     print(
         f"synthetic ALL-like, seed {seed} ({args.all_fields} fields 1712x1368, {t['truth']} intact cells, "
         f"{t['s_truth']} smudge, {t['clusters']} clusters{how})"
@@ -456,6 +463,12 @@ def main() -> None:
         "--all-scale", default="", metavar="F,F", help="also score the ALL-like seeds at the true scale x each F"
     )
     parser.add_argument(
+        "--all-tint",
+        default="",
+        metavar="F,F",
+        help="also score the ALL-like seeds with red cells tinted lavender by each F (1: as PBC's stain shows them)",
+    )
+    parser.add_argument(
         "--verbose",
         action="store_true",
         help="list every miss and false detection (ALL-like: and every cluster not counted exactly)",
@@ -474,6 +487,8 @@ def main() -> None:
         run_all_cohort(int(seed), config, args)
         for factor in filter(None, args.all_scale.split(",")):
             run_all_cohort(int(seed), config, args, scale=float(factor))
+        for tint in filter(None, args.all_tint.split(",")):
+            run_all_cohort(int(seed), config, args, red_cell_tint=float(tint))
     if args.repeats and BCCD.exists():
         run_timing(config, args)
     if args.repeats:

@@ -250,7 +250,17 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
         compact = [c.features.level for c in found if c.features.solidity >= config.smudge_max_solidity]
         image_level = float(np.median(compact or [c.features.level for c in found]))
         found = [c._replace(kind=KIND_SMUDGE) if is_smudge(c.features, image_level, config) else c for c in found]
-    return join_smudge_pieces(found + find_pale_smudges(purple, cells_near[clusters], config, px_per_um, red_purple))
+    cells = cells_near[clusters]
+    pale_min_od = config.smudge_min_od
+    if red_purple:
+        # Lavender red cells: the pale pass reads the chromatin alone (measure_chromatin), above
+        # what 90% of the picture away from cells reads in it (red cells and plasma read ~0; a
+        # few hundredths where the background light is misread).
+        purple = ndi.gaussian_filter(measure_chromatin(od, colour.od, od[nucleus]), 1.0)
+        rest = purple[~cells]
+        if rest.size:
+            pale_min_od += max(0.0, float(np.percentile(rest[:: max(1, rest.size // 100_000)], 90)))
+    return join_smudge_pieces(found + find_pale_smudges(purple, cells, config, px_per_um, pale_min_od))
 
 
 def join_smudge_pieces(cells: list[WorkingCell]) -> list[WorkingCell]:
@@ -278,18 +288,34 @@ def join_smudge_pieces(cells: list[WorkingCell]) -> list[WorkingCell]:
     return [c for c in cells if c.kind != KIND_SMUDGE] + joined
 
 
+def measure_chromatin(od: np.ndarray, red_od: tuple[float, float, float], nuclei_od: np.ndarray) -> np.ndarray:
+    """(H, W) float32: the OD(R) - OD(B) of the chromatin alone in each pixel of an (H, W, 3) OD
+    image, its red-cell matter taken out: each pixel's OD unmixed (least squares) into the red
+    cells' stain vector `red_od` and the nuclei's (the median of `nuclei_od`, (N, 3) OD of nucleus
+    pixels), the chromatin part kept. Where red cells read lavender, OD(R) - OD(B) alone counts
+    them and their overlaps as faint chromatin; this does not, and a faint net of chromatin keeps
+    its whole signal (unlike subtracting the red cells' hue times the pixel's whole OD)."""
+    nucleus = np.median(nuclei_od, axis=0) if len(nuclei_od) else np.asarray([0.8, 1.2, 0.33])
+    stains = np.stack([np.asarray(red_od, np.float64), nucleus.astype(np.float64)], axis=1)  # (3, 2)
+    if np.linalg.matrix_rank(stains) < 2:
+        return (od[..., 0] - od[..., 2]).astype(np.float32)
+    unmix = np.linalg.pinv(stains)[1]  # (3,): OD -> amount of the nuclei's stain vector
+    weights = (unmix * (nucleus[0] - nucleus[2])).astype(np.float32)
+    return od @ weights
+
+
 def find_pale_smudges(
-    purple: np.ndarray, cells: np.ndarray, config: DetectConfig, px_per_um: float, red_purple: float = 0.0
+    purple: np.ndarray, cells: np.ndarray, config: DetectConfig, px_per_um: float, min_od: float | None = None
 ) -> list[WorkingCell]:
-    """Smudge cells too pale for the nucleus mask: chromatin spread into a faint net (OD(R) - OD(B)
-    above `smudge_min_od` plus `red_purple`, what overlapping lavender red cells reach; far below
-    an intact nucleus) over at least a disc `smudge_min_um` wide,
+    """Smudge cells too pale for the nucleus mask: chromatin spread into a faint net (OD(R) - OD(B),
+    `purple`, above `min_od` (default `smudge_min_od`), far below an intact nucleus; where red cells
+    read lavender the caller passes it less what red-cell matter of the same OD reads) over at least a disc `smudge_min_um` wide,
     away from every cell found (`cells`: their nuclei and cytoplasm), and ragged (not a compact
     round shape) or, if compact, lacy inside (a net's threads and holes; a blurred cell is smooth). They are marked smudge, so they are left out of the counts like every smudge cell.
     Searched at half the working resolution (nets are >= 8 um wide; it costs a quarter as much)."""
     step = 2 if px_per_um >= 2.5 else 1
     ppu = px_per_um / step
-    pale = ndi.gaussian_filter(purple[::step, ::step], 0.5 * ppu) > config.smudge_min_od + red_purple
+    pale = ndi.gaussian_filter(purple[::step, ::step], 0.5 * ppu) > (config.smudge_min_od if min_od is None else min_od)
     pale &= ~ndi.binary_dilation(cells[::step, ::step], iterations=2)
     close = max(1, round(ppu))  # threads of a net lie ~1-2 um apart
     pale = ndi.binary_fill_holes(ndi.binary_closing(pale, iterations=close))

@@ -150,6 +150,7 @@ class RedCellColour:
     hue: float
     hue_spread: float
     purple: float
+    od: tuple[float, float, float] = (0.0, 0.0, 0.0)  # their median OD (R, G, B): the red-cell stain vector
 
     @property
     def lavender(self) -> bool:
@@ -180,6 +181,7 @@ def measure_red_cell_colour(od: np.ndarray) -> RedCellColour | None:
         hue=middle,
         hue_spread=float(np.median(np.abs(hue - middle))),
         purple=float(np.percentile(red[:, 0] - red[:, 2], 90)),
+        od=tuple(float(v) for v in np.median(red, axis=0)),
     )
 
 

@@ -61,6 +61,10 @@ LOW_BLAST, HIGH_BLAST = (0.1, 0.5), (0.5, 0.9)
 # the BCCD smears and atlas pictures, as -ln(transmitted fraction) per RGB channel.
 PLASMA_OD = (0.062, 0.117, 0.117)
 RBC_OD = (0.073, 0.248, 0.236)
+# Red cells as a May-Gruenwald Giemsa stain shows them in PBC's analyser pictures: lavender, absorbing
+# red light more than blue (measured there: OD 0.18, 0.27, 0.13 over red-cell pixels; scaled to
+# RBC_OD's green). SmearStyle.red_cell_tint mixes it in.
+RBC_OD_LAVENDER = (0.165, 0.248, 0.12)
 NUCLEUS_OD = (0.80, 1.20, 0.33)
 PLATELET_OD = (0.51, 0.80, 0.29)
 CYTO_OD = {
@@ -100,6 +104,7 @@ class SmearStyle:
     azure: float = 1.0  # strength of the basic dye (nuclei, blue cytoplasm, platelets)
     eosin: float = 1.0  # strength of the acid dye (red cells, plasma)
     hue: tuple[float, float, float] = (1.0, 1.0, 1.0)  # per-channel OD factors: stain batch/pH
+    red_cell_tint: float = 0.0  # red cells' colour: 0 pink (Giemsa, BCCD), 1 lavender (RBC_OD_LAVENDER)
     light: tuple[float, float, float] = (242.0, 240.0, 236.0)  # lamp white level per channel
     vignette: float = 0.15  # fraction of light lost in the corners
     gradient: tuple[float, float] = (0.0, 0.0)  # relative light change across the field, x and y
@@ -111,6 +116,7 @@ class SmearStyle:
         _check_range("rbc_coverage", self.rbc_coverage, 0.0, 1.5)
         _check_range("azure", self.azure, 0.1, 5.0)
         _check_range("eosin", self.eosin, 0.1, 5.0)
+        _check_range("red_cell_tint", self.red_cell_tint, 0.0, 1.0)
         _check_range("vignette", self.vignette, 0.0, 0.9)
         _check_range("noise_sigma", self.noise_sigma, 0.0, 50.0)
         _check_range("blur_sigma", self.blur_sigma, 0.0, 10.0)
@@ -280,7 +286,7 @@ def _mix_stains(style: SmearStyle) -> Stains:
 
     return Stains(
         plasma=vec(PLASMA_OD, style.eosin),
-        rbc=vec(RBC_OD, style.eosin),
+        rbc=vec(np.add(RBC_OD, style.red_cell_tint * np.subtract(RBC_OD_LAVENDER, RBC_OD)), style.eosin),
         nucleus=vec(NUCLEUS_OD, style.azure),
         platelet=vec(PLATELET_OD, style.azure),
         cyto_lymphocyte=vec(CYTO_OD[LYMPHOCYTE], style.azure),

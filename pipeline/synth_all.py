@@ -18,6 +18,7 @@ kind "smudge" and no label, and the id of the packed cluster each blast belongs 
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -70,10 +71,14 @@ def choose_all_patient(seed: int, patient: int):
     )
 
 
-def make_all_smear(rng: np.random.Generator, size: tuple[int, int], seed_patient: tuple[int, int]):
+def make_all_smear(
+    rng: np.random.Generator, size: tuple[int, int], seed_patient: tuple[int, int], red_cell_tint: float | None = None
+):
     """One ALL-like smear: (RGB (H, W, 3) uint8 as decoded from its JPEG, JPEG bytes, [TruthCell]).
 
     seed_patient = (seed, patient) picks the patient's style; only `rng` draws the field.
+    `red_cell_tint`, given, replaces the style's (SmearStyle.red_cell_tint: 1 = lavender red cells):
+    the same field, cells and truth in another stain.
     """
     from pipeline.synth import (
         OTHER_KINDS,
@@ -88,6 +93,8 @@ def make_all_smear(rng: np.random.Generator, size: tuple[int, int], seed_patient
 
     width, height = _check_size(size)
     style, blast_fraction, smudge_share, rbc_on_wbc, quality = choose_all_patient(*seed_patient)
+    if red_cell_tint is not None:
+        style = replace(style, red_cell_tint=red_cell_tint)
     px_per_um = style.rbc_diameter_px / RBC_DIAMETER_UM
     stains = _mix_stains(style)
     groups = _place_groups(

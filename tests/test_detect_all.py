@@ -474,3 +474,22 @@ def test_ragged_chromatin_is_a_smudge_only_when_paler_than_intact_nuclei():
     assert not is_smudge(lobed, 0.50, DetectConfig())
     assert is_smudge(lobed[:2] + (0.17,), 0.50, DetectConfig())
     assert is_smudge((0.60, 1.2, 0.30), 0.50, DetectConfig())  # ragged threads, paler
+
+
+def test_lavender_red_cells_leave_smudge_cells_found_and_nothing_else_called_smudge():
+    """The same ALL-like field with lavender red cells (as a May-Gruenwald Giemsa stain shows them,
+    PBC): red cells and their overlaps read faintly purple, so read plainly they would be faint
+    nets everywhere; unmixed from the chromatin, every smudge cell of the field is still found and
+    every smudge call lies on one."""
+    from pipeline.synth import make_image_rng
+    from pipeline.synth_all import ALL_FIELD, make_all_smear
+
+    image, _, truth = make_all_smear(make_image_rng(3, 1, 0), ALL_FIELD, (3, 1), red_cell_tint=1.0)
+    cells = detect_cells(image).cells
+    smudges = [t for t in truth if t.smudge]
+    calls = [c for c in cells if c.kind == KIND_SMUDGE]
+    assert len(smudges) == 5
+    for c in calls:
+        assert min(np.hypot(c.x - t.x, c.y - t.y) - t.r for t in smudges) < 0, (c.x, c.y)
+    found = [t for t in smudges if any(np.hypot(c.x - t.x, c.y - t.y) < t.r for c in calls)]
+    assert len(found) == len(smudges)

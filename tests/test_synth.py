@@ -262,6 +262,16 @@ def test_bad_smear_arguments_raise():
         make_smear(np.random.default_rng(0), (100, 20), 0.5, SmearStyle())
     with pytest.raises(ValueError, match="rbc_diameter_px"):
         SmearStyle(rbc_diameter_px=2.0)
+    with pytest.raises(ValueError, match="red_cell_tint"):
+        SmearStyle(red_cell_tint=1.5)
+
+
+def test_red_cell_tint_makes_red_cells_lavender_and_nothing_else():
+    from pipeline.synth import _mix_stains
+
+    pink, lavender = _mix_stains(SmearStyle()), _mix_stains(SmearStyle(red_cell_tint=1.0))
+    assert pink.rbc[2] > pink.rbc[0] and lavender.rbc[0] > lavender.rbc[2]  # OD(B) > OD(R), then OD(R) > OD(B)
+    assert all(np.array_equal(getattr(pink, f), getattr(lavender, f)) for f in pink.__dataclass_fields__ if f != "rbc")
 
 
 def test_refuses_to_write_over_an_earlier_cohort(tmp_path):
