@@ -31,9 +31,16 @@ from jobs.cli_common import (
     type=click.Choice(["default", "all"]),
     help="all: ALL-like patients (crowded fields, packed blast clusters, smudge cells, JPEG).",
 )
+@click.option(
+    "--red-cell-tint",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Red cells' colour for every patient: 0 pink (Giemsa, as in BCCD; the default), 1 lavender "
+    "(May-Gruenwald Giemsa, as in PBC's analyser pictures), or between.",
+)
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
 @friendly_errors
-def synth(out, patients, images_per_patient, samples_per_patient, seed, size, profile, verbose) -> None:
+def synth(out, patients, images_per_patient, samples_per_patient, seed, size, profile, red_cell_tint, verbose) -> None:
     """Write a synthetic cohort of smears with ground truth to OUT (slides/ and truth/)."""
     from pathlib import Path
 
@@ -47,6 +54,7 @@ def synth(out, patients, images_per_patient, samples_per_patient, seed, size, pr
         size=parse_size(size),
         samples_per_patient=samples_per_patient,
         profile=profile,
+        red_cell_tint=red_cell_tint,
     )
     echo_redacted(
         f"synth: {summary.n_patients} patients, {summary.n_images} images, {summary.n_wbc} white cells "

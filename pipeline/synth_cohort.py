@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,16 +62,20 @@ def write_cohort(
     size: tuple[int, int] = (800, 600),
     samples_per_patient: int = 1,
     profile: str = "default",
+    red_cell_tint: float | None = None,
 ) -> CohortSummary:
     """Write a synthetic cohort's slides and ground truth under `out`; return its totals.
 
     Images are spread over the samples in order (img000.. in S0, then S1, ..); image numbers run
     per patient, so an image's content does not depend on `samples_per_patient`.
     profile "all" makes ALL-like patients instead (`pipeline.synth_all`: crowded fields, packed
-    blast clusters, smudge cells, JPEG images).
+    blast clusters, smudge cells, JPEG images). `red_cell_tint`, given, sets every patient's
+    SmearStyle.red_cell_tint (0 pink red cells, 1 lavender); the cells drawn stay the same.
     """
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    if red_cell_tint is not None and not (isinstance(red_cell_tint, (int, float)) and 0.0 <= red_cell_tint <= 1.0):
+        raise ValueError(f"red_cell_tint must be a number in [0, 1] (0 pink, 1 lavender), got {red_cell_tint!r}")
     out = Path(out)
     _check_count("patients", patients, 1)
     _check_count("images_per_patient", images_per_patient, 1)
@@ -96,6 +100,8 @@ def write_cohort(
         patient_id = f"P{p:03d}"
         if profile == "all":
             style, fraction, *extra = choose_all_patient(seed, p)
+            if red_cell_tint is not None:
+                style = replace(style, red_cell_tint=float(red_cell_tint))
             styles[patient_id] = {
                 "blast_fraction": fraction,
                 "style": asdict(style),
@@ -105,6 +111,8 @@ def write_cohort(
             }
         else:
             style, fraction = choose_patient_style(seed, p), choose_blast_fraction(seed, p)
+            if red_cell_tint is not None:
+                style = replace(style, red_cell_tint=float(red_cell_tint))
             styles[patient_id] = {"blast_fraction": fraction, "style": asdict(style)}
         n_wbc = n_blast = 0
         classes: list[str] = []
@@ -112,7 +120,7 @@ def write_cohort(
             sample_id = f"S{i * samples_per_patient // images_per_patient}"
             rel = f"{patient_id}/{sample_id}/img{i:03d}." + ("jpg" if profile == "all" else "png")
             if profile == "all":
-                _, data, cells = make_all_smear(make_image_rng(seed, p, i), (width, height), (seed, p))
+                _, data, cells = make_all_smear(make_image_rng(seed, p, i), (width, height), (seed, p), red_cell_tint)
                 (out / "slides" / rel).parent.mkdir(parents=True, exist_ok=True)
                 (out / "slides" / rel).write_bytes(data)
             else:
@@ -152,6 +160,7 @@ def write_cohort(
         "size": [width, height],
         "rbc_diameter_um": RBC_DIAMETER_UM,
         "profile": profile,
+        "red_cell_tint": red_cell_tint,
         "per_patient": styles,
     }
     (truth / "cohort.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")

@@ -67,6 +67,31 @@ def test_bad_size_is_a_usage_error(tmp_path):
     assert result.exit_code == 2 and "WIDTHxHEIGHT" in result.output
 
 
+def test_synth_red_cell_tint_draws_the_same_cells_with_lavender_red_cells(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.scale import measure_optical_density, measure_red_cell_colour
+
+    args = ["--patients", "1", "--images-per-patient", "1", "--size", "400x300"]
+    assert _run(["synth", "pink", *args], tmp_path).exit_code == 0
+    result = _run(["synth", "lavender", *args, "--red-cell-tint", "1"], tmp_path)
+    assert result.exit_code == 0, result.output
+    pink, lavender = tmp_path / "pink", tmp_path / "lavender"
+    assert (lavender / "truth" / "cells.csv").read_text() == (pink / "truth" / "cells.csv").read_text()
+    settings = json.loads((lavender / "truth" / "cohort.json").read_text())
+    assert settings["red_cell_tint"] == 1.0 and settings["per_patient"]["P000"]["style"]["red_cell_tint"] == 1.0
+    image = lavender / "slides" / "P000" / "S0" / "img000.png"
+    colour = measure_red_cell_colour(measure_optical_density(np.asarray(Image.open(image).convert("RGB"))))
+    assert colour is not None and colour.lavender
+    image = pink / "slides" / "P000" / "S0" / "img000.png"
+    assert not measure_red_cell_colour(measure_optical_density(np.asarray(Image.open(image).convert("RGB")))).lavender
+    result = _run(["synth", "bad", *args, "--red-cell-tint", "2"], tmp_path)
+    assert result.exit_code == 2 and "--red-cell-tint" in result.output and not (tmp_path / "bad").exists()
+
+
 def test_infer_settings_are_checked_before_any_work(tmp_path):
     """InferConfig refuses bad settings (no model needed: the config is checked first)."""
     import pytest
