@@ -20,12 +20,13 @@ How it works, and why:
    pink: the two lobes of an eosinophil (a granulocyte's cytoplasm absorbs green, a blast's or
    monocyte's red). Groups with less chromatin than a small lymphocyte (platelets) are dropped.
 4. Outline. A cell is its nucleus plus the body its fragments claimed (within
-   `max_cytoplasm_um`); its area, centre, box and border contact come from that. Where the red
-   cells read lavender (a May-Gruenwald Giemsa stain photographed warm, as in PBC: OD(R) > OD(B),
-   so "less red than red cells" holds for red cells too) the outline keeps only matter of another
-   hue than theirs joined to the nucleus, and the nucleus and pale-net thresholds rise by what
-   two overlapping red cells read (scale.measure_red_cell_colour); pink red cells change nothing. A ragged
-   nucleus with no cytoplasm rim is a smudge (ruptured) cell.
+   `max_cytoplasm_um`); its area, centre, box and border contact come from that, trimmed to
+   matter of another hue than the red cells' (measured in each image, scale.measure_red_cell_colour)
+   joined to the nucleus: a red cell's pale centre, or a lavender red cell (a May-Gruenwald Giemsa
+   stain photographed warm, as in PBC: OD(R) > OD(B), so "less red than red cells" holds for it
+   too), is not cytoplasm. Where red cells reach a positive OD(R) - OD(B), the nucleus threshold
+   rises by what two overlapping ones read, and the pale-net pass reads the chromatin unmixed from
+   them. A ragged nucleus with no cytoplasm rim is a smudge (ruptured) cell.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
     colour = measure_red_cell_colour(od)
     purple = ndi.gaussian_filter(od[..., 0] - od[..., 2], 1.0)
     # Lavender red cells read a little purple, two overlapping ones twice as much: that is no nucleus.
-    red_purple = 2.0 * max(0.0, colour.purple) if colour is not None and colour.lavender else 0.0
+    red_purple = 2.0 * max(0.0, colour.purple) if colour is not None else 0.0
     nucleus = segment_nuclei(od, config, purple, red_purple)
     # Work in windows around clusters of nucleus blobs (blobs closer than a cell apart share one):
     # nuclei cover a few percent of a smear, so everything after this touches only that much.
@@ -238,8 +239,9 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
         cells_near[k] = True
         own = clusters[sl] == k
         nuclei = fill_small_holes(nucleus[sl] & own, _NUCLEUS_HOLE_UM2 * px_per_um**2)
-        body = segment_bodies(od[sl], red_level) & own
-        off_red = segment_off_red_hue(od[sl], colour)
+        smooth = _smooth_od(od[sl])
+        body = segment_bodies(od[sl], red_level, smooth) & own
+        off_red = segment_off_red_hue(od[sl], colour, smooth)
         y0, x0 = sl[0].start, sl[1].start
         for cell in assemble_cells(nuclei, body, config, px_per_um, purple[sl], od[sl], off_red):
             r0, c0, r1, c1 = (a + b for a, b in zip(cell.bbox, (y0, x0, y0, x0)))
@@ -253,9 +255,9 @@ def find_cells(od: np.ndarray, config: DetectConfig, px_per_um: float) -> list[W
     cells = cells_near[clusters]
     pale_min_od = config.smudge_min_od
     if red_purple:
-        # Lavender red cells: the pale pass reads the chromatin alone (measure_chromatin), above
-        # what 90% of the picture away from cells reads in it (red cells and plasma read ~0; a
-        # few hundredths where the background light is misread).
+        # Red cells that read purple (lavender ones, overlapping ones): the pale pass reads the
+        # chromatin alone (measure_chromatin), above what 90% of the picture away from cells reads
+        # in it (red cells and plasma read ~0; a few hundredths where the background light is misread).
         purple = ndi.gaussian_filter(measure_chromatin(od, colour.od, od[nucleus]), 1.0)
         rest = purple[~cells]
         if rest.size:
@@ -292,8 +294,8 @@ def measure_chromatin(od: np.ndarray, red_od: tuple[float, float, float], nuclei
     """(H, W) float32: the OD(R) - OD(B) of the chromatin alone in each pixel of an (H, W, 3) OD
     image, its red-cell matter taken out: each pixel's OD unmixed (least squares) into the red
     cells' stain vector `red_od` and the nuclei's (the median of `nuclei_od`, (N, 3) OD of nucleus
-    pixels), the chromatin part kept. Where red cells read lavender, OD(R) - OD(B) alone counts
-    them and their overlaps as faint chromatin; this does not, and a faint net of chromatin keeps
+    pixels), the chromatin part kept. Where red cells read purple (lavender ones, overlapping
+    ones), OD(R) - OD(B) alone counts them as faint chromatin; this does not, and a faint net of chromatin keeps
     its whole signal (unlike subtracting the red cells' hue times the pixel's whole OD)."""
     nucleus = np.median(nuclei_od, axis=0) if len(nuclei_od) else np.asarray([0.8, 1.2, 0.33])
     stains = np.stack([np.asarray(red_od, np.float64), nucleus.astype(np.float64)], axis=1)  # (3, 2)
@@ -309,7 +311,7 @@ def find_pale_smudges(
 ) -> list[WorkingCell]:
     """Smudge cells too pale for the nucleus mask: chromatin spread into a faint net (OD(R) - OD(B),
     `purple`, above `min_od` (default `smudge_min_od`), far below an intact nucleus; where red cells
-    read lavender the caller passes it less what red-cell matter of the same OD reads) over at least a disc `smudge_min_um` wide,
+    read purple the caller passes the chromatin unmixed from them, measure_chromatin) over at least a disc `smudge_min_um` wide,
     away from every cell found (`cells`: their nuclei and cytoplasm), and ragged (not a compact
     round shape) or, if compact, lacy inside (a net's threads and holes; a blurred cell is smooth). They are marked smudge, so they are left out of the counts like every smudge cell.
     Searched at half the working resolution (nets are >= 8 um wide; it costs a quarter as much)."""
@@ -354,7 +356,8 @@ def segment_nuclei(
 ) -> np.ndarray:
     """(H, W) bool: pixels of stained nuclei (purple: OD(R) - OD(B) high), at each blob's own contrast.
     `purple`: the smoothed OD(R) - OD(B) of `od`, when the caller has it already; `red_purple`:
-    what red cells reach in it where they read purple (lavender), added to `nucleus_min_od`."""
+    what overlapping red cells reach in it where they read purple (lavender), added to
+    `nucleus_min_od`."""
     if purple is None:
         purple = ndi.gaussian_filter(od[..., 0] - od[..., 2], 1.0)
     min_od = config.nucleus_min_od + red_purple
@@ -375,25 +378,34 @@ def segment_nuclei(
     return purple > cut[candidates]
 
 
-def segment_bodies(od: np.ndarray, red_level: float) -> np.ndarray:
+def segment_bodies(od: np.ndarray, red_level: float, smooth: np.ndarray | None = None) -> np.ndarray:
     """(h, w) bool: white-cell matter: not background, and less red than the red cells (OD(B) -
-    OD(R) below 0.8 of their typical level), so a red cell is never part of a white one."""
-    smooth = ndi.gaussian_filter(od, (1.0, 1.0, 0))
+    OD(R) below 0.8 of their typical level), so a red cell is never part of a white one.
+    `smooth`: `od` smoothed over 1 px (_smooth_od), when the caller has it already."""
+    smooth = _smooth_od(od) if smooth is None else smooth
     return (smooth.sum(axis=2) > _FOREGROUND_OD) & (smooth[..., 2] - smooth[..., 0] < _RED_FRACTION * red_level)
 
 
-def segment_off_red_hue(od: np.ndarray, colour: RedCellColour | None) -> np.ndarray | None:
-    """(h, w) bool: matter whose hue ((OD(B) - OD(R)) / summed OD) lies below the red cells' by more
-    than they vary among themselves; None where red cells read pink (hue >= 0) or were not measured.
+def _smooth_od(od: np.ndarray) -> np.ndarray:
+    return ndi.gaussian_filter(od, (1.0, 1.0, 0))
 
-    Lavender red cells (a May-Gruenwald Giemsa stain photographed warm: PBC) have OD(B) < OD(R),
-    so "less red than the red cells" (segment_bodies) holds for them too and every red cell beside
-    a white one would join its body. Their hue still differs from a white cell's nucleus and blue
-    cytoplasm; a granulocyte's pink cytoplasm shares it, so this mask only trims a cell's outline
-    (centre, box, area), never the body that decides which nuclei are one cell."""
-    if colour is None or not colour.lavender:
+
+def segment_off_red_hue(
+    od: np.ndarray, colour: RedCellColour | None, smooth: np.ndarray | None = None
+) -> np.ndarray | None:
+    """(h, w) bool: matter whose hue ((OD(B) - OD(R)) / summed OD) lies below the red cells' by more
+    than they vary among themselves; None where the red cells' colour was not measured.
+
+    "Less red than the red cells" (segment_bodies) also holds for a red cell's pale centre (its
+    rim's hue at a fraction of its OD) and, where red cells read lavender (a May-Gruenwald Giemsa
+    stain photographed warm: PBC, OD(B) < OD(R)), for whole red cells, so a red cell beside a white
+    one would join its body. Their hue still differs from a white cell's nucleus and blue
+    cytoplasm; a granulocyte's pink cytoplasm can share it, so this mask only trims a cell's
+    outline (centre, box, area), never the body that decides which nuclei are one cell.
+    `smooth`: as in segment_bodies."""
+    if colour is None:
         return None
-    smooth = ndi.gaussian_filter(od, (1.0, 1.0, 0))
+    smooth = _smooth_od(od) if smooth is None else smooth
     density = smooth.sum(axis=2)
     margin = max(_HUE_SPREADS * colour.hue_spread, _MIN_HUE_MARGIN)
     off_red = (density > _FOREGROUND_OD) & (smooth[..., 2] - smooth[..., 0] < (colour.hue - margin) * density)

@@ -167,7 +167,7 @@ def measure_red_cell_colour(od: np.ndarray) -> RedCellColour | None:
     pixels in a smear, so the median and MAD over them are the red cells' own; where such pixels
     cover under a tenth of the picture, they are white cells and plasma, and nothing is said.
     """
-    flat = od.reshape(-1, 3)[:: max(1, od.shape[0] * od.shape[1] // 100_000)]
+    flat = od.reshape(-1, 3)[:: max(1, od.shape[0] * od.shape[1] // 25_000)]
     purple = flat[:, 0] - flat[:, 2]
     green = flat[:, 1][purple < _NUCLEUS_OD]
     if green.size < 100 or float(np.ptp(green)) < _MIN_RBC_CONTRAST_OD:
