@@ -20,13 +20,14 @@ How it works, and why:
    pink: the two lobes of an eosinophil (a granulocyte's cytoplasm absorbs green, a blast's or
    monocyte's red). Groups with less chromatin than a small lymphocyte (platelets) are dropped.
 4. Outline. A cell is its nucleus plus the body its fragments claimed (within
-   `max_cytoplasm_um`); its area, centre, box and border contact come from that, trimmed to
-   matter of another hue than the red cells' (measured in each image, scale.measure_red_cell_colour)
-   joined to the nucleus: a red cell's pale centre, or a lavender red cell (a May-Gruenwald Giemsa
-   stain photographed warm, as in PBC: OD(R) > OD(B), so "less red than red cells" holds for it
-   too), is not cytoplasm. Where red cells reach a positive OD(R) - OD(B), the nucleus threshold
-   rises by what two overlapping ones read, and the pale-net pass reads the chromatin unmixed from
-   them. A ragged nucleus with no cytoplasm rim is a smudge (ruptured) cell.
+   `max_cytoplasm_um`); its area, centre, box and border contact come from that. The red cells'
+   colour is measured in each image (scale.measure_red_cell_colour). Where they read lavender (a
+   May-Gruenwald Giemsa stain photographed warm, as in PBC: OD(R) > OD(B), so "less red than red
+   cells" holds for them too) the outline is trimmed to matter of another hue than theirs joined
+   to the nucleus. Where red cells reach a positive OD(R) - OD(B) (lavender ones, the thickest in
+   some pictures), the nucleus threshold rises by what two overlapping ones read, and the
+   pale-net pass reads the chromatin unmixed from them. A ragged nucleus with no cytoplasm rim is
+   a smudge (ruptured) cell.
 """
 
 from __future__ import annotations
@@ -394,16 +395,17 @@ def segment_off_red_hue(
     od: np.ndarray, colour: RedCellColour | None, smooth: np.ndarray | None = None
 ) -> np.ndarray | None:
     """(h, w) bool: matter whose hue ((OD(B) - OD(R)) / summed OD) lies below the red cells' by more
-    than they vary among themselves; None where the red cells' colour was not measured.
+    than they vary among themselves; None where red cells read pink (hue >= 0) or were not measured.
 
-    "Less red than the red cells" (segment_bodies) also holds for a red cell's pale centre (its
-    rim's hue at a fraction of its OD) and, where red cells read lavender (a May-Gruenwald Giemsa
-    stain photographed warm: PBC, OD(B) < OD(R)), for whole red cells, so a red cell beside a white
-    one would join its body. Their hue still differs from a white cell's nucleus and blue
-    cytoplasm; a granulocyte's pink cytoplasm can share it, so this mask only trims a cell's
-    outline (centre, box, area), never the body that decides which nuclei are one cell.
+    Lavender red cells (a May-Gruenwald Giemsa stain photographed warm: PBC) have OD(B) < OD(R),
+    so "less red than the red cells" (segment_bodies) holds for them too and every red cell beside
+    a white one would join its body. Their hue still differs from a white cell's nucleus and blue
+    cytoplasm; a granulocyte's pink cytoplasm shares it, so this mask only trims a cell's outline
+    (centre, box, area), never the body that decides which nuclei are one cell. (Trimming pink
+    pictures too centres cells a little better, but moves the demo's crops by a pixel or two, and
+    its trained differential missed its 3-point target: kept to lavender red cells.)
     `smooth`: as in segment_bodies."""
-    if colour is None:
+    if colour is None or not colour.lavender:
         return None
     smooth = _smooth_od(od) if smooth is None else smooth
     density = smooth.sum(axis=2)
