@@ -296,8 +296,8 @@ def measure_chromatin(od: np.ndarray, red_od: tuple[float, float, float], nuclei
     image, its red-cell matter taken out: each pixel's OD unmixed (least squares) into the red
     cells' stain vector `red_od` and the nuclei's (the median of `nuclei_od`, (N, 3) OD of nucleus
     pixels), the chromatin part kept. Where red cells read purple (lavender ones, overlapping
-    ones), OD(R) - OD(B) alone counts them as faint chromatin; this does not, and a faint net of chromatin keeps
-    its whole signal (unlike subtracting the red cells' hue times the pixel's whole OD)."""
+    ones), OD(R) - OD(B) alone counts them as faint chromatin; this does not, and a faint net of
+    chromatin keeps its whole signal (unlike subtracting the red cells' hue times the pixel's OD)."""
     nucleus = np.median(nuclei_od, axis=0) if len(nuclei_od) else np.asarray([0.8, 1.2, 0.33])
     stains = np.stack([np.asarray(red_od, np.float64), nucleus.astype(np.float64)], axis=1)  # (3, 2)
     if np.linalg.matrix_rank(stains) < 2:
@@ -312,10 +312,12 @@ def find_pale_smudges(
 ) -> list[WorkingCell]:
     """Smudge cells too pale for the nucleus mask: chromatin spread into a faint net (OD(R) - OD(B),
     `purple`, above `min_od` (default `smudge_min_od`), far below an intact nucleus; where red cells
-    read purple the caller passes the chromatin unmixed from them, measure_chromatin) over at least a disc `smudge_min_um` wide,
-    away from every cell found (`cells`: their nuclei and cytoplasm), and ragged (not a compact
-    round shape) or, if compact, lacy inside (a net's threads and holes; a blurred cell is smooth). They are marked smudge, so they are left out of the counts like every smudge cell.
-    Searched at half the working resolution (nets are >= 8 um wide; it costs a quarter as much)."""
+    read purple the caller passes the chromatin unmixed from them, measure_chromatin) over at least
+    a disc `smudge_min_um` wide, away from every cell found (`cells`: their nuclei and cytoplasm),
+    and ragged (not a compact round shape) or, if compact, lacy inside (a net's threads and holes;
+    a blurred cell is smooth). They are marked smudge, so they are left out of the counts like every
+    smudge cell. Searched at half the working resolution (nets are >= 8 um wide; it costs a quarter
+    as much)."""
     step = 2 if px_per_um >= 2.5 else 1
     ppu = px_per_um / step
     pale = ndi.gaussian_filter(purple[::step, ::step], 0.5 * ppu) > (config.smudge_min_od if min_od is None else min_od)

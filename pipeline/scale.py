@@ -172,7 +172,7 @@ def measure_red_cell_colour(od: np.ndarray) -> RedCellColour | None:
     green = flat[:, 1][purple < _NUCLEUS_OD]
     if green.size < 100 or float(np.ptp(green)) < _MIN_RBC_CONTRAST_OD:
         return None
-    red = flat[(purple < _NUCLEUS_OD) & (flat[:, 1] > threshold_otsu(np.minimum(green, np.percentile(green, 99))))]
+    red = flat[(purple < _NUCLEUS_OD) & (flat[:, 1] > _red_cell_threshold(green))]
     if red.shape[0] < _MIN_RED_SHARE * flat.shape[0]:
         return None  # too few to be red cells: what stands out from the background is white cells
     hue = (red[:, 2] - red[:, 0]) / np.maximum(red.sum(axis=1), 1e-3)
@@ -223,10 +223,7 @@ def _segment_red_cells(image: np.ndarray) -> np.ndarray | None:
     values = green[~nucleus]
     if values.size < 100 or float(np.ptp(values)) < _MIN_RBC_CONTRAST_OD:
         return None
-    # Otsu between background and red cells, on values clipped at the 99th percentile so that a
-    # few very dark specks cannot pull the threshold up into the red cells.
-    threshold = threshold_otsu(np.minimum(values, np.percentile(values, 99)))
-    mask = (green > threshold) & ~nucleus
+    mask = (green > _red_cell_threshold(values)) & ~nucleus
     fraction = float(mask.mean())
     if not _RBC_FRACTION_RANGE[0] <= fraction <= _RBC_FRACTION_RANGE[1]:
         return None
@@ -235,6 +232,12 @@ def _segment_red_cells(image: np.ndarray) -> np.ndarray | None:
     # Filling holes closes the pale centres of red cells (central pallor), so a red cell reads as
     # one disc, not a ring whose thickness would be measured instead of its diameter.
     return _close_crescents(ndi.binary_fill_holes(ndi.binary_opening(mask)))
+
+
+def _red_cell_threshold(green: np.ndarray) -> float:
+    """OD(G) between background and red cells: Otsu on the non-nucleus values clipped at their 99th
+    percentile, so that a few very dark specks cannot pull the threshold up into the red cells."""
+    return float(threshold_otsu(np.minimum(green, np.percentile(green, 99))))
 
 
 def _close_crescents(mask: np.ndarray) -> np.ndarray:

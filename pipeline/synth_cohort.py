@@ -25,6 +25,7 @@ from PIL import Image
 from pipeline import schema, taxonomy
 from pipeline.synth import (
     RBC_DIAMETER_UM,
+    SmearStyle,
     _check_size,
     choose_blast_fraction,
     choose_patient_style,
@@ -100,8 +101,7 @@ def write_cohort(
         patient_id = f"P{p:03d}"
         if profile == "all":
             style, fraction, *extra = choose_all_patient(seed, p)
-            if red_cell_tint is not None:
-                style = replace(style, red_cell_tint=float(red_cell_tint))
+            style = _tinted(style, red_cell_tint)
             styles[patient_id] = {
                 "blast_fraction": fraction,
                 "style": asdict(style),
@@ -110,9 +110,7 @@ def write_cohort(
                 "jpeg_quality": extra[2],
             }
         else:
-            style, fraction = choose_patient_style(seed, p), choose_blast_fraction(seed, p)
-            if red_cell_tint is not None:
-                style = replace(style, red_cell_tint=float(red_cell_tint))
+            style, fraction = _tinted(choose_patient_style(seed, p), red_cell_tint), choose_blast_fraction(seed, p)
             styles[patient_id] = {"blast_fraction": fraction, "style": asdict(style)}
         n_wbc = n_blast = 0
         classes: list[str] = []
@@ -203,3 +201,8 @@ def _write_csv(path: Path, header, rows) -> None:
 def _check_count(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _tinted(style: SmearStyle, red_cell_tint: float | None) -> SmearStyle:
+    """`style` with its red cells' tint replaced, when one is given."""
+    return style if red_cell_tint is None else replace(style, red_cell_tint=float(red_cell_tint))
